@@ -1,0 +1,137 @@
+# rdmamig — top-level Makefile.
+#
+# Each layer folder adds its objects in its own Build.mk (one object per line),
+# so layers can grow without touching this file.  Quiet by default; `make V=1`
+# shows full commands.  -Werror unless WERROR=0.  SANITIZE=1 builds with
+# AddressSanitizer + UBSan (into build-asan/, so it never mixes with build/).
+#
+#   make            librdmamig.a, librdmamig.so and the rdmamig binary
+#   make test       install what is missing, run host suites, then test-bed suites
+#   make deps       install build and test dependencies (apt-get, as root)
+#   make install    PREFIX=/usr/local
+#   make clean
+
+PREFIX   ?= /usr/local
+V        ?= 0
+WERROR   ?= 1
+SANITIZE ?= 0
+
+CC       ?= cc
+# Output folder; override (make O=build-mine) to build side by side.
+ifeq ($(SANITIZE),1)
+O        ?= build-asan
+else
+O        ?= build
+endif
+
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=gnu11 -fPIC -fvisibility=hidden -D_GNU_SOURCE
+CFLAGS   += -MD -MP
+CFLAGS   += -Iinclude -I.
+WARNINGS += -Wall
+WARNINGS += -Wextra
+WARNINGS += -Wshadow
+WARNINGS += -Wformat=2
+WARNINGS += -Wmissing-prototypes
+WARNINGS += -Wstrict-prototypes
+WARNINGS += -Wno-unused-parameter
+ifeq ($(WERROR),1)
+WARNINGS += -Werror
+endif
+CFLAGS   += $(WARNINGS)
+ifeq ($(SANITIZE),1)
+CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=address,undefined
+endif
+LIBS     += -lrdmacm -libverbs -lnuma -lpthread
+
+ifeq ($(V),1)
+Q :=
+quiet = @:
+else
+Q := @
+quiet = @printf '  %-7s %s\n'
+endif
+
+# Filled by the Build.mk files.
+LIB_OBJS   :=
+CLI_OBJS   :=
+HOST_TESTS :=
+BED_TESTS  :=
+BENCH_BINS :=
+
+include include/Build.mk
+include pinning/Build.mk
+include transport/Build.mk
+include kvm/Build.mk
+include migration/Build.mk
+include cli/Build.mk
+include tests/Build.mk
+include bench/Build.mk
+
+LIB_A    := $(O)/librdmamig.a
+LIB_SO   := $(O)/librdmamig.so
+BIN      := $(O)/rdmamig
+
+all: $(LIB_A) $(LIB_SO) $(BIN)
+
+$(O)/%.o: %.c
+	$(quiet) CC $@
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $(CFLAGS_$(notdir $*)) -c -o $@ $<
+
+$(O)/%.o: %.S
+	$(quiet) AS $@
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB_A): $(addprefix $(O)/,$(LIB_OBJS))
+	$(quiet) AR $@
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(LIB_SO): $(addprefix $(O)/,$(LIB_OBJS)) include/librdmamig.map
+	$(quiet) LINK $@
+	$(Q)$(CC) -shared -o $@ $(addprefix $(O)/,$(LIB_OBJS)) \
+		-Wl,--version-script=include/librdmamig.map -Wl,-soname,librdmamig.so.0 $(LDFLAGS) $(LIBS)
+
+$(BIN): $(addprefix $(O)/,$(CLI_OBJS)) $(LIB_A)
+	$(quiet) LINK $@
+	$(Q)$(CC) -o $@ $^ $(LDFLAGS) $(LIBS)
+
+# Test and bench binaries link the static library, so they can reach
+# internal (non-exported) functions of each layer.
+$(O)/tests/%: $(O)/tests/%.o $(LIB_A)
+	$(quiet) LINK $@
+	$(Q)$(CC) -o $@ $^ $(LDFLAGS) -lcriterion $(LIBS)
+
+$(O)/bench/%: $(O)/bench/%.o $(LIB_A)
+	$(quiet) LINK $@
+	$(Q)$(CC) -o $@ $^ $(LDFLAGS) $(LIBS) -lm
+
+tests: $(addprefix $(O)/tests/,$(HOST_TESTS) $(BED_TESTS))
+benches: $(addprefix $(O)/bench/,$(BENCH_BINS))
+
+deps:
+	$(Q)scripts/deps.sh
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory all tests
+	$(Q)O=$(O) HOST_TESTS="$(HOST_TESTS)" BED_TESTS="$(BED_TESTS)" tests/run.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
+	install -m 644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/librdmamig.so.0
+	ln -sf librdmamig.so.0 $(DESTDIR)$(PREFIX)/lib/librdmamig.so
+	install -m 644 include/rdmamig.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	$(quiet) CLEAN build
+	$(Q)rm -rf build build-asan $(O)
+
+.PHONY: all tests benches deps test install clean
+.DELETE_ON_ERROR:
+.SECONDARY:
+
+-include $(shell find $(O) -name '*.d' 2>/dev/null)

@@ -1,0 +1,41 @@
+/*
+ * common/log.h — private helpers every layer shares: logging through the
+ * embedder's hook, and small utilities.  Depends on nothing but libc and the
+ * public header; must not include any layer's header.
+ */
+#ifndef RDMAMIG_COMMON_LOG_H
+#define RDMAMIG_COMMON_LOG_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "rdmamig.h"
+
+#define RM_EXPORT __attribute__((visibility("default")))
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+void rm_log(enum rdmamig_log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+#define rm_err(...) rm_log(RDMAMIG_LOG_ERR, __VA_ARGS__)
+#define rm_warn(...) rm_log(RDMAMIG_LOG_WARN, __VA_ARGS__)
+#define rm_info(...) rm_log(RDMAMIG_LOG_INFO, __VA_ARGS__)
+#define rm_dbg(...) rm_log(RDMAMIG_LOG_DEBUG, __VA_ARGS__)
+
+/* Wrap a libc call that returns -1 and sets errno: return -errno instead. */
+static inline int rm_errno(int ret)
+{
+	return ret < 0 ? -errno : ret;
+}
+
+/* Monotonic time in nanoseconds. */
+static inline uint64_t rm_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#endif

@@ -1,0 +1,44 @@
+#!/bin/busybox sh
+# vm-init.sh — /init of the test-bed VM's initramfs (see vm.sh).
+# Mounts the host root read-only and the work tree read-write over 9p, then
+# runs the requested command in a chroot of the host root, after setup.sh has
+# made rxe0 and kvm_amd has made /dev/kvm.  Reports the exit code on the
+# console as "@@RDMAMIG-VM-EXIT N" and powers off.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /mods/order); do insmod /mods/$m; done
+
+for arg in $(cat /proc/cmdline); do
+	case $arg in
+	rdmamig.work=*) work=${arg#*=} ;;
+	rdmamig.cmd=*) cmd=${arg#*=} ;;
+	esac
+done
+
+fail() { echo "vm-init: $*"; echo "@@RDMAMIG-VM-EXIT 125"; poweroff -f; }
+opts=trans=virtio,version=9p2000.L,msize=512000
+mount -t 9p -o $opts,ro,cache=loose hostroot /newroot || fail "cannot mount the host root"
+mount -t 9p -o $opts work "/newroot$work" || fail "cannot mount the work tree at $work"
+mount -t proc proc /newroot/proc
+mount -t sysfs sys /newroot/sys
+mount -t devtmpfs dev /newroot/dev
+mkdir -p /newroot/dev/shm /newroot/dev/hugepages
+mount -t tmpfs shm /newroot/dev/shm
+mount -t hugetlbfs hugetlbfs /newroot/dev/hugepages
+mount -t tmpfs tmp /newroot/tmp
+mount -t tmpfs run /newroot/run
+
+chroot /newroot /usr/bin/env -i HOME=/tmp TERM=dumb PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+	RDMAMIG_BED=vm /bin/bash -c '
+	modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null ||
+		echo "vm-init: no nested KVM (kvm_amd/kvm_intel did not load)"
+	eval "$("$1"/scripts/soft-roce/setup.sh --env)" || exit 125
+	ulimit -l unlimited
+	echo @@RDMAMIG-VM-START
+	. "$2"' bed "$work" "$cmd"
+rc=$?
+echo "@@RDMAMIG-VM-EXIT $rc"
+sync
+poweroff -f

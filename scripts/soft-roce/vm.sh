@@ -1,0 +1,115 @@
+#!/bin/bash
+# vm.sh — run one command on a soft-RoCE test bed inside a QEMU VM.
+#
+# For hosts whose kernel cannot load rdma_rxe (no RDMA, no loadable modules).
+# Boots Debian's kernel under TCG with `-cpu max` and no NIC, shares the host
+# root read-only and the work tree read-write over 9p, loads the RDMA modules
+# and kvm_amd (nested KVM), creates rxe0 on dummy0, then runs the command in a
+# chroot of the host root so binaries built on the host run unchanged.  The
+# command's output streams to stdout; the script exits with its exit code.
+#
+#   scripts/soft-roce/vm.sh [-t SECONDS] [-m MEM] [-c CPUS] -- CMD [ARGS...]
+#
+# Exit codes: the command's own, 124 on timeout, 125 when the VM could not run.
+# Environment: RDMAMIG_VM_TIMEOUT, RDMAMIG_VM_MEM, RDMAMIG_VM_CPUS, RDMAMIG_CACHE.
+# Inside, the command sees RDMAMIG_BED=vm, RDMAMIG_RXE_DEV=rxe0 and
+# RDMAMIG_RXE_ADDR=10.77.0.1 (an address that exists only inside the VM).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+work=$(cd "$here/../.." && pwd)
+cache=${RDMAMIG_CACHE:-$work/.cache/soft-roce}
+timeout=${RDMAMIG_VM_TIMEOUT:-900}
+mem=${RDMAMIG_VM_MEM:-3G}
+cpus=${RDMAMIG_VM_CPUS:-$(nproc)}
+
+while [ $# -gt 0 ]; do
+	case $1 in
+	-t) timeout=$2; shift 2 ;;
+	-m) mem=$2; shift 2 ;;
+	-c) cpus=$2; shift 2 ;;
+	--) shift; break ;;
+	-h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) break ;;
+	esac
+done
+[ $# -gt 0 ] || { echo "vm.sh: no command given (try --help)" >&2; exit 125; }
+
+die() { echo "vm.sh: $*" >&2; exit 125; }
+
+for tool in qemu-system-x86_64 busybox cpio modprobe; do
+	command -v "$tool" >/dev/null ||
+		die "$tool not found; run 'make deps' (or: apt-get install qemu-system-x86 busybox-static cpio kmod)"
+done
+
+# The newest Debian kernel that has its modules installed.
+kver=
+for k in $(ls /boot/vmlinuz-* 2>/dev/null | sort -V -r); do
+	v=${k#/boot/vmlinuz-}
+	if [ -d "/lib/modules/$v/kernel/drivers/infiniband/sw/rxe" ]; then kver=$v; break; fi
+done
+[ -n "$kver" ] || die "no kernel with rdma_rxe in /boot and /lib/modules; run 'make deps' (apt-get install linux-image-amd64)"
+kernel=/boot/vmlinuz-$kver
+
+# The initramfs holds only busybox and what mounting 9p needs; everything else
+# (modprobe, ip, rdma, the modules themselves) comes from the host root.  It is
+# cached by kernel version and by this script's contents.
+stamp=$(cat "$0" "$here/vm-init.sh" | md5sum | cut -c1-8)
+initrd=$cache/initrd-$kver-$stamp.cpio.gz
+if [ ! -s "$initrd" ]; then
+	mkdir -p "$cache"
+	rm -f "$cache"/initrd-*.cpio.gz
+	root=$(mktemp -d)
+	trap 'rm -rf "$root"' EXIT
+	mkdir -p "$root"/{bin,dev,proc,sys,newroot,mods}
+	cp "$(command -v busybox)" "$root/bin/busybox"
+	: > "$root/mods/order"
+	for m in virtio_pci 9pnet_virtio 9p; do
+		modprobe --show-depends -S "$kver" "$m" | while read -r _ path _; do
+			base=$(basename "$path")
+			grep -qx "$base" "$root/mods/order" && continue
+			cp "$path" "$root/mods/$base"
+			echo "$base" >> "$root/mods/order"
+		done
+	done
+	cp "$here/vm-init.sh" "$root/init"
+	chmod +x "$root/init"
+	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd.tmp"
+	mv "$initrd.tmp" "$initrd"
+	rm -rf "$root"
+	trap - EXIT
+fi
+
+# The command travels as a script in the shared work tree.
+run=$(mktemp -d "$cache/run.XXXXXX")
+trap 'rm -rf "$run"' EXIT
+{
+	echo "cd $(printf %q "$PWD") 2>/dev/null || cd /"
+	printf '%q ' "$@"; echo
+} > "$run/cmd.sh"
+
+# Serial output: strip the CRs the tty adds, pull out the exit marker.
+set +e
+timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
+	-machine q35 -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
+	-nographic -no-reboot -nic none -monitor none -serial stdio \
+	-kernel "$kernel" -initrd "$initrd" \
+	-append "console=ttyS0 quiet loglevel=1 panic=-1 rdmamig.work=$work rdmamig.cmd=$run/cmd.sh" \
+	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+	-virtfs "local,path=$work,mount_tag=work,security_model=none,multidevs=remap" \
+	</dev/null 2>&1 | tr -d '\r' | awk '
+		/@@RDMAMIG-VM-START$/ { started = 1; next }
+		/@@RDMAMIG-VM-EXIT [0-9]+$/ { rc = $2; seen = 1; started = 0; next }
+		started || /^vm-init:/ { print; fflush() }
+		END { exit seen ? rc : 200 }'
+status=("${PIPESTATUS[@]}")
+set -e
+if [ "${status[0]}" = 124 ]; then
+	echo "vm.sh: timed out after ${timeout}s (raise with -t or RDMAMIG_VM_TIMEOUT)" >&2
+	exit 124
+fi
+if [ "${status[2]}" = 200 ]; then
+	echo "vm.sh: the VM stopped without reporting an exit code (qemu exit ${status[0]})" >&2
+	exit 125
+fi
+exit "${status[2]}"
