@@ -1,2 +1,6 @@
 # transport/ — one ops table (transport.h) and its backends: rdma (libibverbs +
 # librdmacm) and tcp.  Never includes kvm/ or migration/.
+LIB_OBJS += transport/wire.o
+LIB_OBJS += transport/transport.o
+LIB_OBJS += transport/tcp.o
+LIB_OBJS += transport/rdma.o

@@ -1,0 +1,234 @@
+/*
+ * transport/transport.h — the one ops table the migration engine uses to move
+ * guest RAM and control messages, without knowing which backend runs.
+ *
+ * Backends: "rdma" (librdmacm + libibverbs: one-sided RDMA WRITEs from source
+ * guest RAM into destination guest RAM, control on SEND/RECV) and "tcp"
+ * (framed stream, pages sent from guest RAM with writev).  The wire protocol is
+ * in transport/wire.h.  This layer never includes kvm/ or migration/.
+ *
+ * Roles: the DESTINATION listens and accepts; the SOURCE connects.  A
+ * connection is `nchan` channels (QPs or TCP connections) to one peer.
+ *
+ * Typical use:
+ *   destination                          source
+ *   rm_tr_listen(&opts, &l)
+ *   rm_tr_accept(l, &t)                  rm_tr_connect(&opts, &t)
+ *   rm_tr_layout(t, dst_regions, n)      rm_tr_layout(t, src_regions, n)
+ *                                        rm_tr_write(t, ranges, k)   (many)
+ *                                        rm_tr_fence(t)
+ *                                        rm_tr_send(t, ENGINE_TYPE, buf, len)
+ *   rm_tr_recv(t, &msg, timeout)         (all writes before the fence are
+ *                                         in destination RAM by now)
+ *   rm_tr_send(t, ACK, ...)              rm_tr_recv(t, &msg, timeout)
+ *   rm_tr_close(t)                       rm_tr_close(t)
+ *
+ * Threads: one thread at a time calls the ops of one transport (the engine's
+ * migration thread).  rm_tr_cancel() is the exception: any thread, any time.
+ * Backends may run their own threads (the TCP receiver does); those never
+ * call back into the engine.
+ *
+ * Errors: every int op returns >= 0 on success, or a negative code:
+ *   -EINVAL              bad argument from the caller (range outside RAM, type
+ *                        outside the engine range, ...) — nothing was sent
+ *   -ETIMEDOUT           a bounded wait expired (opts.timeout_ms)
+ *   -ECANCELED           rm_tr_cancel() was called
+ *   -EPIPE               the peer closed the connection in order (BYE)
+ *   -ECONNRESET          the peer vanished (reset, EOF, rdma_cm DISCONNECTED)
+ *   -ENOMEM, -EMSGSIZE   resources; message larger than RM_WIRE_MAX_CTRL
+ *   RDMAMIG_E_PROTO      the peer broke the protocol (malformed, out of range)
+ *   RDMAMIG_E_REFUSED    the peer refused the handshake or the layout
+ *   RDMAMIG_E_ABORTED    the peer sent ABORT (or we did)
+ *   RDMAMIG_E_WC         an RDMA work completion failed (status is logged)
+ * After any error other than -EINVAL the connection is dead: every later op
+ * returns the same first error, and only rm_tr_close() remains useful.
+ * Every error is logged once, with what happened, by the side that saw it.
+ */
+#ifndef RDMAMIG_TRANSPORT_H
+#define RDMAMIG_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "transport/wire.h"
+
+struct rm_transport;		/* one connection; body private to a backend */
+struct rm_listener;		/* a listening endpoint; private to a backend */
+
+enum rm_transport_kind {
+	RM_TRANSPORT_TCP = 1,
+	RM_TRANSPORT_RDMA = 2,
+};
+
+/* Registration strategy for source RAM (pinning/register.h). */
+enum rm_reg_strategy {
+	RM_REG_ALL = 0,		/* register every region up front (default) */
+	RM_REG_LAZY = 1,	/* register a chunk the first time it is written */
+	RM_REG_ODP = 2,		/* on-demand paging, where the device offers it */
+};
+
+#define RM_TR_DEFAULT_TIMEOUT_MS 10000
+#define RM_TR_DEFAULT_NCHAN 2
+#define RM_TR_DEFAULT_MAX_WRITE (1u << 20)
+
+/* Options.  Zeroed fields take the defaults noted. */
+struct rm_transport_opts {
+	enum rm_transport_kind kind;
+	const char *addr;	/* listen: local address ("" or NULL: any);
+				 * connect: the peer.  IPv4 or IPv6 literal or name. */
+	const char *port;	/* service; listen with "0" picks one (rm_tr_listener_port) */
+	unsigned nchan;		/* channels: QPs or TCP connections; 0: RM_TR_DEFAULT_NCHAN;
+				 * at most RM_WIRE_MAX_CHANNELS.  The destination takes the
+				 * source's count if it is within its own bound. */
+	uint32_t max_write;	/* largest single RDMA WRITE / TCP frame, a power of two
+				 * from 4 KiB to 64 MiB; 0: RM_TR_DEFAULT_MAX_WRITE */
+	int timeout_ms;		/* bound on every wait inside an op: accept, connect,
+				 * a full send queue, a fence; 0: RM_TR_DEFAULT_TIMEOUT_MS */
+	enum rm_reg_strategy reg; /* RDMA source registration strategy */
+	size_t reg_chunk;	/* RM_REG_LAZY chunk bytes; 0: 64 MiB */
+};
+
+/* One region of local guest RAM.  ids are the engine's; both sides must
+ * expose the same ids with the same sizes. */
+struct rm_region {
+	uint32_t id;
+	void *addr;
+	uint64_t size;
+};
+
+/* A range of guest RAM to copy: the same offset in the same region on both
+ * sides.  Byte granularity; the engine normally passes whole pages. */
+struct rm_range {
+	uint32_t region;
+	uint32_t reserved;	/* zero */
+	uint64_t offset;
+	uint64_t length;
+};
+
+/* A received control message.  data is malloc()ed by the transport and freed
+ * by the caller with free(); data is NULL when len is 0. */
+struct rm_msg {
+	uint16_t type;		/* RM_WIRE_ENGINE_FIRST..RM_WIRE_ENGINE_LAST */
+	size_t len;
+	void *data;
+};
+
+/* Counters since the connection was made.  Monotonic; read any time. */
+struct rm_transport_stats {
+	uint64_t bytes_written;	/* RAM bytes handed to writes (source) or
+				 * placed from the wire (TCP destination) */
+	uint64_t ranges;	/* rm_range entries accepted by rm_tr_write */
+	uint64_t writes;	/* RDMA WRITEs / TCP WRITE frames after coalescing and
+				 * power-of-two splitting */
+	uint64_t wrs_posted;	/* all work requests posted (WRITE, SEND, RECV) */
+	uint64_t completions;	/* work completions polled */
+	uint64_t ctrl_sent;	/* control messages sent */
+	uint64_t ctrl_recv;	/* control messages received */
+	uint64_t ctrl_bytes;	/* control payload bytes sent + received */
+	uint64_t fences;
+	uint64_t busy_ns;	/* wall time spent inside write/fence/send (source:
+				 * bytes_written / busy_ns is the achieved bandwidth) */
+};
+
+/*
+ * The backend table.  Engine code calls the rm_tr_* wrappers below, which
+ * pick the backend from opts.kind or from the handle, check arguments and
+ * keep the sticky first error.
+ */
+struct rm_transport_ops {
+	const char *name;	/* "tcp", "rdma" */
+
+	/* Destination.  Bind and listen; non-blocking.  0 or -errno. */
+	int (*listen)(const struct rm_transport_opts *opts, struct rm_listener **out);
+	/* Destination.  Wait for one source (all its channels), run the
+	 * handshake, refuse bad peers with REFUSE and keep waiting for a good
+	 * one until the timeout.  Blocks at most opts.timeout_ms.
+	 * 0, -ETIMEDOUT, -ECANCELED, -errno. */
+	int (*accept)(struct rm_listener *l, struct rm_transport **out);
+	/* The bound port, host order; >0 or -errno. */
+	int (*listener_port)(struct rm_listener *l);
+	void (*listener_close)(struct rm_listener *l);
+
+	/* Source.  Resolve, connect every channel, handshake.  Blocks at most
+	 * opts.timeout_ms.  0, RDMAMIG_E_REFUSED (reason logged), -ETIMEDOUT,
+	 * -ECONNREFUSED, -errno. */
+	int (*connect)(const struct rm_transport_opts *opts, struct rm_transport **out);
+
+	/* Both sides, once, right after the connection.  The destination
+	 * registers its regions for remote write and sends LAYOUT; the source
+	 * registers its regions for local access (per opts.reg), receives the
+	 * LAYOUT and checks that every id exists on both sides with the same
+	 * size, refusing a mismatch.  Blocks at most opts.timeout_ms.
+	 * 0, RDMAMIG_E_REFUSED, RDMAMIG_E_PROTO, -ENOMEM (memlock: logged with
+	 * the number needed), -errno. */
+	int (*layout)(struct rm_transport *t, const struct rm_region *r, unsigned n);
+
+	/* Source.  Copy each range from local RAM to the same place in the
+	 * destination's RAM.  Adjacent ranges are coalesced, then split into
+	 * power-of-two writes of at most max_write, spread over channels.
+	 * Returns once everything is posted (RDMA) or handed to the kernel
+	 * (TCP); blocks only while queues are full, at most opts.timeout_ms
+	 * without progress.  The source RAM is read until a later fence
+	 * returns.  0, -EINVAL (range outside a region: nothing posted), -errno. */
+	int (*write)(struct rm_transport *t, const struct rm_range *r, size_t n);
+
+	/* Source.  Puts a MARKER after the writes on every channel and waits
+	 * until every write before it has completed (RDMA) or been sent (TCP).
+	 * Afterwards every control message the source sends is delivered to
+	 * the destination only after those writes are in destination RAM.
+	 * Blocks at most opts.timeout_ms.  0 or error. */
+	int (*fence)(struct rm_transport *t);
+
+	/* Both sides.  Send one control message of len bytes (0 allowed, at
+	 * most RM_WIRE_MAX_CTRL) of an engine type; messages arrive in order.
+	 * Returns when the bytes are queued (buf may be reused); blocks while
+	 * the peer grants no credit / the socket is full, at most
+	 * opts.timeout_ms.  0, -EINVAL (type), -EMSGSIZE, -errno. */
+	int (*send)(struct rm_transport *t, uint16_t type, const void *buf, size_t len);
+
+	/* Both sides.  Wait up to timeout_ms (< 0: opts.timeout_ms, 0: poll)
+	 * for the next control message.  1 with *msg filled, 0 on timeout when
+	 * timeout_ms == 0 was asked, -ETIMEDOUT otherwise, or an error
+	 * (RDMAMIG_E_ABORTED with the peer's reason logged, -EPIPE, ...). */
+	int (*recv)(struct rm_transport *t, struct rm_msg *msg, int timeout_ms);
+
+	/* Either side.  Send ABORT {reason, text} best-effort (bounded by
+	 * 1 s), then mark the connection dead with RDMAMIG_E_ABORTED.  reason
+	 * is a negative errno or RDMAMIG_E_*.  Always returns 0. */
+	int (*abort)(struct rm_transport *t, int reason, const char *text);
+
+	/* Either side.  Send BYE if still healthy, tear everything down
+	 * best-effort (keeps going past failures), free t.  NULL is allowed.
+	 * 0 or the first teardown error. */
+	int (*close)(struct rm_transport *t);
+
+	void (*stats)(struct rm_transport *t, struct rm_transport_stats *out);
+};
+
+extern const struct rm_transport_ops rm_transport_tcp_ops;
+extern const struct rm_transport_ops rm_transport_rdma_ops;
+
+/* The table for a kind, or NULL. */
+const struct rm_transport_ops *rm_transport_ops_for(enum rm_transport_kind kind);
+
+/* Wrappers: same contracts as the ops above. */
+int rm_tr_listen(const struct rm_transport_opts *opts, struct rm_listener **out);
+int rm_tr_accept(struct rm_listener *l, struct rm_transport **out);
+int rm_tr_listener_port(struct rm_listener *l);
+void rm_tr_listener_close(struct rm_listener *l);
+int rm_tr_connect(const struct rm_transport_opts *opts, struct rm_transport **out);
+int rm_tr_layout(struct rm_transport *t, const struct rm_region *r, unsigned n);
+int rm_tr_write(struct rm_transport *t, const struct rm_range *r, size_t n);
+int rm_tr_fence(struct rm_transport *t);
+int rm_tr_send(struct rm_transport *t, uint16_t type, const void *buf, size_t len);
+int rm_tr_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms);
+int rm_tr_abort(struct rm_transport *t, int reason, const char *text);
+int rm_tr_close(struct rm_transport *t);
+void rm_tr_stats(struct rm_transport *t, struct rm_transport_stats *out);
+/* Any thread, any time: ops in progress and later return -ECANCELED within
+ * 100 ms.  Safe until rm_tr_close(). */
+void rm_tr_cancel(struct rm_transport *t);
+/* Free a received message's data and zero it. */
+void rm_msg_free(struct rm_msg *msg);
+
+#endif

@@ -1,0 +1,41 @@
+/* transport/wire.c — names of wire types and refusal reasons, for logs. */
+#include "transport/wire.h"
+
+static const char *const type_names[] = {
+	[RM_WIRE_INVALID] = "INVALID",
+	[RM_WIRE_HELLO] = "HELLO",
+	[RM_WIRE_HELLO_ACK] = "HELLO_ACK",
+	[RM_WIRE_REFUSE] = "REFUSE",
+	[RM_WIRE_LAYOUT] = "LAYOUT",
+	[RM_WIRE_WRITE] = "WRITE",
+	[RM_WIRE_MARKER] = "MARKER",
+	[RM_WIRE_CTRL] = "CTRL",
+	[RM_WIRE_CREDIT] = "CREDIT",
+	[RM_WIRE_ABORT] = "ABORT",
+	[RM_WIRE_BYE] = "BYE",
+};
+
+const char *rm_wire_type_name(unsigned type)
+{
+	if (type < sizeof(type_names) / sizeof(type_names[0]) && type_names[type])
+		return type_names[type];
+	if (type >= RM_WIRE_ENGINE_FIRST && type <= RM_WIRE_ENGINE_LAST)
+		return "ENGINE";
+	return "UNKNOWN";
+}
+
+static const char *const refuse_names[] = {
+	[RM_REFUSE_VERSION] = "no common protocol version",
+	[RM_REFUSE_CAPS] = "required capability missing",
+	[RM_REFUSE_CHANNELS] = "channel count or index out of range",
+	[RM_REFUSE_LAYOUT] = "RAM layouts differ",
+	[RM_REFUSE_BUSY] = "destination busy",
+	[RM_REFUSE_MAGIC] = "not an rdmamig peer",
+};
+
+const char *rm_wire_refuse_name(unsigned reason)
+{
+	if (reason < sizeof(refuse_names) / sizeof(refuse_names[0]) && refuse_names[reason])
+		return refuse_names[reason];
+	return "unknown reason";
+}
