@@ -4,3 +4,4 @@ LIB_OBJS += transport/wire.o
 LIB_OBJS += transport/transport.o
 LIB_OBJS += transport/tcp.o
 LIB_OBJS += transport/rdma.o
+HOST_TESTS += test-transport-tcp

@@ -75,6 +75,14 @@ static inline uint64_t rm_pow2_floor(uint64_t x)
 	return 1ull << (63 - __builtin_clzll(x));
 }
 
+/*
+ * Tests only: put len raw bytes on channel chan as one message (TCP: into
+ * the stream; RDMA: one SEND), unchecked, to play a hostile peer.
+ */
+int rm_tr_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len);
+int rm_tcp_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len);
+int rm_rdma_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len);
+
 /* A random 64-bit session id. */
 uint64_t rm_tr_session_id(void);
 

@@ -364,3 +364,12 @@ void rm_msg_free(struct rm_msg *msg)
 		memset(msg, 0, sizeof(*msg));
 	}
 }
+
+int rm_tr_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len)
+{
+	if (!t || chan >= t->nchan)
+		return -EINVAL;
+	if (t->ops == &rm_transport_tcp_ops)
+		return rm_tcp_raw_send(t, chan, msg, len);
+	return rm_rdma_raw_send(t, chan, msg, len);
+}

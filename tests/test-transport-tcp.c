@@ -1,0 +1,174 @@
+/*
+ * tests/test-transport-tcp.c — the transport suite on the TCP backend over
+ * host loopback, plus the handshake cases only a raw socket can play.
+ */
+#define SUITE_KIND RM_TRANSPORT_TCP
+#include "tests/test-transport-cases.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+static const char *suite_addr(void)
+{
+	return "127.0.0.1";
+}
+
+TRANSPORT_CASES(tcp)
+
+/* Send a HELLO from a raw socket; return the reply's type and refusal reason. */
+static uint16_t raw_hello(int port, struct rm_wire_hello h, uint32_t *reason)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct {
+		struct rm_wire_hdr h;
+		union {
+			struct rm_wire_hello_ack ack;
+			struct rm_wire_refuse_body rf;
+		} b;
+	} reply;
+	uint8_t buf[64];
+	size_t n = frame(buf, RM_WIRE_HELLO, 0, &h, sizeof(h), 0);
+	struct timeval tv = { .tv_sec = 5 };
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	ssize_t got = 0, r;
+
+	inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	cr_assert_eq(write(fd, buf, n), (ssize_t)n);
+	memset(&reply, 0, sizeof(reply));
+	while (got < (ssize_t)sizeof(reply.h) &&
+	       (r = read(fd, (char *)&reply + got, sizeof(reply) - (size_t)got)) > 0)
+		got += r;
+	while (got < (ssize_t)(sizeof(reply.h) + le32toh(reply.h.len)) &&
+	       (r = read(fd, (char *)&reply + got, sizeof(reply) - (size_t)got)) > 0)
+		got += r;
+	close(fd);
+	*reason = le32toh(reply.b.rf.reason);
+	return le16toh(reply.h.type);
+}
+
+static void *accept_one(void *arg)
+{
+	struct pair *p = arg;
+
+	p->accept_err = rm_tr_accept(p->l, &p->dst);
+	return NULL;
+}
+
+/* Bad magic, version, caps and channel numbers are refused with the reason;
+ * the destination keeps waiting and still accepts a good source after. */
+Test(tcp, handshake_refusals)
+{
+	struct rm_transport_opts o = opts_for(1);
+	struct rm_wire_hello good = {
+		.magic = htole32(RM_WIRE_MAGIC),
+		.version_min = htole16(RM_WIRE_VERSION_MIN),
+		.version_max = htole16(RM_WIRE_VERSION),
+		.caps = htole32(RM_CAP_FENCE_EPOCH),
+		.nchan = htole16(1),
+		.session = htole64(42),
+	};
+	struct rm_wire_hello h;
+	struct pair p = { 0 };
+	pthread_t th;
+	uint32_t reason;
+	char port[16];
+	int lport;
+
+	cr_assert_eq(rm_tr_listen(&o, &p.l), 0);
+	lport = rm_tr_listener_port(p.l);
+	cr_assert_eq(pthread_create(&th, NULL, accept_one, &p), 0);
+
+	h = good;
+	h.magic = 0;
+	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
+	cr_assert_eq(reason, RM_REFUSE_MAGIC);
+	h = good;
+	h.version_min = h.version_max = htole16(RM_WIRE_VERSION + 5);
+	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
+	cr_assert_eq(reason, RM_REFUSE_VERSION);
+	h = good;
+	h.caps = 0;
+	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
+	cr_assert_eq(reason, RM_REFUSE_CAPS);
+	h = good;
+	h.nchan = htole16(RM_WIRE_MAX_CHANNELS + 1);
+	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
+	cr_assert_eq(reason, RM_REFUSE_CHANNELS);
+	h = good;
+	h.chan = htole16(1);
+	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
+	cr_assert_eq(reason, RM_REFUSE_CHANNELS);
+
+	o.port = port;
+	snprintf(port, sizeof(port), "%d", lport);
+	{
+		struct rm_transport *src;
+		int err = rm_tr_connect(&o, &src);
+
+		pthread_join(th, NULL);
+		cr_assert_eq(err, 0, "good source after refusals: %s", rdmamig_strerror(err));
+		cr_assert_eq(p.accept_err, 0);
+		rm_tr_close(src);
+	}
+	rm_tr_close(p.dst);
+	rm_tr_listener_close(p.l);
+}
+
+/* Nobody connects: accept gives up at its timeout; a connect to a closed
+ * port fails fast. */
+Test(tcp, accept_and_connect_are_bounded)
+{
+	struct rm_transport_opts o = opts_for(1);
+	struct rm_listener *l;
+	struct rm_transport *t;
+	char port[16];
+	uint64_t t0;
+	int err;
+
+	o.timeout_ms = 400;
+	cr_assert_eq(rm_tr_listen(&o, &l), 0);
+	t0 = rm_now_ns();
+	err = rm_tr_accept(l, &t);
+	cr_assert_eq(err, -ETIMEDOUT, "accept: %s", rdmamig_strerror(err));
+	cr_assert((rm_now_ns() - t0) / 1000000 < 1500);
+	snprintf(port, sizeof(port), "%d", rm_tr_listener_port(l));
+	rm_tr_listener_close(l);
+	o.port = port;
+	err = rm_tr_connect(&o, &t);
+	cr_assert_eq(err, -ECONNREFUSED, "connect: %s", rdmamig_strerror(err));
+}
+
+/* IPv6 loopback, where the host has it. */
+Test(tcp, ipv6_loopback)
+{
+	struct rm_transport_opts o = opts_for(2);
+	int fd = socket(AF_INET6, SOCK_STREAM, 0);
+	struct sockaddr_in6 sa = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+	struct pair p = { 0 };
+	struct rm_transport *src;
+	pthread_t th;
+	char port[16];
+	int err;
+
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		if (fd >= 0)
+			close(fd);
+		cr_skip_test("no IPv6 loopback on this host");
+	}
+	close(fd);
+	o.addr = "::1";
+	cr_assert_eq(rm_tr_listen(&o, &p.l), 0);
+	snprintf(port, sizeof(port), "%d", rm_tr_listener_port(p.l));
+	cr_assert_eq(pthread_create(&th, NULL, accept_one, &p), 0);
+	o.port = port;
+	err = rm_tr_connect(&o, &src);
+	pthread_join(th, NULL);
+	cr_assert_eq(err, 0, "connect [::1]: %s", rdmamig_strerror(err));
+	cr_assert_eq(p.accept_err, 0);
+	rm_tr_close(src);
+	rm_tr_close(p.dst);
+	rm_tr_listener_close(p.l);
+}
