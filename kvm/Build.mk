@@ -44,3 +44,5 @@ $(O)/kvm/payload.o: kvm/payload.S $(GUEST_BIN)
 
 HOST_TESTS += test-kvm-guest
 BED_TESTS  += test-kvm-guest
+HOST_TESTS += test-kvm-dirty
+BED_TESTS  += test-kvm-dirty
