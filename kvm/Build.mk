@@ -46,3 +46,5 @@ HOST_TESTS += test-kvm-guest
 BED_TESTS  += test-kvm-guest
 HOST_TESTS += test-kvm-dirty
 BED_TESTS  += test-kvm-dirty
+HOST_TESTS += test-kvm-vmstate
+HOST_TESTS += test-kvm-backing
