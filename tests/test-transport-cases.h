@@ -25,6 +25,10 @@
 #define PAGE 4096u
 #define MAXR 8
 
+/* Registration strategy for the source in the cases (RDMA). */
+static enum rm_reg_strategy case_reg = RM_REG_ALL;
+static size_t case_reg_chunk;
+
 /* Provided by the including file. */
 static const char *suite_addr(void);
 
@@ -105,6 +109,8 @@ static struct rm_transport_opts opts_for(unsigned nchan)
 		.nchan = nchan,
 		.timeout_ms = 5000,
 		.max_write = 256u << 10,
+		.reg = case_reg,
+		.reg_chunk = case_reg_chunk,
 	};
 }
 
@@ -434,7 +440,7 @@ static void case_close_and_cancel(void)
  * The child is the destination (dest_child) or the source; it reports its
  * listening port through a pipe, then works until SIGKILL.
  */
-static void child_work(bool dest_child, int pfd, const char *port_in)
+static void child_work(bool dest_child, int pfd, int cfd)
 {
 	struct rm_transport_opts o = opts_for(2);
 	struct ram m;
@@ -456,7 +462,9 @@ static void child_work(bool dest_child, int pfd, const char *port_in)
 		for (;;)
 			pause();
 	}
-	o.port = port_in;
+	if (read(cfd, port, sizeof(port)) != sizeof(port))
+		_exit(2);
+	o.port = port;
 	err = rm_tr_connect(&o, &t);
 	if (!err)
 		err = rm_tr_layout(t, m.r, m.n);
@@ -467,10 +475,14 @@ static void child_work(bool dest_child, int pfd, const char *port_in)
 	for (uint64_t i = 0;; i++) {
 		struct rm_range r = { .region = 10, .offset = (i % 2040) * PAGE, .length = 4 * PAGE };
 
-		if (rm_tr_write(t, &r, 1))
+		err = rm_tr_write(t, &r, 1);
+		if (!err && i % 64 == 0)
+			err = rm_tr_fence(t);
+		if (err) {
+			fprintf(stderr, "child source: write %llu: %s\n", (unsigned long long)i,
+				rdmamig_strerror(err));
 			_exit(4);
-		if (i % 64 == 0 && rm_tr_fence(t))
-			_exit(4);
+		}
 	}
 }
 
@@ -481,22 +493,28 @@ static void case_peer_vanishes(bool dest_dies)
 	struct rm_transport *t = NULL;
 	struct ram m;
 	char port[16] = "";
-	int pfd[2], err = 0, status;
+	int pfd[2], cfd[2], err = 0, status;
 	uint64_t t0;
 	pid_t pid;
 
+	/* Fork before any RDMA call: librdmacm's device contexts do not
+	 * survive into a child. */
 	cr_assert_eq(pipe(pfd), 0);
-	if (!dest_dies) {
-		/* We are the destination: listen before the child connects. */
-		cr_assert_eq(rm_tr_listen(&o, &l), 0);
-		snprintf(port, sizeof(port), "%d", rm_tr_listener_port(l));
-	}
+	cr_assert_eq(pipe(cfd), 0);
 	pid = fork();
 	cr_assert(pid >= 0);
 	if (pid == 0) {
 		close(pfd[0]);
-		child_work(dest_dies, pfd[1], port);
+		close(cfd[1]);
+		child_work(dest_dies, pfd[1], cfd[0]);
 		_exit(0);
+	}
+	close(cfd[0]);
+	if (!dest_dies) {
+		/* We are the destination: listen, then tell the child where. */
+		cr_assert_eq(rm_tr_listen(&o, &l), 0);
+		snprintf(port, sizeof(port), "%d", rm_tr_listener_port(l));
+		cr_assert_eq(write(cfd[1], port, sizeof(port)), (ssize_t)sizeof(port));
 	}
 	close(pfd[1]);
 	ram_alloc(&m, 3, sizes3, dest_dies ? 5 : 0);
@@ -550,6 +568,7 @@ static void case_peer_vanishes(bool dest_dies)
 	rm_tr_listener_close(l);
 	ram_assert_guards(&m);
 	close(pfd[0]);
+	close(cfd[1]);
 	ram_free(&m);
 }
 

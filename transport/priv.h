@@ -61,6 +61,12 @@ int rm_tr_check_regions(const struct rm_region *r, unsigned n);
 int rm_tr_match_layout(const struct rm_transport *t, const struct rm_wire_region *peer,
 		       unsigned n, char *why, size_t why_len);
 
+/* Check a peer's HELLO: 0 when acceptable, else a REFUSE reason with why. */
+uint32_t rm_tr_check_hello(const struct rm_wire_hello *h, char *why, size_t n);
+
+/* Copy text into a NUL-padded wire text field. */
+void rm_wire_text(char *dst, const char *src);
+
 /* Milliseconds left until deadline_ns (>= 0). */
 int rm_ms_left(uint64_t deadline_ns);
 
@@ -82,6 +88,9 @@ static inline uint64_t rm_pow2_floor(uint64_t x)
 int rm_tr_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len);
 int rm_tcp_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len);
 int rm_rdma_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len);
+/* Tests only: an RDMA WRITE of len bytes to offset in the peer's region idx,
+ * not checked against its size (the NIC must refuse what is outside). */
+int rm_rdma_raw_write(struct rm_transport *t, unsigned idx, uint64_t offset, uint32_t len);
 
 /* A random 64-bit session id. */
 uint64_t rm_tr_session_id(void);

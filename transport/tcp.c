@@ -708,35 +708,6 @@ static void tcp_listener_close(struct rm_listener *lp)
 	free(l);
 }
 
-/*
- * Check a HELLO; 0 when acceptable, else the REFUSE reason (and text).
- */
-static uint32_t check_hello(const struct rm_wire_hello *h, char *why, size_t n)
-{
-	unsigned nchan = le16toh(h->nchan), chan = le16toh(h->chan);
-	uint32_t caps = le32toh(h->caps);
-
-	if (le32toh(h->magic) != RM_WIRE_MAGIC) {
-		snprintf(why, n, "bad magic %#x", le32toh(h->magic));
-		return RM_REFUSE_MAGIC;
-	}
-	if (le16toh(h->version_max) < RM_WIRE_VERSION_MIN ||
-	    le16toh(h->version_min) > RM_WIRE_VERSION) {
-		snprintf(why, n, "versions %u-%u, we speak %u-%u", le16toh(h->version_min),
-			 le16toh(h->version_max), RM_WIRE_VERSION_MIN, RM_WIRE_VERSION);
-		return RM_REFUSE_VERSION;
-	}
-	if ((caps & RM_CAP_REQUIRED) != RM_CAP_REQUIRED) {
-		snprintf(why, n, "caps %#x lack required %#x", caps, RM_CAP_REQUIRED);
-		return RM_REFUSE_CAPS;
-	}
-	if (!nchan || nchan > RM_WIRE_MAX_CHANNELS || chan >= nchan) {
-		snprintf(why, n, "channel %u of %u (max %u)", chan, nchan, RM_WIRE_MAX_CHANNELS);
-		return RM_REFUSE_CHANNELS;
-	}
-	return 0;
-}
-
 static int tcp_accept(struct rm_listener *lp, struct rm_transport **out)
 {
 	struct tcp_listener *l = (struct tcp_listener *)lp;
@@ -775,7 +746,7 @@ static int tcp_accept(struct rm_listener *lp, struct rm_transport **out)
 			close(fd);
 			continue;
 		}
-		reason = check_hello(&u.h, why, sizeof(why));
+		reason = rm_tr_check_hello(&u.h, why, sizeof(why));
 		chan = le16toh(u.h.chan);
 		if (!reason && c && (le64toh(u.h.session) != session || le16toh(u.h.nchan) != c->base.nchan)) {
 			snprintf(why, sizeof(why), "another migration is being accepted");

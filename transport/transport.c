@@ -134,6 +134,32 @@ int rm_tr_match_layout(const struct rm_transport *t, const struct rm_wire_region
 	return 0;
 }
 
+uint32_t rm_tr_check_hello(const struct rm_wire_hello *h, char *why, size_t n)
+{
+	unsigned nchan = le16toh(h->nchan), chan = le16toh(h->chan);
+	uint32_t caps = le32toh(h->caps);
+
+	if (le32toh(h->magic) != RM_WIRE_MAGIC) {
+		snprintf(why, n, "bad magic %#x", le32toh(h->magic));
+		return RM_REFUSE_MAGIC;
+	}
+	if (le16toh(h->version_max) < RM_WIRE_VERSION_MIN ||
+	    le16toh(h->version_min) > RM_WIRE_VERSION) {
+		snprintf(why, n, "versions %u-%u, we speak %u-%u", le16toh(h->version_min),
+			 le16toh(h->version_max), RM_WIRE_VERSION_MIN, RM_WIRE_VERSION);
+		return RM_REFUSE_VERSION;
+	}
+	if ((caps & RM_CAP_REQUIRED) != RM_CAP_REQUIRED) {
+		snprintf(why, n, "caps %#x lack required %#x", caps, RM_CAP_REQUIRED);
+		return RM_REFUSE_CAPS;
+	}
+	if (!nchan || nchan > RM_WIRE_MAX_CHANNELS || chan >= nchan) {
+		snprintf(why, n, "channel %u of %u (max %u)", chan, nchan, RM_WIRE_MAX_CHANNELS);
+		return RM_REFUSE_CHANNELS;
+	}
+	return 0;
+}
+
 int rm_ms_left(uint64_t deadline_ns)
 {
 	uint64_t now = rm_now_ns();
@@ -372,4 +398,13 @@ int rm_tr_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_
 	if (t->ops == &rm_transport_tcp_ops)
 		return rm_tcp_raw_send(t, chan, msg, len);
 	return rm_rdma_raw_send(t, chan, msg, len);
+}
+
+void rm_wire_text(char *dst, const char *src)
+{
+	size_t n = src ? strnlen(src, RM_WIRE_TEXT - 1) : 0;
+
+	memset(dst, 0, RM_WIRE_TEXT);
+	if (n)
+		memcpy(dst, src, n);
 }

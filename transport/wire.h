@@ -124,7 +124,7 @@ struct rm_wire_hello {		/* RDMA: header + body <= 56 B of private data */
 	uint16_t chan;
 	uint64_t session;	/* random; ties a source's channels together */
 	uint32_t max_write;	/* source's largest single write */
-	uint32_t reserved;
+	uint32_t credits;	/* RDMA: control receive buffers the source posted */
 };
 
 struct rm_wire_hello_ack {
