@@ -48,3 +48,5 @@ HOST_TESTS += test-kvm-dirty
 BED_TESTS  += test-kvm-dirty
 HOST_TESTS += test-kvm-vmstate
 HOST_TESTS += test-kvm-backing
+HOST_TESTS += test-kvm-snapshot
+BED_TESTS  += test-kvm-snapshot

@@ -137,8 +137,11 @@ struct rm_kvm_vm *rm_kvm_snapshot_restore(const char *path, const struct rm_back
 		goto out;
 	}
 	ret = read_all(fd, state, h.state_len);
-	if (ret < 0)
+	if (ret < 0) {
+		rm_err("kvm: reading device state from snapshot %s: %s", path,
+		       ret == -EPROTO ? "the file ends early (truncated?)" : strerror(-ret));
 		goto out;
+	}
 
 	opts.nr_vcpus = h.nr_vcpus;
 	opts.ram_size = h.ram_size;
@@ -154,7 +157,8 @@ struct rm_kvm_vm *rm_kvm_snapshot_restore(const char *path, const struct rm_back
 	for (unsigned i = 0; ret == 0 && i < vm->nr_regions; i++)
 		ret = read_all(fd, vm->regions[i].hva, vm->regions[i].size);
 	if (ret < 0) {
-		rm_err("kvm: reading RAM from snapshot %s: %s", path, strerror(-ret));
+		rm_err("kvm: reading RAM from snapshot %s: %s", path,
+		       ret == -EPROTO ? "the file ends early (truncated?)" : strerror(-ret));
 		goto out;
 	}
 	ret = rm_kvm_vm_load_state(vm, state, h.state_len);
