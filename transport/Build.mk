@@ -6,3 +6,4 @@ LIB_OBJS += transport/tcp.o
 LIB_OBJS += transport/rdma.o
 HOST_TESTS += test-transport-tcp
 BED_TESTS += test-transport-rdma
+BENCH_BINS += bench-transport
