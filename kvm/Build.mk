@@ -50,3 +50,4 @@ HOST_TESTS += test-kvm-vmstate
 HOST_TESTS += test-kvm-backing
 HOST_TESTS += test-kvm-snapshot
 BED_TESTS  += test-kvm-snapshot
+BENCH_BINS += bench-dirty-sync
