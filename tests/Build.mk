@@ -3,5 +3,5 @@
 # that needs /dev/kvm runs in both lists' environments where it exists.
 HOST_TESTS += test-common
 HOST_TESTS += test-kvm-smoke
-#BED_TESTS  += test-verbs-smoke
+BED_TESTS  += test-verbs-smoke
 BED_TESTS  += test-kvm-smoke
