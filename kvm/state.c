@@ -1,7 +1,7 @@
 /*
  * kvm/state.c — everything but RAM that a guest needs to continue elsewhere,
  * described as vmstate sections: "vm" (the shape, checked on load),
- * "kvmclock", "irqchip" (PIC and IOAPIC), one "cpu" per vCPU (registers,
+ * "kvmclock", "irqchip" (PIC, IOAPIC and PIT), one "cpu" per vCPU (registers,
  * special registers, FPU/XSAVE, XCRs, the MSRs KVM lists, local APIC, pending
  * events, MP state, debug registers) and "progress" (the guest's report port).
  *
@@ -348,12 +348,14 @@ static const struct rm_vms_desc clock_desc = {
 
 struct irqchip_state {
 	struct kvm_irqchip pic_master, pic_slave, ioapic;
+	struct kvm_pit_state2 pit;
 };
 
 static const struct rm_vms_field irqchip_fields[] = {
 	RM_VMS_BUF(struct irqchip_state, pic_master),
 	RM_VMS_BUF(struct irqchip_state, pic_slave),
 	RM_VMS_BUF(struct irqchip_state, ioapic),
+	RM_VMS_BUF(struct irqchip_state, pit),
 	RM_VMS_END,
 };
 
@@ -412,7 +414,8 @@ int rm_kvm_vm_save_state(struct rm_kvm_vm *vm, struct rm_vms_buf *buf)
 	clock.flags = vm->clock.flags;
 	if ((ret = kvm_ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &irq.pic_master)) < 0 ||
 	    (ret = kvm_ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &irq.pic_slave)) < 0 ||
-	    (ret = kvm_ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &irq.ioapic)) < 0)
+	    (ret = kvm_ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &irq.ioapic)) < 0 ||
+	    (ret = kvm_ioctl(vm->vm_fd, KVM_GET_PIT2, &irq.pit)) < 0)
 		return ret;
 
 	cpu = malloc(sizeof(*cpu));
@@ -484,7 +487,8 @@ int rm_kvm_vm_load_state(struct rm_kvm_vm *vm, const void *data, size_t len)
 	}
 	if ((ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &irq.pic_master)) < 0 ||
 	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &irq.pic_slave)) < 0 ||
-	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &irq.ioapic)) < 0)
+	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &irq.ioapic)) < 0 ||
+	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_PIT2, &irq.pit)) < 0)
 		goto out;
 	for (unsigned i = 0; i < vm->nr_vcpus; i++) {
 		memset(cpu, 0, offsetof(struct cpu_state, xsave));

@@ -427,6 +427,15 @@ struct rm_kvm_vm *rm_kvm_vm_create(const struct rm_kvm_vm_opts *opts)
 	ret = kvm_ioctl_val(vm->vm_fd, KVM_CREATE_IRQCHIP, 0);
 	if (ret < 0)
 		goto fail;
+	/* A PC has a PIT; the payload never programs it, but its state is part
+	 * of what a real guest would need moved, so it is there and saved. */
+	{
+		struct kvm_pit_config pit = { .flags = 0 };
+
+		ret = kvm_ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit);
+		if (ret < 0)
+			goto fail;
+	}
 	if (opts->dirty_ring_entries) {
 		ret = enable_dirty_ring(vm, opts->dirty_ring_entries);
 		if (ret < 0)

@@ -117,3 +117,48 @@ Test(kvm_guest, state_and_ram_move_to_a_fresh_vm, .timeout = 120)
 	rm_kvm_vm_destroy(dst);
 	rm_kvm_vm_destroy(src);
 }
+
+Test(kvm_guest, state_stream_covers_every_part, .timeout = 60)
+{
+	kvm_or_skip();
+	struct rm_kvm_vm *vm = test_vm(2, 32, 0);
+	struct rm_vms_buf state = { 0 };
+	static const char *const parts[] = {
+		"vm", "kvmclock", "irqchip", "pic_master", "pic_slave", "ioapic", "pit", "cpu", "regs", "sregs",
+		"fpu", "msr_index", "msr_value", "lapic", "events", "mp.mp_state", "cpu/xsave", "cpu/xcrs",
+		"cpu/debugregs", "progress",
+	};
+
+	test_boot(vm, RM_GUEST_SWEEP, 0);
+	test_wait_progress(vm, NULL, 256, 30);
+	cr_assert_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
+	cr_assert_eq(rm_kvm_vm_save_state(vm, &state), 0, "%s", test_last_err);
+	for (unsigned i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+		char name[64];
+
+		/* Names travel with their length byte in front. */
+		name[0] = (char)strlen(parts[i]);
+		memcpy(name + 1, parts[i], strlen(parts[i]));
+		cr_expect_not_null(memmem(state.data, state.len, name, strlen(parts[i]) + 1),
+				   "the state stream has no '%s'", parts[i]);
+	}
+	printf("vCPU state: %u MSRs from KVM_GET_MSR_INDEX_LIST, XSAVE %zu bytes, XCRs %s, debug registers %s; "
+	       "stream %zu bytes\n", vm->nr_msrs, vm->xsave_size, vm->has_xcrs ? "yes" : "no",
+	       vm->has_debugregs ? "yes" : "no", state.len);
+	cr_expect_gt(vm->nr_msrs, 10, "only %u MSRs readable", vm->nr_msrs);
+
+	/* Loading a stream back into the VM it came from works, and it runs on. */
+	uint64_t base[2] = { rm_kvm_vcpu_progress(vm, 0), rm_kvm_vcpu_progress(vm, 1) };
+	cr_assert_eq(rm_kvm_vm_load_state(vm, state.data, state.len), 0, "%s", test_last_err);
+	cr_assert_eq(rm_kvm_vm_resume(vm), 0);
+	test_wait_progress(vm, base, 256, 30);
+	cr_expect_eq(rm_kvm_vm_integrity_errors(vm), 0);
+
+	/* A VM of another shape refuses the stream, saying why. */
+	struct rm_kvm_vm *other = test_vm(1, 32, 0);
+	cr_expect_lt(rm_kvm_vm_load_state(other, state.data, state.len), 0);
+	cr_expect(strstr(test_last_err, "state is for 2 vCPUs"), "message: %s", test_last_err);
+	rm_kvm_vm_destroy(other);
+	rm_vms_buf_free(&state);
+	rm_kvm_vm_destroy(vm);
+}

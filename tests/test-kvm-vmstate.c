@@ -307,3 +307,27 @@ Test(vmstate, wrong_section_is_named)
 		  "message: %s", last_err);
 	rm_vms_buf_free(&b);
 }
+
+/* Hostile streams: random damage must be refused or loaded, never read out
+ * of bounds (run under SANITIZE=1 to have AddressSanitizer check that). */
+Test(vmstate, damaged_streams_never_crash)
+{
+	struct dev d = sample();
+	struct rm_vms_buf b = save(&dev_v2, &d);
+	unsigned seed = 12345, refused = 0;
+
+	rdmamig_set_log(NULL, NULL, RDMAMIG_LOG_ERR);
+	for (int i = 0; i < 5000; i++) {
+		struct rm_vms_buf bad = { .data = malloc(b.len), .len = b.len };
+		struct dev out = { 0 };
+
+		memcpy(bad.data, b.data, b.len);
+		for (int k = 0; k < 1 + rand_r(&seed) % 4; k++)
+			bad.data[rand_r(&seed) % b.len] = (uint8_t)rand_r(&seed);
+		refused += load(&dev_v2, &bad, &out) < 0;
+		free(bad.data);
+	}
+	printf("vmstate: %u of 5000 randomly damaged streams refused\n", refused);
+	cr_expect_gt(refused, 1000);
+	rm_vms_buf_free(&b);
+}
