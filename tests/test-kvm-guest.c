@@ -162,3 +162,88 @@ Test(kvm_guest, state_stream_covers_every_part, .timeout = 60)
 	rm_vms_buf_free(&state);
 	rm_kvm_vm_destroy(vm);
 }
+
+/* Generation of work page p: how many times the guest wrote it. */
+static uint32_t page_gen(struct rm_kvm_vm *vm, uint64_t p)
+{
+	const uint32_t *meta = rm_kvm_vm_gpa_to_hva(vm, RM_GUEST_META_GPA);
+
+	return meta[p];
+}
+
+static struct rm_kvm_vm *run_workload(enum rm_guest_workload kind, uint64_t rate, uint64_t units)
+{
+	struct rm_kvm_vm *vm = test_vm(2, 32, 0);
+
+	test_boot(vm, kind, rate);
+	test_wait_progress(vm, NULL, units, 60);
+	cr_assert_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
+	cr_assert_eq(rm_kvm_vm_integrity_errors(vm), 0);
+	return vm;
+}
+
+Test(kvm_guest, workloads_write_where_they_say, .timeout = 180)
+{
+	kvm_or_skip();
+	unsigned nv = 2;
+
+	/* hotset: 10% of each vCPU's pages take ~90% of its writes. */
+	struct rm_kvm_vm *vm = run_workload(RM_GUEST_HOTSET, 0, 4096);
+	uint64_t n = rm_kvm_vm_work_pages(vm), hot_w = 0, all_w = 0;
+	for (unsigned v = 0; v < nv; v++) {
+		uint64_t first = v * n / nv, count = (v + 1) * n / nv - first, hot = count * 100 / 1000;
+
+		for (uint64_t p = first; p < first + count; p++) {
+			all_w += page_gen(vm, p);
+			hot_w += p < first + hot ? page_gen(vm, p) : 0;
+		}
+	}
+	printf("hotset: %.1f%% of %llu writes went to the hot 10%% of pages\n", 100.0 * hot_w / all_w,
+	       (unsigned long long)all_w);
+	cr_expect(hot_w > all_w * 8 / 10 && hot_w < all_w * 97 / 100, "hot share %.2f", (double)hot_w / all_w);
+	rm_kvm_vm_destroy(vm);
+
+	/* sweep: in each share, generations step down once (the cursor), plus
+	 * once where a finished lap meets the next. */
+	vm = run_workload(RM_GUEST_SWEEP, 0, 2048);
+	n = rm_kvm_vm_work_pages(vm);
+	for (unsigned v = 0; v < nv; v++) {
+		uint64_t first = v * n / nv, count = (v + 1) * n / nv - first, steps = 0, written = 0;
+
+		for (uint64_t p = first; p < first + count; p++) {
+			written += page_gen(vm, p) > 0;
+			if (p > first && page_gen(vm, p) != page_gen(vm, p - 1))
+				steps++;
+			cr_expect_leq(page_gen(vm, p), page_gen(vm, first), "sweep: page %llu ahead of the first page",
+				      (unsigned long long)p);
+		}
+		printf("sweep: vCPU %u wrote %llu of %llu pages, %llu generation steps\n", v,
+		       (unsigned long long)written, (unsigned long long)count, (unsigned long long)steps);
+		cr_expect_leq(steps, 1, "sweep of vCPU %u is not sequential", v);
+		cr_expect_gt(written, 0);
+	}
+	rm_kvm_vm_destroy(vm);
+
+	/* uniform, paced: writes land in both halves of each share, and the
+	 * rate holds within a factor of two (nested KVM is slow, not faster). */
+	uint64_t rate = 500;
+	vm = test_vm(2, 32, 0);
+	test_boot(vm, RM_GUEST_UNIFORM, rate);
+	test_wait_progress(vm, NULL, 64, 30);
+	uint64_t p0 = rm_kvm_vm_progress(vm), t0 = rm_now_ns();
+	usleep(2000000);
+	double got = (double)(rm_kvm_vm_progress(vm) - p0) / ((double)(rm_now_ns() - t0) / 1e9) / nv;
+	cr_assert_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
+	printf("uniform at %llu pages/s per vCPU: measured %.0f\n", (unsigned long long)rate, got);
+	cr_expect(got > rate / 2.0 && got < rate * 1.25, "paced at %llu, ran at %.0f", (unsigned long long)rate, got);
+	n = rm_kvm_vm_work_pages(vm);
+	for (unsigned v = 0; v < nv; v++) {
+		uint64_t first = v * n / nv, count = (v + 1) * n / nv - first, lo = 0, hi = 0;
+
+		for (uint64_t p = first; p < first + count; p++)
+			*(p < first + count / 2 ? &lo : &hi) += page_gen(vm, p);
+		cr_expect(lo > (lo + hi) * 3 / 10 && hi > (lo + hi) * 3 / 10, "uniform vCPU %u: %llu vs %llu", v,
+			  (unsigned long long)lo, (unsigned long long)hi);
+	}
+	rm_kvm_vm_destroy(vm);
+}
