@@ -24,6 +24,8 @@ RM_EXPORT const char *rdmamig_strerror(int err)
 		return "migration aborted";
 	case RDMAMIG_E_WC:
 		return "an RDMA work request failed";
+	case RDMAMIG_E_VERIFY:
+		return "guest RAM differs between source and destination";
 	}
 	if (err < 0 && err > -4096)
 		return strerror(-err);

@@ -56,7 +56,229 @@ enum rdmamig_error {
 	RDMAMIG_E_REFUSED = -1001,	/* the peer refused the handshake */
 	RDMAMIG_E_ABORTED = -1002,	/* the peer (or the user) aborted */
 	RDMAMIG_E_WC = -1003,		/* an RDMA work completion failed */
+	RDMAMIG_E_VERIFY = -1004,	/* RAM digests differ after migration */
 };
+
+
+/* ------------------------------------------------------------------------ */
+/* The VMM ops table: what an embedding VMM gives the engine.               */
+/* ------------------------------------------------------------------------ */
+
+#define RDMAMIG_VMM_OPS_VERSION 1
+#define RDMAMIG_MAX_REGIONS 64
+#define RDMAMIG_CPU_MODEL_LEN 48
+
+/* One region of guest RAM.  ids are the VMM's and must match on both sides. */
+struct rdmamig_ram_region {
+	uint32_t id;
+	void *host_addr;	/* page-aligned; the engine reads (source) or the
+				 * transport writes (destination) it */
+	uint64_t size;		/* a multiple of the page size */
+	uint64_t gpa;		/* guest-physical base, for the compatibility check */
+};
+
+/*
+ * What the source says about its VM; the destination's VMM must match it.
+ * Filled by the source's describe(); handed to the destination's prepare().
+ */
+struct rdmamig_vm_desc {
+	uint32_t page_size;
+	uint32_t nr_vcpus;
+	char cpu_model[RDMAMIG_CPU_MODEL_LEN];	/* NUL-terminated */
+	uint32_t payload_version;	/* the VMM's device-state format version */
+	uint32_t nr_regions;
+	struct rdmamig_ram_region regions[RDMAMIG_MAX_REGIONS];	/* host_addr unused */
+};
+
+/*
+ * Callbacks.  All are called from the thread that runs rdmamig_run() (the
+ * migration thread), never concurrently, and only between rdmamig_run()'s
+ * start and return.  Return values: 0 (or a count where said) on success,
+ * a negative errno on failure — the engine then ends the migration, and on
+ * the source resumes the guest.  Optional callbacks may be NULL.
+ */
+struct rdmamig_vmm_ops {
+	int version;		/* RDMAMIG_VMM_OPS_VERSION */
+
+	/* Both sides.  Describe the VM: its layout and identity.  On the
+	 * destination this is called after prepare(). */
+	int (*describe)(void *opaque, struct rdmamig_vm_desc *desc);
+
+	/* Destination, optional.  The source's description arrives: create or
+	 * check the VM so that describe() then matches it, with RAM zeroed.
+	 * Return -EINVAL and log why (rdmamig_log) to refuse; the source is told
+	 * the reason. */
+	int (*prepare)(void *opaque, const struct rdmamig_vm_desc *src);
+
+	/* Source.  Start dirty logging: from now on every guest write is
+	 * reported by a later dirty_sync(). */
+	int (*dirty_start)(void *opaque);
+	/* Source.  Set in bitmaps[r] (one bit per page of region r, the r-th
+	 * region of describe()) every page dirtied since the last call (or
+	 * dirty_start); existing bits are left set.  Returns the number of pages
+	 * it reported, or -errno. */
+	long (*dirty_sync)(void *opaque, uint64_t *const *bitmaps);
+	/* Source, optional.  Called just before pages [first, first + n) of
+	 * region r, reported by the last dirty_sync(), are read for sending:
+	 * re-arm tracking for them (KVM_CLEAR_DIRTY_LOG).  first and n are
+	 * multiples of 64 unless the range ends the region. */
+	int (*dirty_clear)(void *opaque, unsigned r, uint64_t first, uint64_t n);
+	/* Source.  Stop dirty logging.  Also called on failure paths. */
+	void (*dirty_stop)(void *opaque);
+
+	/* Source: stop every vCPU (returns once none runs).  Destination:
+	 * never called. */
+	int (*pause)(void *opaque);
+	/* Source: run the guest again (after a failed or cancelled migration).
+	 * Destination: start the migrated guest. */
+	int (*resume)(void *opaque);
+
+	/* Source, paused.  Save all vCPU and device state into a buffer the
+	 * VMM allocates with malloc(); the engine frees it.  0 or -errno. */
+	int (*save_state)(void *opaque, void **buf, size_t *len);
+	/* Destination.  Load state saved by the source's save_state().  The
+	 * bytes come from the network: check everything; -EINVAL refuses. */
+	int (*load_state)(void *opaque, const void *buf, size_t len);
+
+	/* Source, optional.  Slow the vCPUs to run at most (100 - percent)% of
+	 * the time (autoconverge).  0 lifts the throttle. */
+	int (*throttle)(void *opaque, unsigned percent);
+};
+
+/* ------------------------------------------------------------------------ */
+/* Options, progress, stats                                                 */
+/* ------------------------------------------------------------------------ */
+
+enum rdmamig_transport {
+	RDMAMIG_TRANSPORT_RDMA = 2,	/* the default */
+	RDMAMIG_TRANSPORT_TCP = 1,
+};
+
+enum rdmamig_registration {
+	RDMAMIG_REG_ALL = 0,	/* register all RAM up front (default) */
+	RDMAMIG_REG_LAZY = 1,	/* register chunks as they are first sent */
+	RDMAMIG_REG_ODP = 2,	/* on-demand paging where the device offers it */
+};
+
+enum rdmamig_role {
+	RDMAMIG_SOURCE = 1,
+	RDMAMIG_DESTINATION = 2,
+};
+
+/* Why the source switched over. */
+enum rdmamig_switchover {
+	RDMAMIG_SWITCH_NONE = 0,	/* did not get there */
+	RDMAMIG_SWITCH_CONVERGED,	/* remaining bytes fit the downtime limit */
+	RDMAMIG_SWITCH_MAX_ITERATIONS,
+	RDMAMIG_SWITCH_DEADLINE,
+};
+
+struct rdmamig_progress {
+	unsigned iteration;		/* 0: the first (bulk) pass */
+	uint64_t remaining_bytes;	/* dirty bytes not yet sent */
+	uint64_t sent_bytes;		/* RAM bytes sent so far */
+	uint64_t bandwidth;		/* bytes/s measured over the last iteration */
+	uint64_t dirty_rate;		/* bytes/s dirtied over the last iteration */
+	uint64_t expected_downtime_ms;	/* remaining / bandwidth */
+	unsigned throttle;		/* percent */
+	int stage;			/* 0 setup, 1 iterate, 2 stop-and-copy, 3 done */
+};
+
+struct rdmamig_opts {
+	enum rdmamig_role role;
+	enum rdmamig_transport transport;
+	const char *addr;		/* source: the destination's; destination: to bind */
+	const char *port;		/* default "7471" */
+	unsigned channels;		/* QPs / TCP connections; 0: default (2) */
+	uint32_t max_write;		/* largest single write, power of two; 0: 1 MiB */
+	enum rdmamig_registration registration;
+	int timeout_ms;			/* bound on every network wait; 0: 10000 */
+
+	unsigned downtime_ms;		/* switchover limit; 0: 300 */
+	unsigned max_iterations;	/* 0: 30 */
+	uint64_t deadline_ms;		/* switch over by then (from the start); 0: none */
+	uint64_t max_bandwidth;		/* bytes/s cap on RAM sending; 0: none */
+	int autoconverge;		/* throttle vCPUs when iterations don't shrink */
+	unsigned throttle_initial;	/* percent; 0: 20 */
+	unsigned throttle_step;		/* percent; 0: 10 */
+	unsigned throttle_max;		/* percent; 0: 99 */
+	int verify;			/* digest guest RAM on both sides and compare */
+
+	/* Called from the migration thread after each iteration and during
+	 * long passes (at most every 100 ms).  Optional. */
+	void (*progress)(void *opaque, const struct rdmamig_progress *p);
+	void *progress_opaque;
+};
+
+struct rdmamig_iteration {
+	unsigned index;
+	uint64_t pages;			/* pages sent */
+	uint64_t bytes;
+	uint64_t duration_ns;
+	uint64_t bandwidth;		/* bytes/s */
+	uint64_t dirty_pages;		/* dirtied during it (the next sync) */
+	uint64_t dirty_rate;		/* bytes/s */
+	unsigned throttle;
+};
+
+#define RDMAMIG_MAX_ITER_STATS 256
+
+struct rdmamig_stats {
+	enum rdmamig_switchover switchover;
+	uint64_t total_ns;		/* rdmamig_run() from connect to acknowledgment */
+	uint64_t setup_ns;		/* connect, handshake, registration */
+	uint64_t registration_ns;	/* part of setup: RAM registration */
+	uint64_t downtime_ns;		/* pause to destination resumed (source clock) */
+	uint64_t final_sync_ns;		/* downtime split: final dirty sync */
+	uint64_t final_send_ns;		/*   final RAM send + fence */
+	uint64_t state_ns;		/*   device state save + send */
+	uint64_t resume_ns;		/*   destination: load + resume (its clock) */
+	uint64_t bytes;			/* guest RAM bytes sent */
+	uint64_t pages;
+	uint64_t zero_pages_skipped;	/* first pass */
+	uint64_t state_bytes;
+	uint64_t ram_bytes;		/* guest RAM size */
+	uint64_t digest;		/* --verify: RAM digest at switchover */
+	int verified;			/* 1 digests matched, 0 not asked, -1 mismatch */
+	unsigned iterations;		/* number of entries used in iter[] */
+	struct rdmamig_iteration iter[RDMAMIG_MAX_ITER_STATS];
+};
+
+/* ------------------------------------------------------------------------ */
+/* A migration                                                              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct rdmamig rdmamig_t;
+
+/* NULL + errno (EINVAL for bad options or an ops table of another version). */
+rdmamig_t *rdmamig_new(const struct rdmamig_opts *opts, const struct rdmamig_vmm_ops *ops,
+		       void *vmm_opaque);
+
+/*
+ * Run the migration on the calling thread, to the end.  Source: connect,
+ * iterate, switch over, wait for the destination's acknowledgment; on any
+ * failure before it, the guest is resumed and runs on.  Destination: listen,
+ * accept one source, receive, load, resume the guest, acknowledge.
+ * 0 on success, else a negative errno or RDMAMIG_E_*; the log says why.
+ */
+int rdmamig_run(rdmamig_t *m);
+
+/* Any thread, any time (not from a signal handler): make rdmamig_run()
+ * give up within about 100 ms; it returns RDMAMIG_E_ABORTED. */
+void rdmamig_cancel(rdmamig_t *m);
+
+/* Stats so far; complete after rdmamig_run() returns.  Any thread. */
+void rdmamig_get_stats(rdmamig_t *m, struct rdmamig_stats *out);
+
+/* The port a destination listens on (useful with port "0"); -errno if not
+ * listening yet.  Any thread. */
+int rdmamig_listen_port(rdmamig_t *m);
+
+void rdmamig_free(rdmamig_t *m);
+
+/* Log from VMM callbacks through the same hook. */
+void rdmamig_log(enum rdmamig_log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,67 @@
+/*
+ * migration/engine.h — the engine's private state, shared by migration.c
+ * (stages and messages) and ram.c (what RAM to send, and sending it).
+ */
+#ifndef RDMAMIG_MIGRATION_ENGINE_H
+#define RDMAMIG_MIGRATION_ENGINE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "migration/policy.h"
+#include "migration/protocol.h"
+#include "rdmamig.h"
+#include "transport/transport.h"
+
+struct rdmamig {
+	struct rdmamig_opts opts;
+	const struct rdmamig_vmm_ops *ops;
+	void *vmm;
+
+	struct rm_transport_opts topts;
+	struct rm_listener *listener;
+	struct rm_transport *t;
+	atomic_int cancelled;
+	atomic_int listen_port;
+
+	struct rdmamig_vm_desc desc;	/* this side's VM */
+	uint64_t *bitmaps[RDMAMIG_MAX_REGIONS];
+	uint64_t npages[RDMAMIG_MAX_REGIONS];
+
+	uint64_t start_ns;
+	uint64_t last_progress_ns;
+	uint64_t last_heartbeat_ns;
+	struct rdmamig_progress progress;
+
+	pthread_mutex_t lock;		/* guards stats and t against cancel */
+	struct rdmamig_stats stats;
+};
+
+/* What one pass over the bitmaps sent. */
+struct rm_pass {
+	uint64_t pages;
+	uint64_t bytes;
+	uint64_t zero_pages;
+	uint64_t ns;
+};
+
+/* ram.c */
+int rm_ram_alloc_bitmaps(struct rdmamig *m);
+void rm_ram_free_bitmaps(struct rdmamig *m);
+void rm_ram_mark_all(struct rdmamig *m);
+uint64_t rm_ram_count_dirty(const struct rdmamig *m);
+/* Send every page set in the bitmaps, clearing the bits; skip_zero: leave
+ * pages that read as all zeroes (the bulk pass: destination RAM starts
+ * zeroed).  Ends with a fence.  0 or error. */
+int rm_ram_send_pass(struct rdmamig *m, bool skip_zero, struct rm_pass *out);
+/* A digest of all guest RAM, the same on both sides for the same bytes. */
+uint64_t rm_ram_digest(const struct rdmamig_vm_desc *desc);
+
+/* migration.c */
+bool rm_mig_cancelled(struct rdmamig *m);
+/* Progress callback and, on the source, a heartbeat to the destination; at
+ * most every 100 ms unless force. */
+int rm_mig_tick(struct rdmamig *m, bool force);
+
+#endif

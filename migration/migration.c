@@ -1,0 +1,726 @@
+/*
+ * migration/migration.c — the engine's stages: setup, iterate, decide,
+ * stop-and-copy on the source; accept, prepare, receive, load, resume on the
+ * destination.  Sees the VMM only through struct rdmamig_vmm_ops and the
+ * network only through transport/transport.h.  The message sequence is drawn
+ * at the top of migration/protocol.h.
+ *
+ * The invariant everything here serves: before the destination acknowledges
+ * with RESUMED, any failure — the destination's, the link's, a cancel —
+ * leaves the source guest running.  After RESUMED the source's guest is the
+ * stale copy, and the caller releases it.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "migration/engine.h"
+
+#define DEFAULT_PORT "7471"
+#define DEFAULT_TIMEOUT_MS 20000
+#define TICK_NS 100000000ull		/* progress callback period */
+#define HEARTBEAT_NS 1000000000ull	/* source → destination keepalive */
+
+RM_EXPORT void rdmamig_log(enum rdmamig_log_level level, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	rm_log(level, "%s", msg);
+}
+
+bool rm_mig_cancelled(struct rdmamig *m)
+{
+	return atomic_load(&m->cancelled) != 0;
+}
+
+static bool ops_valid(const struct rdmamig_vmm_ops *ops, enum rdmamig_role role)
+{
+	if (!ops || ops->version != RDMAMIG_VMM_OPS_VERSION || !ops->describe)
+		return false;
+	if (role == RDMAMIG_SOURCE)
+		return ops->dirty_start && ops->dirty_sync && ops->dirty_stop && ops->pause &&
+		       ops->resume && ops->save_state;
+	return ops->load_state && ops->resume;
+}
+
+RM_EXPORT rdmamig_t *rdmamig_new(const struct rdmamig_opts *opts, const struct rdmamig_vmm_ops *ops,
+				 void *vmm_opaque)
+{
+	struct rdmamig *m;
+
+	if (!opts || (opts->role != RDMAMIG_SOURCE && opts->role != RDMAMIG_DESTINATION) ||
+	    (opts->transport != RDMAMIG_TRANSPORT_RDMA && opts->transport != RDMAMIG_TRANSPORT_TCP) ||
+	    (opts->role == RDMAMIG_SOURCE && !opts->addr)) {
+		rm_err("rdmamig_new: bad options (role, transport, or a source without an address)");
+		errno = EINVAL;
+		return NULL;
+	}
+	if (!ops_valid(ops, opts->role)) {
+		rm_err("rdmamig_new: the VMM ops table is not version %d or lacks a required callback",
+		       RDMAMIG_VMM_OPS_VERSION);
+		errno = EINVAL;
+		return NULL;
+	}
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return NULL;
+	m->opts = *opts;
+	m->ops = ops;
+	m->vmm = vmm_opaque;
+	pthread_mutex_init(&m->lock, NULL);
+	atomic_store(&m->listen_port, -ENOTCONN);
+	m->topts = (struct rm_transport_opts){
+		.kind = opts->transport == RDMAMIG_TRANSPORT_TCP ? RM_TRANSPORT_TCP : RM_TRANSPORT_RDMA,
+		.addr = opts->addr,
+		.port = opts->port ? opts->port : DEFAULT_PORT,
+		.nchan = opts->channels,
+		.max_write = opts->max_write,
+		.timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS,
+		.reg = (enum rm_reg_strategy)opts->registration,
+	};
+	return m;
+}
+
+RM_EXPORT void rdmamig_cancel(rdmamig_t *m)
+{
+	atomic_store(&m->cancelled, 1);
+	pthread_mutex_lock(&m->lock);
+	if (m->t)
+		rm_tr_cancel(m->t);
+	pthread_mutex_unlock(&m->lock);
+}
+
+RM_EXPORT void rdmamig_get_stats(rdmamig_t *m, struct rdmamig_stats *out)
+{
+	pthread_mutex_lock(&m->lock);
+	*out = m->stats;
+	pthread_mutex_unlock(&m->lock);
+}
+
+RM_EXPORT int rdmamig_listen_port(rdmamig_t *m)
+{
+	return atomic_load(&m->listen_port);
+}
+
+RM_EXPORT void rdmamig_free(rdmamig_t *m)
+{
+	if (!m)
+		return;
+	rm_ram_free_bitmaps(m);
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
+
+static void set_transport(struct rdmamig *m, struct rm_transport *t)
+{
+	pthread_mutex_lock(&m->lock);
+	m->t = t;
+	if (t && rm_mig_cancelled(m))
+		rm_tr_cancel(t);
+	pthread_mutex_unlock(&m->lock);
+}
+
+static void close_transport(struct rdmamig *m)
+{
+	struct rm_transport *t = m->t;
+
+	set_transport(m, NULL);
+	rm_tr_close(t);
+}
+
+int rm_mig_tick(struct rdmamig *m, bool force)
+{
+	uint64_t now = rm_now_ns();
+	int err = 0;
+
+	if (m->opts.role == RDMAMIG_SOURCE && m->t &&
+	    (force || now - m->last_heartbeat_ns >= HEARTBEAT_NS)) {
+		struct rm_mig_iter it = {
+			.index = htole32(m->progress.iteration),
+			.bytes = htole64(m->progress.sent_bytes),
+			.remaining_bytes = htole64(m->progress.remaining_bytes),
+		};
+
+		m->last_heartbeat_ns = now;
+		err = rm_tr_send(m->t, RM_MIG_ITER, &it, sizeof(it));
+	}
+	if (m->opts.progress && (force || now - m->last_progress_ns >= TICK_NS)) {
+		struct rdmamig_progress p;
+
+		m->last_progress_ns = now;
+		pthread_mutex_lock(&m->lock);
+		p = m->progress;
+		pthread_mutex_unlock(&m->lock);
+		m->opts.progress(m->opts.progress_opaque, &p);
+	}
+	return err;
+}
+
+static void set_stage(struct rdmamig *m, int stage)
+{
+	pthread_mutex_lock(&m->lock);
+	m->progress.stage = stage;
+	pthread_mutex_unlock(&m->lock);
+}
+
+static void refuse(struct rdmamig *m, int reason, const char *text)
+{
+	struct rm_mig_refuse r = { .reason = (int32_t)htole32((uint32_t)reason) };
+
+	snprintf(r.text, sizeof(r.text), "%s", text);
+	if (m->t)
+		rm_tr_send(m->t, RM_MIG_REFUSE, &r, sizeof(r));
+}
+
+/* Wait for one message of type want; a REFUSE from the peer is reported as
+ * RDMAMIG_E_REFUSED with its text; anything else unexpected is a protocol
+ * error.  Source heartbeats (ITER) are consumed on the way by the
+ * destination when skip_iter is set. */
+static int expect(struct rdmamig *m, uint16_t want, struct rm_msg *msg, int timeout_ms)
+{
+	for (;;) {
+		int ret = rm_tr_recv(m->t, msg, timeout_ms);
+
+		if (ret < 0) {
+			rm_err("migration: waiting for %s: %s", rm_mig_type_name(want),
+			       rdmamig_strerror(ret));
+			return ret;
+		}
+		if (msg->type == want)
+			return 0;
+		if (msg->type == RM_MIG_REFUSE) {
+			struct rm_mig_refuse r = { 0 };
+
+			memcpy(&r, msg->data, msg->len < sizeof(r) ? msg->len : sizeof(r));
+			r.text[sizeof(r.text) - 1] = '\0';
+			rm_err("migration: the destination refused: %s", r.text);
+			rm_msg_free(msg);
+			return RDMAMIG_E_REFUSED;
+		}
+		rm_err("migration: expected %s, the peer sent %s (%#x, %zu bytes)",
+		       rm_mig_type_name(want), rm_mig_type_name(msg->type), msg->type, msg->len);
+		rm_msg_free(msg);
+		return RDMAMIG_E_PROTO;
+	}
+}
+
+/* ---------------------------------------------------------------- source */
+
+static void record_iteration(struct rdmamig *m, unsigned idx, const struct rm_pass *pass,
+			     uint64_t dirty_pages, unsigned throttle)
+{
+	uint64_t ps = m->desc.page_size;
+
+	pthread_mutex_lock(&m->lock);
+	m->stats.bytes += pass->bytes;
+	m->stats.pages += pass->pages;
+	m->stats.zero_pages_skipped += pass->zero_pages;
+	if (m->stats.iterations < RDMAMIG_MAX_ITER_STATS) {
+		m->stats.iter[m->stats.iterations++] = (struct rdmamig_iteration){
+			.index = idx,
+			.pages = pass->pages,
+			.bytes = pass->bytes,
+			.duration_ns = pass->ns,
+			.bandwidth = rm_policy_bandwidth(pass->bytes, pass->ns),
+			.dirty_pages = dirty_pages,
+			.dirty_rate = rm_policy_bandwidth(dirty_pages * ps, pass->ns),
+			.throttle = throttle,
+		};
+	}
+	m->progress.iteration = idx;
+	m->progress.sent_bytes = m->stats.bytes;
+	m->progress.remaining_bytes = dirty_pages * ps;
+	m->progress.bandwidth = rm_policy_bandwidth(pass->bytes, pass->ns);
+	m->progress.dirty_rate = rm_policy_bandwidth(dirty_pages * ps, pass->ns);
+	m->progress.expected_downtime_ms = m->progress.remaining_bytes * 1000 / m->progress.bandwidth;
+	m->progress.throttle = throttle;
+	pthread_mutex_unlock(&m->lock);
+}
+
+static long sync_dirty(struct rdmamig *m)
+{
+	long n = m->ops->dirty_sync(m->vmm, m->bitmaps);
+
+	if (n < 0)
+		rm_err("migration: dirty log sync failed: %s", rdmamig_strerror((int)n));
+	return n < 0 ? n : (long)rm_ram_count_dirty(m);
+}
+
+static int source_handshake(struct rdmamig *m)
+{
+	struct rm_region regions[RDMAMIG_MAX_REGIONS];
+	struct rm_transport *t;
+	struct rm_mig_setup *setup;
+	struct rm_msg msg;
+	size_t len;
+	uint64_t t0;
+	int err;
+
+	err = rm_tr_connect(&m->topts, &t);
+	if (err) {
+		rm_err("migration: cannot connect to %s port %s: %s", m->topts.addr, m->topts.port,
+		       rdmamig_strerror(err));
+		return err;
+	}
+	set_transport(m, t);
+	setup = rm_mig_setup_encode(&m->desc, m->opts.verify ? RM_MIG_F_VERIFY : 0, &len);
+	if (!setup)
+		return -errno;
+	err = rm_tr_send(m->t, RM_MIG_SETUP, setup, len);
+	free(setup);
+	if (err)
+		return err;
+	err = expect(m, RM_MIG_SETUP_OK, &msg, -1);
+	if (err)
+		return err;
+	rm_msg_free(&msg);
+
+	for (uint32_t i = 0; i < m->desc.nr_regions; i++)
+		regions[i] = (struct rm_region){
+			.id = m->desc.regions[i].id,
+			.addr = m->desc.regions[i].host_addr,
+			.size = m->desc.regions[i].size,
+		};
+	t0 = rm_now_ns();
+	err = rm_tr_layout(m->t, regions, m->desc.nr_regions);
+	pthread_mutex_lock(&m->lock);
+	m->stats.registration_ns = rm_now_ns() - t0;
+	pthread_mutex_unlock(&m->lock);
+	return err;
+}
+
+static int stop_and_copy(struct rdmamig *m, bool *paused)
+{
+	struct rm_mig_commit commit = { 0 };
+	struct rm_mig_resumed resumed = { 0 };
+	struct rm_pass pass;
+	struct rm_msg msg;
+	void *state = NULL;
+	size_t state_len = 0;
+	uint64_t t_pause, t0, digest = 0;
+	long dirty;
+	int err;
+
+	set_stage(m, 2);
+	t_pause = rm_now_ns();
+	err = m->ops->pause(m->vmm);
+	if (err) {
+		rm_err("migration: pausing the guest failed: %s", rdmamig_strerror(err));
+		return err;
+	}
+	*paused = true;
+
+	t0 = rm_now_ns();
+	dirty = sync_dirty(m);
+	if (dirty < 0)
+		return (int)dirty;
+	pthread_mutex_lock(&m->lock);
+	m->stats.final_sync_ns = rm_now_ns() - t0;
+	pthread_mutex_unlock(&m->lock);
+
+	err = rm_ram_send_pass(m, false, &pass);
+	if (err)
+		return err;
+	record_iteration(m, m->progress.iteration + 1, &pass, 0, m->progress.throttle);
+	pthread_mutex_lock(&m->lock);
+	m->stats.final_send_ns = pass.ns;
+	pthread_mutex_unlock(&m->lock);
+
+	if (m->opts.verify)
+		digest = rm_ram_digest(&m->desc);
+
+	t0 = rm_now_ns();
+	err = m->ops->save_state(m->vmm, &state, &state_len);
+	if (err) {
+		rm_err("migration: saving vCPU and device state failed: %s", rdmamig_strerror(err));
+		return err;
+	}
+	err = rm_tr_send(m->t, RM_MIG_STATE, state, state_len);
+	free(state);
+	if (err)
+		return err;
+	commit.digest = htole64(digest);
+	commit.flags = htole32(m->opts.verify ? RM_MIG_F_VERIFY : 0);
+	commit.state_len = htole64(state_len);
+	err = rm_tr_send(m->t, RM_MIG_COMMIT, &commit, sizeof(commit));
+	if (err)
+		return err;
+	pthread_mutex_lock(&m->lock);
+	m->stats.state_ns = rm_now_ns() - t0;
+	m->stats.state_bytes = state_len;
+	m->stats.digest = digest;
+	pthread_mutex_unlock(&m->lock);
+
+	err = expect(m, RM_MIG_RESUMED, &msg, -1);
+	if (err)
+		return err;
+	if (msg.len != sizeof(resumed)) {
+		rm_err("migration: RESUMED of %zu bytes, expected %zu", msg.len, sizeof(resumed));
+		rm_msg_free(&msg);
+		return RDMAMIG_E_PROTO;
+	}
+	memcpy(&resumed, msg.data, sizeof(resumed));
+	rm_msg_free(&msg);
+	pthread_mutex_lock(&m->lock);
+	m->stats.downtime_ns = rm_now_ns() - t_pause;
+	m->stats.resume_ns = le64toh(resumed.resume_ns);
+	if (m->opts.verify)
+		m->stats.verified = le64toh(resumed.digest) == digest ? 1 : -1;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+static int run_source(struct rdmamig *m)
+{
+	struct rm_policy policy;
+	struct rm_policy_state ps = { 0 };
+	enum rdmamig_switchover sw = RDMAMIG_SWITCH_NONE;
+	bool logging = false, paused = false;
+	unsigned throttle = 0;
+	int err;
+
+	rm_policy_from_opts(&policy, &m->opts);
+	err = m->ops->describe(m->vmm, &m->desc);
+	if (err || !m->desc.nr_regions || m->desc.nr_regions > RDMAMIG_MAX_REGIONS) {
+		rm_err("migration: the VMM could not describe its VM (%s)",
+		       err ? rdmamig_strerror(err) : "no or too many RAM regions");
+		return err ? err : -EINVAL;
+	}
+	pthread_mutex_lock(&m->lock);
+	for (uint32_t r = 0; r < m->desc.nr_regions; r++)
+		m->stats.ram_bytes += m->desc.regions[r].size;
+	pthread_mutex_unlock(&m->lock);
+	err = rm_ram_alloc_bitmaps(m);
+	if (err)
+		return err;
+
+	err = source_handshake(m);
+	if (err)
+		goto fail;
+	pthread_mutex_lock(&m->lock);
+	m->stats.setup_ns = rm_now_ns() - m->start_ns;
+	pthread_mutex_unlock(&m->lock);
+
+	err = m->ops->dirty_start(m->vmm);
+	if (err) {
+		rm_err("migration: starting dirty logging failed: %s", rdmamig_strerror(err));
+		goto fail;
+	}
+	logging = true;
+	set_stage(m, 1);
+	rm_ram_mark_all(m);
+
+	for (unsigned it = 0;; it++) {
+		struct rm_pass pass;
+		long dirty;
+
+		err = rm_ram_send_pass(m, it == 0, &pass);
+		if (err)
+			goto fail;
+		dirty = sync_dirty(m);
+		if (dirty < 0) {
+			err = (int)dirty;
+			goto fail;
+		}
+		record_iteration(m, it, &pass, (uint64_t)dirty, throttle);
+		err = rm_mig_tick(m, true);
+		if (err)
+			goto fail;
+		rm_info("migration: iteration %u sent %llu pages (%llu zero skipped) in %llu ms, %llu dirty now",
+			it, (unsigned long long)pass.pages, (unsigned long long)pass.zero_pages,
+			(unsigned long long)(pass.ns / 1000000), (unsigned long long)dirty);
+
+		struct rm_policy_input in = {
+			.iteration = it,
+			.sent_bytes = pass.bytes,
+			.duration_ns = pass.ns,
+			.remaining_bytes = (uint64_t)dirty * m->desc.page_size,
+			.elapsed_ns = rm_now_ns() - m->start_ns,
+		};
+		sw = rm_policy_decide(&policy, &ps, &in);
+		if (sw != RDMAMIG_SWITCH_NONE)
+			break;
+		if (ps.throttle != throttle) {
+			if (m->ops->throttle) {
+				err = m->ops->throttle(m->vmm, ps.throttle);
+				if (err) {
+					rm_err("migration: throttling vCPUs to %u%% failed: %s", ps.throttle,
+					       rdmamig_strerror(err));
+					goto fail;
+				}
+				rm_info("migration: not converging; vCPUs throttled by %u%%", ps.throttle);
+			}
+			throttle = ps.throttle;
+		}
+		if (rm_mig_cancelled(m)) {
+			err = RDMAMIG_E_ABORTED;
+			goto fail;
+		}
+	}
+	pthread_mutex_lock(&m->lock);
+	m->stats.switchover = sw;
+	pthread_mutex_unlock(&m->lock);
+	rm_info("migration: switching over (%s)",
+		sw == RDMAMIG_SWITCH_CONVERGED ? "converged" :
+		sw == RDMAMIG_SWITCH_DEADLINE ? "deadline" : "iteration cap");
+
+	err = stop_and_copy(m, &paused);
+	if (err)
+		goto fail;
+	if (throttle && m->ops->throttle)
+		m->ops->throttle(m->vmm, 0);
+	m->ops->dirty_stop(m->vmm);
+	set_stage(m, 3);
+	rm_mig_tick(m, true);
+	close_transport(m);
+	if (m->stats.verified < 0) {
+		rm_err("migration: the destination's RAM digest differs from the source's");
+		return RDMAMIG_E_VERIFY;
+	}
+	return 0;
+
+fail:
+	/* The destination has not acknowledged: the source guest stays ours. */
+	if (m->t)
+		rm_tr_abort(m->t, err, rm_mig_cancelled(m) ? "cancelled by the source" : "source failed");
+	if (logging) {
+		if (throttle && m->ops->throttle)
+			m->ops->throttle(m->vmm, 0);
+		m->ops->dirty_stop(m->vmm);
+	}
+	if (paused) {
+		int rerr = m->ops->resume(m->vmm);
+
+		if (rerr)
+			rm_err("migration: resuming the source guest after the failure failed: %s",
+			       rdmamig_strerror(rerr));
+		else
+			rm_info("migration: failed; the source guest runs on");
+	} else {
+		rm_info("migration: failed before switchover; the source guest ran throughout");
+	}
+	close_transport(m);
+	return rm_mig_cancelled(m) ? RDMAMIG_E_ABORTED : err;
+}
+
+/* ----------------------------------------------------------- destination */
+
+static int dest_accept(struct rdmamig *m)
+{
+	struct rm_transport *t;
+	int err;
+
+	err = rm_tr_listen(&m->topts, &m->listener);
+	if (err) {
+		rm_err("migration: cannot listen on %s port %s: %s", m->topts.addr ? m->topts.addr : "*",
+		       m->topts.port, rdmamig_strerror(err));
+		return err;
+	}
+	atomic_store(&m->listen_port, rm_tr_listener_port(m->listener));
+	rm_info("migration: waiting for a source on port %d", rm_tr_listener_port(m->listener));
+	do {
+		err = rm_tr_accept(m->listener, &t);
+	} while (err == -ETIMEDOUT && !rm_mig_cancelled(m));
+	rm_tr_listener_close(m->listener);
+	m->listener = NULL;
+	if (err)
+		return rm_mig_cancelled(m) ? RDMAMIG_E_ABORTED : err;
+	set_transport(m, t);
+	m->start_ns = rm_now_ns();
+	return 0;
+}
+
+static int dest_setup(struct rdmamig *m, uint32_t *flags)
+{
+	struct rm_region regions[RDMAMIG_MAX_REGIONS];
+	struct rdmamig_vm_desc src;
+	struct rm_msg msg;
+	char why[RM_MIG_TEXT] = "";
+	uint64_t t0;
+	int err;
+
+	err = expect(m, RM_MIG_SETUP, &msg, -1);
+	if (err)
+		return err;
+	err = rm_mig_setup_decode(msg.data, msg.len, &src, flags, why, sizeof(why));
+	rm_msg_free(&msg);
+	if (err) {
+		rm_err("migration: bad SETUP from the source: %s", why);
+		refuse(m, err, why);
+		return err;
+	}
+	if (m->ops->prepare) {
+		err = m->ops->prepare(m->vmm, &src);
+		if (err) {
+			snprintf(why, sizeof(why), "the destination VMM cannot host this VM: %s",
+				 rdmamig_strerror(err));
+			rm_err("migration: %s", why);
+			refuse(m, RDMAMIG_E_REFUSED, why);
+			return RDMAMIG_E_REFUSED;
+		}
+	}
+	err = m->ops->describe(m->vmm, &m->desc);
+	if (err)
+		return err;
+	if (rm_mig_desc_compare(&src, &m->desc, why, sizeof(why))) {
+		rm_err("migration: refusing the source, its VM does not match: %s", why);
+		refuse(m, RDMAMIG_E_REFUSED, why);
+		return RDMAMIG_E_REFUSED;
+	}
+	err = rm_tr_send(m->t, RM_MIG_SETUP_OK, NULL, 0);
+	if (err)
+		return err;
+	for (uint32_t i = 0; i < m->desc.nr_regions; i++)
+		regions[i] = (struct rm_region){
+			.id = m->desc.regions[i].id,
+			.addr = m->desc.regions[i].host_addr,
+			.size = m->desc.regions[i].size,
+		};
+	t0 = rm_now_ns();
+	err = rm_tr_layout(m->t, regions, m->desc.nr_regions);
+	pthread_mutex_lock(&m->lock);
+	m->stats.registration_ns = rm_now_ns() - t0;
+	m->stats.setup_ns = rm_now_ns() - m->start_ns;
+	for (uint32_t r = 0; r < m->desc.nr_regions; r++)
+		m->stats.ram_bytes += m->desc.regions[r].size;
+	pthread_mutex_unlock(&m->lock);
+	return err;
+}
+
+static int run_dest(struct rdmamig *m)
+{
+	struct rm_msg msg = { 0 }, state = { 0 };
+	struct rm_mig_commit commit;
+	uint32_t flags = 0;
+	int err;
+
+	err = dest_accept(m);
+	if (err)
+		return err;
+	err = dest_setup(m, &flags);
+	if (err)
+		goto out;
+	set_stage(m, 1);
+
+	for (;;) {
+		/* The source sends a heartbeat at least every second, so a
+		 * timeout here means it is gone. */
+		err = rm_tr_recv(m->t, &msg, -1);
+		if (err < 0) {
+			rm_err("migration: lost the source while receiving: %s", rdmamig_strerror(err));
+			goto out;
+		}
+		if (msg.type == RM_MIG_ITER && msg.len == sizeof(struct rm_mig_iter)) {
+			struct rm_mig_iter it;
+
+			memcpy(&it, msg.data, sizeof(it));
+			pthread_mutex_lock(&m->lock);
+			m->progress.iteration = le32toh(it.index);
+			m->progress.sent_bytes = le64toh(it.bytes);
+			m->progress.remaining_bytes = le64toh(it.remaining_bytes);
+			m->stats.bytes = le64toh(it.bytes);
+			pthread_mutex_unlock(&m->lock);
+			rm_msg_free(&msg);
+			rm_mig_tick(m, false);
+			continue;
+		}
+		if (msg.type == RM_MIG_STATE && !state.data && !state.len) {
+			state = msg;
+			memset(&msg, 0, sizeof(msg));
+			set_stage(m, 2);
+			continue;
+		}
+		if (msg.type == RM_MIG_COMMIT && msg.len == sizeof(commit))
+			break;
+		rm_err("migration: unexpected %s (%#x, %zu bytes) from the source",
+		       rm_mig_type_name(msg.type), msg.type, msg.len);
+		refuse(m, RDMAMIG_E_PROTO, "unexpected message");
+		err = RDMAMIG_E_PROTO;
+		goto out;
+	}
+	memcpy(&commit, msg.data, sizeof(commit));
+	rm_msg_free(&msg);
+	if (le64toh(commit.state_len) != state.len) {
+		rm_err("migration: COMMIT says %llu bytes of state, %zu arrived",
+		       (unsigned long long)le64toh(commit.state_len), state.len);
+		refuse(m, RDMAMIG_E_PROTO, "device state length mismatch");
+		err = RDMAMIG_E_PROTO;
+		goto out;
+	}
+
+	uint64_t t0 = rm_now_ns(), digest = 0;
+	if (le32toh(commit.flags) & RM_MIG_F_VERIFY) {
+		digest = rm_ram_digest(&m->desc);
+		pthread_mutex_lock(&m->lock);
+		m->stats.digest = digest;
+		m->stats.verified = digest == le64toh(commit.digest) ? 1 : -1;
+		pthread_mutex_unlock(&m->lock);
+		if (digest != le64toh(commit.digest)) {
+			rm_err("migration: RAM digest %#llx differs from the source's %#llx: not running the guest",
+			       (unsigned long long)digest, (unsigned long long)le64toh(commit.digest));
+			refuse(m, RDMAMIG_E_VERIFY, "RAM digest mismatch at the destination");
+			err = RDMAMIG_E_VERIFY;
+			goto out;
+		}
+		t0 = rm_now_ns();
+	}
+	err = m->ops->load_state(m->vmm, state.data, state.len);
+	if (err) {
+		char why[RM_MIG_TEXT];
+
+		snprintf(why, sizeof(why), "the destination cannot load the device state: %s",
+			 rdmamig_strerror(err));
+		rm_err("migration: %s", why);
+		refuse(m, err, why);
+		goto out;
+	}
+	err = m->ops->resume(m->vmm);
+	if (err) {
+		rm_err("migration: starting the guest failed: %s", rdmamig_strerror(err));
+		refuse(m, err, "the destination could not start the guest");
+		goto out;
+	}
+	struct rm_mig_resumed resumed = {
+		.resume_ns = htole64(rm_now_ns() - t0),
+		.digest = htole64(digest),
+	};
+	pthread_mutex_lock(&m->lock);
+	m->stats.resume_ns = rm_now_ns() - t0;
+	m->stats.state_bytes = state.len;
+	pthread_mutex_unlock(&m->lock);
+	/* The guest runs here now.  If the acknowledgment is lost the source
+	 * resumes its copy too: the operator is told below. */
+	err = rm_tr_send(m->t, RM_MIG_RESUMED, &resumed, sizeof(resumed));
+	if (err) {
+		rm_err("migration: the guest runs here, but the acknowledgment to the source failed (%s): "
+		       "make sure the source guest is stopped", rdmamig_strerror(err));
+		err = 0;
+	}
+	set_stage(m, 3);
+	rm_mig_tick(m, true);
+out:
+	rm_msg_free(&msg);
+	rm_msg_free(&state);
+	if (err && m->t && err != RDMAMIG_E_REFUSED)
+		rm_tr_abort(m->t, err, "destination failed");
+	close_transport(m);
+	return err;
+}
+
+RM_EXPORT int rdmamig_run(rdmamig_t *m)
+{
+	int err;
+
+	m->start_ns = rm_now_ns();
+	err = m->opts.role == RDMAMIG_SOURCE ? run_source(m) : run_dest(m);
+	pthread_mutex_lock(&m->lock);
+	m->stats.total_ns = rm_now_ns() - m->start_ns;
+	pthread_mutex_unlock(&m->lock);
+	return err;
+}

@@ -1,0 +1,162 @@
+/* migration/protocol.c — encode, decode and check the engine's messages. */
+#include <endian.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "migration/protocol.h"
+
+const char *rm_mig_type_name(uint16_t type)
+{
+	static const char *const names[] = {
+		[RM_MIG_SETUP - RM_WIRE_ENGINE_FIRST] = "SETUP",
+		[RM_MIG_SETUP_OK - RM_WIRE_ENGINE_FIRST] = "SETUP_OK",
+		[RM_MIG_REFUSE - RM_WIRE_ENGINE_FIRST] = "REFUSE",
+		[RM_MIG_ITER - RM_WIRE_ENGINE_FIRST] = "ITER",
+		[RM_MIG_STATE - RM_WIRE_ENGINE_FIRST] = "STATE",
+		[RM_MIG_COMMIT - RM_WIRE_ENGINE_FIRST] = "COMMIT",
+		[RM_MIG_RESUMED - RM_WIRE_ENGINE_FIRST] = "RESUMED",
+	};
+	unsigned i = (unsigned)type - RM_WIRE_ENGINE_FIRST;
+
+	if (type >= RM_WIRE_ENGINE_FIRST && i < ARRAY_SIZE(names) && names[i])
+		return names[i];
+	return "UNKNOWN";
+}
+
+struct rm_mig_setup *rm_mig_setup_encode(const struct rdmamig_vm_desc *desc, uint32_t flags,
+					 size_t *len)
+{
+	struct rm_mig_setup *s;
+
+	if (desc->nr_regions > RDMAMIG_MAX_REGIONS) {
+		errno = EINVAL;
+		return NULL;
+	}
+	*len = sizeof(*s) + desc->nr_regions * sizeof(s->regions[0]);
+	s = calloc(1, *len);
+	if (!s)
+		return NULL;
+	s->version = htole32(RM_MIG_VERSION);
+	s->page_size = htole32(desc->page_size);
+	s->nr_vcpus = htole32(desc->nr_vcpus);
+	s->payload_version = htole32(desc->payload_version);
+	memcpy(s->cpu_model, desc->cpu_model, sizeof(s->cpu_model));
+	s->cpu_model[sizeof(s->cpu_model) - 1] = '\0';
+	s->nr_regions = htole32(desc->nr_regions);
+	s->flags = htole32(flags);
+	for (uint32_t i = 0; i < desc->nr_regions; i++) {
+		s->regions[i].id = htole32(desc->regions[i].id);
+		s->regions[i].size = htole64(desc->regions[i].size);
+		s->regions[i].gpa = htole64(desc->regions[i].gpa);
+	}
+	return s;
+}
+
+int rm_mig_setup_decode(const void *buf, size_t len, struct rdmamig_vm_desc *desc,
+			uint32_t *flags, char *why, size_t whylen)
+{
+	struct rm_mig_setup s;
+	uint32_t n;
+
+	if (len < sizeof(s)) {
+		snprintf(why, whylen, "SETUP of %zu bytes is shorter than its %zu-byte header", len,
+			 sizeof(s));
+		return RDMAMIG_E_PROTO;
+	}
+	memcpy(&s, buf, sizeof(s));
+	if (le32toh(s.version) != RM_MIG_VERSION) {
+		snprintf(why, whylen, "engine protocol version %u, this side speaks %u",
+			 le32toh(s.version), RM_MIG_VERSION);
+		return RDMAMIG_E_PROTO;
+	}
+	n = le32toh(s.nr_regions);
+	if (n == 0 || n > RDMAMIG_MAX_REGIONS) {
+		snprintf(why, whylen, "SETUP announces %u RAM regions (1..%u allowed)", n,
+			 RDMAMIG_MAX_REGIONS);
+		return RDMAMIG_E_PROTO;
+	}
+	if (len != sizeof(s) + (size_t)n * sizeof(struct rm_mig_region)) {
+		snprintf(why, whylen, "SETUP is %zu bytes, %u regions need %zu", len, n,
+			 sizeof(s) + (size_t)n * sizeof(struct rm_mig_region));
+		return RDMAMIG_E_PROTO;
+	}
+	memset(desc, 0, sizeof(*desc));
+	desc->page_size = le32toh(s.page_size);
+	desc->nr_vcpus = le32toh(s.nr_vcpus);
+	desc->payload_version = le32toh(s.payload_version);
+	memcpy(desc->cpu_model, s.cpu_model, sizeof(desc->cpu_model));
+	desc->cpu_model[sizeof(desc->cpu_model) - 1] = '\0';
+	desc->nr_regions = n;
+	*flags = le32toh(s.flags);
+	if (desc->page_size < 4096 || desc->page_size > (1u << 30) ||
+	    (desc->page_size & (desc->page_size - 1))) {
+		snprintf(why, whylen, "page size %u is not a power of two in 4 KiB..1 GiB",
+			 desc->page_size);
+		return RDMAMIG_E_PROTO;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct rm_mig_region r;
+
+		memcpy(&r, (const uint8_t *)buf + sizeof(s) + i * sizeof(r), sizeof(r));
+		desc->regions[i].id = le32toh(r.id);
+		desc->regions[i].size = le64toh(r.size);
+		desc->regions[i].gpa = le64toh(r.gpa);
+		if (!desc->regions[i].size || desc->regions[i].size % desc->page_size ||
+		    desc->regions[i].size > (1ull << 46)) {
+			snprintf(why, whylen, "region %u: size %llu is not a page multiple up to 64 TiB",
+				 desc->regions[i].id, (unsigned long long)desc->regions[i].size);
+			return RDMAMIG_E_PROTO;
+		}
+		for (uint32_t j = 0; j < i; j++) {
+			if (desc->regions[j].id == desc->regions[i].id) {
+				snprintf(why, whylen, "region id %u appears twice", desc->regions[i].id);
+				return RDMAMIG_E_PROTO;
+			}
+		}
+	}
+	return 0;
+}
+
+int rm_mig_desc_compare(const struct rdmamig_vm_desc *src, const struct rdmamig_vm_desc *dst,
+			char *why, size_t whylen)
+{
+	if (src->page_size != dst->page_size) {
+		snprintf(why, whylen, "page size: source %u, destination %u", src->page_size,
+			 dst->page_size);
+		return -EINVAL;
+	}
+	if (src->nr_vcpus != dst->nr_vcpus) {
+		snprintf(why, whylen, "vCPU count: source %u, destination %u", src->nr_vcpus,
+			 dst->nr_vcpus);
+		return -EINVAL;
+	}
+	if (strncmp(src->cpu_model, dst->cpu_model, sizeof(src->cpu_model))) {
+		snprintf(why, whylen, "CPU model: source \"%.48s\", destination \"%.48s\"",
+			 src->cpu_model, dst->cpu_model);
+		return -EINVAL;
+	}
+	if (src->payload_version != dst->payload_version) {
+		snprintf(why, whylen, "device-state version: source %u, destination %u",
+			 src->payload_version, dst->payload_version);
+		return -EINVAL;
+	}
+	if (src->nr_regions != dst->nr_regions) {
+		snprintf(why, whylen, "RAM regions: source has %u, destination %u", src->nr_regions,
+			 dst->nr_regions);
+		return -EINVAL;
+	}
+	for (uint32_t i = 0; i < src->nr_regions; i++) {
+		const struct rdmamig_ram_region *a = &src->regions[i], *b = &dst->regions[i];
+
+		if (a->id != b->id || a->size != b->size || a->gpa != b->gpa) {
+			snprintf(why, whylen,
+				 "RAM region %u: source id %u, %llu bytes at gpa %#llx; destination id %u, %llu bytes at gpa %#llx",
+				 i, a->id, (unsigned long long)a->size, (unsigned long long)a->gpa, b->id,
+				 (unsigned long long)b->size, (unsigned long long)b->gpa);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
