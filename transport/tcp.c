@@ -462,6 +462,31 @@ static int rx_small(struct tcp_conn *c, unsigned chan, uint16_t type, size_t len
 		}
 		c->ch[chan].epoch = le64toh(u.mk.epoch);
 		pthread_cond_broadcast(&c->cond);
+		/* A fence orders writes, not only control: a page written
+		 * before MARKER e on channel i and again after it on channel j
+		 * must land in that order.  So this channel reads nothing
+		 * after its MARKER until every channel has reached it.  The
+		 * source sent all MARKERs before any later write, so the wait
+		 * ends; it is still bounded by errors, cancel and the timeout. */
+		uint64_t deadline = rm_deadline(c->base.opts.timeout_ms);
+		for (;;) {
+			bool all = true;
+
+			for (unsigned i = 0; i < c->base.nchan; i++)
+				all &= c->ch[i].epoch >= le64toh(u.mk.epoch);
+			if (all || rm_tr_check(&c->base))
+				break;
+			if (!rm_ms_left(deadline)) {
+				pthread_mutex_unlock(&c->lock);
+				return rx_fail(c, chan, -ETIMEDOUT, "waiting for the other channels' MARKER");
+			}
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += SLICE_MS * 1000000l;
+			if (ts.tv_nsec >= 1000000000l)
+				ts.tv_sec++, ts.tv_nsec -= 1000000000l;
+			pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+		}
 		pthread_mutex_unlock(&c->lock);
 		return 0;
 	case RM_WIRE_ABORT:
@@ -475,6 +500,11 @@ static int rx_small(struct tcp_conn *c, unsigned chan, uint16_t type, size_t len
 		       rm_wire_refuse_name(le32toh(u.rf.reason)), u.rf.text);
 		return rx_fail(c, chan, RDMAMIG_E_REFUSED, "peer sent REFUSE");
 	case RM_WIRE_BYE:
+		/* Only channel 0's BYE ends the conversation: it follows every
+		 * control message, while another channel's BYE can overtake
+		 * them and would hide a last REFUSE or RESUMED. */
+		if (chan != 0)
+			return 1;
 		pthread_mutex_lock(&c->lock);
 		c->peer_bye = true;
 		pthread_cond_broadcast(&c->cond);
