@@ -5,3 +5,5 @@ LIB_OBJS += migration/protocol.o
 LIB_OBJS += migration/policy.o
 LIB_OBJS += migration/ram.o
 LIB_OBJS += migration/migration.o
+HOST_TESTS += test-migration
+BED_TESTS  += test-migration

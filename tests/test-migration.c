@@ -1,0 +1,353 @@
+/*
+ * tests/test-migration.c — the engine end to end, both roles in one process,
+ * with the fake VMM (tests/fake-vmm.h): a busy guest migrates and the
+ * destination holds the same RAM; refusals, cancels, a vanishing
+ * destination and a failed state load all leave the source guest running;
+ * a guest that can't converge reaches the iteration cap or the deadline.
+ *
+ * TCP cases run everywhere; RDMA cases run on the soft-RoCE bed (they skip,
+ * saying so, where RDMAMIG_RXE_ADDR is not set — make test runs them there).
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "fake-vmm.h"
+#include "migration/policy.h"
+#include "migration/protocol.h"
+
+#define MiB (1ull << 20)
+
+struct side {
+	struct fake_vmm vmm;
+	struct rdmamig_opts opts;
+	rdmamig_t *m;
+	pthread_t thread;
+	int rc;
+	struct rdmamig_stats stats;
+};
+
+static void log_to_stderr(void *o, enum rdmamig_log_level l, const char *msg)
+{
+	if (l <= RDMAMIG_LOG_WARN || getenv("RDMAMIG_TEST_VERBOSE"))
+		fprintf(stderr, "  [%s] %s\n", (const char *)o, msg);
+}
+
+static void *run_side(void *arg)
+{
+	struct side *s = arg;
+
+	s->rc = rdmamig_run(s->m);
+	rdmamig_get_stats(s->m, &s->stats);
+	return NULL;
+}
+
+static enum rdmamig_transport want_transport(enum rdmamig_transport t)
+{
+	if (t == RDMAMIG_TRANSPORT_RDMA && !getenv("RDMAMIG_RXE_ADDR"))
+		cr_skip_test("RDMA cases run on the soft-RoCE test bed (make test runs them there)");
+	return t;
+}
+
+static const char *bed_addr(enum rdmamig_transport t)
+{
+	return t == RDMAMIG_TRANSPORT_RDMA ? getenv("RDMAMIG_RXE_ADDR") : "127.0.0.1";
+}
+
+/* Destination listening on an ephemeral port; source options ready. */
+static void pair_setup(struct side *src, struct side *dst, enum rdmamig_transport tr,
+		       uint64_t region_size, uint64_t rate)
+{
+	static char port[16];
+
+	rdmamig_set_log(log_to_stderr, "engine", RDMAMIG_LOG_DEBUG);
+	cr_assert_eq(fake_vmm_init(&src->vmm, 2, region_size, rate), 0);
+	cr_assert_eq(fake_vmm_init(&dst->vmm, 2, region_size, 0), 0);
+	cr_assert_eq(fake_vmm_start(&src->vmm), 0);
+
+	dst->opts = (struct rdmamig_opts){
+		.role = RDMAMIG_DESTINATION, .transport = tr, .addr = bed_addr(tr), .port = "0",
+		.timeout_ms = 5000,
+	};
+	dst->m = rdmamig_new(&dst->opts, &fake_ops, &dst->vmm);
+	cr_assert_not_null(dst->m);
+	cr_assert_eq(pthread_create(&dst->thread, NULL, run_side, dst), 0);
+	int p = -1;
+	for (int i = 0; i < 500 && (p = rdmamig_listen_port(dst->m)) <= 0; i++)
+		usleep(10000);
+	cr_assert_gt(p, 0, "destination never listened");
+	snprintf(port, sizeof(port), "%d", p);
+	src->opts = (struct rdmamig_opts){
+		.role = RDMAMIG_SOURCE, .transport = tr, .addr = bed_addr(tr), .port = port,
+		.timeout_ms = 5000, .channels = 2,
+	};
+}
+
+static void start_source(struct side *src)
+{
+	src->m = rdmamig_new(&src->opts, &fake_ops, &src->vmm);
+	cr_assert_not_null(src->m);
+	cr_assert_eq(pthread_create(&src->thread, NULL, run_side, src), 0);
+}
+
+static void pair_join(struct side *src, struct side *dst)
+{
+	pthread_join(src->thread, NULL);
+	pthread_join(dst->thread, NULL);
+}
+
+static void pair_free(struct side *src, struct side *dst)
+{
+	rdmamig_free(src->m);
+	rdmamig_free(dst->m);
+	fake_vmm_destroy(&src->vmm);
+	fake_vmm_destroy(&dst->vmm);
+	rdmamig_set_log(NULL, NULL, RDMAMIG_LOG_ERR);
+}
+
+/* The source guest still runs: its counter moves. */
+static void assert_source_runs(struct side *src)
+{
+	uint64_t c0 = atomic_load(&src->vmm.counter);
+
+	cr_assert(!atomic_load(&src->vmm.paused), "source guest left paused");
+	for (int i = 0; i < 200 && atomic_load(&src->vmm.counter) == c0; i++)
+		usleep(5000);
+	cr_assert_gt(atomic_load(&src->vmm.counter), c0, "source guest does not run");
+	cr_assert_eq(src->vmm.dirty_stop_calls, 1, "dirty logging left on");
+}
+
+static void busy_guest_migrates(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+
+	pair_setup(&src, &dst, want_transport(tr), 8 * MiB, 3000);
+	src.opts.verify = 1;
+	src.opts.downtime_ms = 300;
+	start_source(&src);
+	pair_join(&src, &dst);
+
+	cr_assert_eq(src.rc, 0, "source: %s", rdmamig_strerror(src.rc));
+	cr_assert_eq(dst.rc, 0, "destination: %s", rdmamig_strerror(dst.rc));
+	cr_assert_eq(src.stats.verified, 1);
+	cr_assert_eq(dst.stats.verified, 1);
+	for (unsigned r = 0; r < 2; r++)
+		cr_assert_eq(memcmp(src.vmm.ram[r], dst.vmm.ram[r], src.vmm.region_size), 0,
+			     "region %u differs", r);
+	cr_assert_eq(dst.vmm.loaded_counter, atomic_load(&src.vmm.counter));
+	cr_assert_eq(src.vmm.pause_calls, 1);
+	cr_assert_eq(src.vmm.resume_calls, 0, "source resumed after a successful migration");
+	cr_assert_eq(dst.vmm.resume_calls, 1);
+	cr_assert_gt(src.stats.zero_pages_skipped, 0);
+	cr_assert_geq(src.stats.iterations, 2);
+	cr_assert_eq(src.stats.switchover, RDMAMIG_SWITCH_CONVERGED);
+	cr_assert_gt(src.stats.downtime_ns, 0);
+	printf("migration (%s): %u iterations, %llu pages, %llu zero skipped, downtime %.1f ms\n",
+	       tr == RDMAMIG_TRANSPORT_TCP ? "tcp" : "rdma", src.stats.iterations,
+	       (unsigned long long)src.stats.pages, (unsigned long long)src.stats.zero_pages_skipped,
+	       src.stats.downtime_ns / 1e6);
+	pair_free(&src, &dst);
+}
+
+static void mismatch_is_refused(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+
+	pair_setup(&src, &dst, want_transport(tr), 4 * MiB, 2000);
+	dst.vmm.nr_vcpus = 3;
+	start_source(&src);
+	pair_join(&src, &dst);
+	cr_assert_eq(src.rc, RDMAMIG_E_REFUSED, "source: %s", rdmamig_strerror(src.rc));
+	cr_assert_eq(dst.rc, RDMAMIG_E_REFUSED, "destination: %s", rdmamig_strerror(dst.rc));
+	cr_assert_eq(src.vmm.pause_calls, 0);
+	cr_assert(!atomic_load(&src.vmm.paused));
+	cr_assert_eq(dst.vmm.resume_calls, 0);
+	pair_free(&src, &dst);
+}
+
+/* Cancel one side mid-iteration (a guest too busy to converge). */
+static void cancel_mid_iteration(enum rdmamig_transport tr, bool cancel_source)
+{
+	struct side src = { 0 }, dst = { 0 };
+
+	pair_setup(&src, &dst, want_transport(tr), 8 * MiB, 100000);
+	src.vmm.hot_pages = 512;
+	src.vmm.sync_writes = 4096;
+	src.opts.downtime_ms = 1;
+	src.opts.max_iterations = 100000;
+	start_source(&src);
+	for (int i = 0; i < 1000 && src.stats.iterations == 0; i++) {
+		usleep(10000);
+		rdmamig_get_stats(src.m, &src.stats);
+	}
+	cr_assert_gt(src.stats.iterations, 0, "never got past the first pass");
+	rdmamig_cancel(cancel_source ? src.m : dst.m);
+	pair_join(&src, &dst);
+	cr_assert_lt(src.rc, 0, "source succeeded despite the cancel");
+	cr_assert_lt(dst.rc, 0, "destination succeeded despite the cancel");
+	if (cancel_source)
+		cr_assert_eq(src.rc, RDMAMIG_E_ABORTED, "source: %s", rdmamig_strerror(src.rc));
+	cr_assert_eq(dst.vmm.resume_calls, 0, "destination ran a guest from incomplete state");
+	assert_source_runs(&src);
+	pair_free(&src, &dst);
+}
+
+static void load_failure_resumes_source(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+
+	pair_setup(&src, &dst, want_transport(tr), 4 * MiB, 2000);
+	dst.vmm.fail_load = true;
+	start_source(&src);
+	pair_join(&src, &dst);
+	cr_assert_eq(src.rc, RDMAMIG_E_REFUSED, "source: %s", rdmamig_strerror(src.rc));
+	cr_assert_lt(dst.rc, 0);
+	cr_assert_eq(src.vmm.pause_calls, 1);
+	cr_assert_eq(src.vmm.resume_calls, 1, "source guest not resumed after the failure");
+	cr_assert_eq(dst.vmm.resume_calls, 0);
+	assert_source_runs(&src);
+	pair_free(&src, &dst);
+}
+
+static void nonconverging(enum rdmamig_transport tr, bool deadline)
+{
+	struct side src = { 0 }, dst = { 0 };
+
+	pair_setup(&src, &dst, want_transport(tr), 8 * MiB, 100000);
+	src.vmm.hot_pages = 1024;
+	src.vmm.sync_writes = 4096;
+	src.opts.downtime_ms = 1;
+	src.opts.verify = 1;
+	if (deadline) {
+		src.opts.deadline_ms = 1500;
+		src.opts.max_iterations = 100000;
+	} else {
+		src.opts.max_iterations = 4;
+	}
+	start_source(&src);
+	pair_join(&src, &dst);
+	if (src.rc) {
+		unsigned shown = 0;
+
+		for (unsigned r = 0; r < 2; r++)
+			for (uint64_t pg = 0; pg < fake_pages(&src.vmm) && shown < 8; pg++)
+				if (memcmp(src.vmm.ram[r] + pg * 4096, dst.vmm.ram[r] + pg * 4096, 4096))
+					fprintf(stderr, "  region %u page %llu differs\n", r,
+						(unsigned long long)pg), shown++;
+	}
+	cr_assert_eq(src.rc, 0, "source: %s", rdmamig_strerror(src.rc));
+	cr_assert_eq(dst.rc, 0);
+	cr_assert_eq(src.stats.verified, 1);
+	if (deadline) {
+		cr_assert_eq(src.stats.switchover, RDMAMIG_SWITCH_DEADLINE, "switchover %d",
+			     src.stats.switchover);
+		cr_assert_gt(src.vmm.throttle + src.stats.iter[src.stats.iterations - 1].throttle, 0,
+			     "a deadline must throttle a guest that does not converge");
+		cr_assert_lt(src.stats.total_ns, 10000000000ull);
+	} else {
+		cr_assert_eq(src.stats.switchover, RDMAMIG_SWITCH_MAX_ITERATIONS);
+		cr_assert_eq(src.stats.iterations, 5, "4 iterations + the final pass");
+	}
+	pair_free(&src, &dst);
+}
+
+#define BOTH(name, ...)                                                                    \
+	Test(migration_tcp, name, .timeout = 60) { __VA_ARGS__(RDMAMIG_TRANSPORT_TCP); }   \
+	Test(migration_rdma, name, .timeout = 120) { __VA_ARGS__(RDMAMIG_TRANSPORT_RDMA); }
+
+static void cancel_source(enum rdmamig_transport t) { cancel_mid_iteration(t, true); }
+static void destination_vanishes(enum rdmamig_transport t) { cancel_mid_iteration(t, false); }
+static void deadline_case(enum rdmamig_transport t) { nonconverging(t, true); }
+static void cap_case(enum rdmamig_transport t) { nonconverging(t, false); }
+
+BOTH(busy_guest_migrates_verified, busy_guest_migrates)
+BOTH(mismatched_vm_is_refused, mismatch_is_refused)
+BOTH(cancel_source_mid_iteration, cancel_source)
+BOTH(destination_vanishes_mid_iteration, destination_vanishes)
+BOTH(failed_state_load_resumes_source, load_failure_resumes_source)
+BOTH(nonconverging_hits_deadline_with_throttle, deadline_case)
+BOTH(nonconverging_hits_iteration_cap, cap_case)
+
+/* ---- pure parts: policy and SETUP decoding ---- */
+
+Test(policy, converges_caps_and_deadline)
+{
+	struct rdmamig_opts o = { .downtime_ms = 100, .max_iterations = 5, .deadline_ms = 0 };
+	struct rm_policy p;
+	struct rm_policy_state s = { 0 };
+
+	rm_policy_from_opts(&p, &o);
+	/* 1 GB/s; 50 MB left → 50 ms ≤ 100 ms. */
+	struct rm_policy_input in = { .iteration = 1, .sent_bytes = 1000000000, .duration_ns = 1000000000,
+				      .remaining_bytes = 50000000, .elapsed_ns = 2000000000 };
+	cr_assert_eq(rm_policy_decide(&p, &s, &in), RDMAMIG_SWITCH_CONVERGED);
+	in.remaining_bytes = 200000000;
+	cr_assert_eq(rm_policy_decide(&p, &s, &in), RDMAMIG_SWITCH_NONE);
+	in.iteration = 4;
+	cr_assert_eq(rm_policy_decide(&p, &s, &in), RDMAMIG_SWITCH_MAX_ITERATIONS);
+	o.deadline_ms = 2100;
+	o.max_iterations = 100;
+	rm_policy_from_opts(&p, &o);
+	in.iteration = 1;
+	cr_assert_eq(rm_policy_decide(&p, &s, &in), RDMAMIG_SWITCH_DEADLINE, "2 s + 0.2 s > 2.1 s");
+}
+
+Test(policy, autoconverge_throttles_after_two_slow_rounds)
+{
+	struct rdmamig_opts o = { .downtime_ms = 1, .autoconverge = 1, .max_iterations = 100 };
+	struct rm_policy p;
+	struct rm_policy_state s = { 0 };
+	struct rm_policy_input slow = { .sent_bytes = 100 << 20, .duration_ns = 100000000,
+					.remaining_bytes = 80 << 20 };
+
+	rm_policy_from_opts(&p, &o);
+	cr_assert_eq(rm_policy_decide(&p, &s, &slow), RDMAMIG_SWITCH_NONE);
+	cr_assert_eq(s.throttle, 0);
+	slow.iteration = 1;
+	rm_policy_decide(&p, &s, &slow);
+	cr_assert_eq(s.throttle, 20);
+	slow.iteration = 2;
+	rm_policy_decide(&p, &s, &slow);
+	slow.iteration = 3;
+	rm_policy_decide(&p, &s, &slow);
+	cr_assert_eq(s.throttle, 30);
+	struct rm_policy_input fast = slow;
+	fast.remaining_bytes = 10 << 20;
+	fast.iteration = 4;
+	rm_policy_decide(&p, &s, &fast);
+	cr_assert_eq(s.throttle, 30, "a shrinking round must not raise the throttle");
+}
+
+Test(protocol, hostile_setup_is_refused_with_a_reason)
+{
+	struct rdmamig_vm_desc d = { .page_size = 4096, .nr_vcpus = 2, .nr_regions = 1,
+				     .regions = { { .id = 1, .size = 1 << 20 } } }, out;
+	char why[160];
+	uint32_t flags;
+	size_t len;
+	struct rm_mig_setup *s = rm_mig_setup_encode(&d, 0, &len);
+
+	cr_assert_not_null(s);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), 0, "%s", why);
+	cr_assert_eq(rm_mig_desc_compare(&d, &out, why, sizeof(why)), 0);
+	cr_assert_eq(rm_mig_setup_decode(s, len - 1, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	s->nr_regions = htole32(100000);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert(strstr(why, "100000"), "why: %s", why);
+	s->nr_regions = htole32(1);
+	s->regions[0].size = htole64(4095);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	s->regions[0].size = htole64(1 << 20);
+	s->page_size = htole32(12345);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	s->page_size = htole32(4096);
+	s->version = htole32(99);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert(strstr(why, "99"), "why: %s", why);
+	free(s);
+
+	out = d;
+	out.regions[0].size = 2 << 20;
+	cr_assert_eq(rm_mig_desc_compare(&d, &out, why, sizeof(why)), -EINVAL);
+	cr_assert(strstr(why, "RAM region 0"), "why: %s", why);
+}
