@@ -172,3 +172,54 @@ Test(tcp, ipv6_loopback)
 	rm_tr_close(p.dst);
 	rm_tr_listener_close(p.l);
 }
+
+/* ---- pinning/register.c pieces that need no device ---- */
+
+#include <linux/capability.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+
+#include "pinning/register.h"
+
+struct last_log {
+	char msg[512];
+};
+
+static void keep_log(void *opaque, enum rdmamig_log_level level, const char *msg)
+{
+	snprintf(((struct last_log *)opaque)->msg, sizeof(((struct last_log *)opaque)->msg), "%s", msg);
+}
+
+/* Drop CAP_IPC_LOCK from this (forked) test process, so the limit applies. */
+static void drop_ipc_lock(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+
+	cr_assert_eq(syscall(SYS_capget, &h, d), 0);
+	d[CAP_IPC_LOCK / 32].effective &= ~(1u << (CAP_IPC_LOCK % 32));
+	cr_assert_eq(syscall(SYS_capset, &h, d), 0);
+}
+
+Test(pinning, memlock_check_names_the_number_and_the_fix)
+{
+	struct rlimit rl = { .rlim_cur = 1 << 20, .rlim_max = 1 << 20 };
+	struct last_log log = { "" };
+
+	drop_ipc_lock();
+	cr_assert_eq(setrlimit(RLIMIT_MEMLOCK, &rl), 0);
+	rdmamig_set_log(keep_log, &log, RDMAMIG_LOG_DEBUG);
+	cr_assert_eq(rm_memlock_check(4096), 0);
+	cr_assert_eq(rm_memlock_check(1ull << 30), -ENOMEM);
+	cr_assert(strstr(log.msg, "1048576 KiB"), "message lacks the number needed: %s", log.msg);
+	cr_assert(strstr(log.msg, "allows 1024 KiB"), "message lacks the limit: %s", log.msg);
+	cr_assert(strstr(log.msg, "ulimit -l"), "message lacks how to raise it: %s", log.msg);
+	rdmamig_set_log(NULL, NULL, RDMAMIG_LOG_DEBUG);
+}
+
+Test(pinning, nic_numa_node_unknown_device)
+{
+	cr_assert_eq(rm_nic_numa_node("no-such-device"), -1);
+	cr_assert_eq(rm_nic_numa_node("../../../etc"), -1);
+	cr_assert_eq(rm_nic_numa_node(NULL), -1);
+}
