@@ -23,6 +23,7 @@ struct rdmamig {
 	struct rm_listener *listener;
 	struct rm_transport *t;
 	atomic_int cancelled;
+	bool refused;			/* destination: REFUSE sent */
 	atomic_int listen_port;
 
 	struct rdmamig_vm_desc desc;	/* this side's VM */

@@ -174,8 +174,8 @@ static void refuse(struct rdmamig *m, int reason, const char *text)
 	struct rm_mig_refuse r = { .reason = (int32_t)htole32((uint32_t)reason) };
 
 	snprintf(r.text, sizeof(r.text), "%s", text);
-	if (m->t)
-		rm_tr_send(m->t, RM_MIG_REFUSE, &r, sizeof(r));
+	if (m->t && rm_tr_send(m->t, RM_MIG_REFUSE, &r, sizeof(r)) == 0)
+		m->refused = true;
 }
 
 /* Wait for one message of type want; a REFUSE from the peer is reported as
@@ -707,7 +707,9 @@ static int run_dest(struct rdmamig *m)
 out:
 	rm_msg_free(&msg);
 	rm_msg_free(&state);
-	if (err && m->t && err != RDMAMIG_E_REFUSED)
+	/* After a REFUSE the orderly close tells the source the rest; an
+	 * ABORT could overtake the REFUSE and hide its reason. */
+	if (err && m->t && !m->refused)
 		rm_tr_abort(m->t, err, "destination failed");
 	close_transport(m);
 	return err;

@@ -47,13 +47,11 @@ enum rdmamig_switchover rm_policy_decide(const struct rm_policy *p, struct rm_po
 		bool slow = in->remaining_bytes * 2 > in->sent_bytes;
 
 		s->slow_rounds = slow ? s->slow_rounds + 1 : 0;
-		if (s->slow_rounds >= 2) {
+		if (s->slow_rounds >= 2 || (p->deadline_ns && slow)) {
+			/* With a deadline there is no time to wait and see:
+			 * every slow round pushes harder. */
 			s->throttle = raise_throttle(p, s->throttle);
 			s->slow_rounds = 0;
-		} else if (p->deadline_ns && slow && s->throttle) {
-			/* Already throttled and still not shrinking by half:
-			 * with a deadline, push harder every round. */
-			s->throttle = raise_throttle(p, s->throttle);
 		}
 	}
 	return RDMAMIG_SWITCH_NONE;

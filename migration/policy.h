@@ -13,8 +13,7 @@
  * deadline): an iteration whose dirtied bytes exceed half of what it sent is
  * "slow"; after two slow iterations in a row the throttle starts at
  * throttle_initial, then rises by throttle_step up to throttle_max.  With a
- * deadline it also rises by a step whenever, at the current shrink rate, the
- * deadline would pass before convergence.
+ * deadline there is no waiting: every slow iteration raises it.
  */
 #ifndef RDMAMIG_MIGRATION_POLICY_H
 #define RDMAMIG_MIGRATION_POLICY_H

@@ -48,7 +48,7 @@ struct fake_vmm {
 	 * converge independent of how the scheduler treats the guest thread. */
 	uint64_t sync_writes;
 
-	unsigned throttle;
+	unsigned throttle, max_throttle;
 	int pause_calls, resume_calls, dirty_stop_calls;
 	bool fail_load;			/* destination: refuse the state */
 	uint64_t loaded_counter;
@@ -272,7 +272,11 @@ static int fake_load_state(void *o, const void *buf, size_t len)
 
 static int fake_throttle(void *o, unsigned percent)
 {
-	((struct fake_vmm *)o)->throttle = percent;
+	struct fake_vmm *v = o;
+
+	v->throttle = percent;
+	if (percent > v->max_throttle)
+		v->max_throttle = percent;
 	return 0;
 }
 

@@ -32,6 +32,7 @@ mount -t tmpfs run /newroot/run
 
 chroot /newroot /usr/bin/env -i HOME=/tmp TERM=dumb PATH=/usr/sbin:/usr/bin:/sbin:/bin \
 	RDMAMIG_BED=vm /bin/bash -c '
+	ip link set lo up
 	modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null ||
 		echo "vm-init: no nested KVM (kvm_amd/kvm_intel did not load)"
 	eval "$("$1"/scripts/soft-roce/setup.sh --env)" || exit 125
