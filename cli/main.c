@@ -1,26 +1,629 @@
-/* cli/main.c — `rdmamig`: the operator's front end. */
+/*
+ * cli/main.c — `rdmamig`, the operator's front end: flags, the built-in KVM
+ * guest, progress on the terminal, JSON stats, SIGINT to cancel.  Migration
+ * itself goes through include/rdmamig.h only; kvm/vmm.h is the built-in VMM.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "kvm/vmm.h"
 #include "rdmamig.h"
 
-static void usage(FILE *out)
+enum exit_code {
+	EXIT_OK = 0,
+	EXIT_FAILED = 1,	/* migration failed; the source guest runs on */
+	EXIT_USAGE = 2,
+	EXIT_REFUSED = 3,	/* the destination refused (mismatch) */
+	EXIT_VERIFY = 4,	/* RAM digests differ */
+	EXIT_CANCELLED = 5,	/* SIGINT / SIGTERM */
+	EXIT_GUEST = 6,		/* the guest failed (setup, or integrity after migration) */
+};
+
+static const char usage_text[] =
+"usage: rdmamig --dst --listen [ADDR:]PORT [options]\n"
+"       rdmamig --src --connect ADDR:PORT [guest options] [options]\n"
+"\n"
+"Live-migrate a running KVM guest over RDMA (or TCP).  The destination waits\n"
+"for one source, creates a VM of the source's shape, receives its RAM and\n"
+"state, and runs it.  The source boots the built-in guest, lets it run, then\n"
+"migrates it; on any failure before the destination confirms, the source\n"
+"guest keeps running.\n"
+"\n"
+"Guest (source):\n"
+"  --mem SIZE            guest RAM (default 256M; K/M/G suffixes)\n"
+"  --vcpus N             vCPUs, one thread each (default 2)\n"
+"  --workload W[:RATE]   idle | uniform | hotset | sweep | stamp, RATE page\n"
+"                        writes/s per vCPU (default uniform:2000; 0: flat out)\n"
+"  --hot PERMILLE        hotset: share of pages that are hot (default 100)\n"
+"  --backing B           anon | memfd | huge2m | huge1g (default anon)\n"
+"  --numa NODE           put guest RAM on this NUMA node\n"
+"  --warmup SECS         run the guest this long before migrating (default 2)\n"
+"\n"
+"Migration:\n"
+"  --transport T         rdma | tcp (default rdma)\n"
+"  --qps N               QPs / TCP connections (default 2)\n"
+"  --max-write SIZE      largest single write (default 1M)\n"
+"  --registration R      all | lazy | odp (default all)\n"
+"  --tracker T           bitmap | clear | ring (default clear)\n"
+"  --downtime MS         switch over when the rest fits in MS (default 300)\n"
+"  --max-iterations N    then switch over regardless (default 30)\n"
+"  --deadline TIME       switch over by then, throttling as needed (e.g. 90s, 5m)\n"
+"  --max-bandwidth RATE  cap RAM sending, bytes/s (e.g. 500M)\n"
+"  --autoconverge        throttle vCPUs when iterations don't shrink\n"
+"  --timeout MS          bound on every network wait (default 20000)\n"
+"  --verify              digest guest RAM on both sides at switchover\n"
+"\n"
+"Output:\n"
+"  --json FILE           write the stats as JSON\n"
+"  --run-after SECS      destination: run the guest this long after migration,\n"
+"                        reporting its progress, then exit (default 3; 0: until\n"
+"                        SIGINT)\n"
+"  -q, --quiet           errors only     -v, --verbose   debug log\n"
+"  -h, --help            this text       --version\n"
+"\n"
+"Examples:\n"
+"  rdmamig --dst --listen 10.0.0.2:7471\n"
+"  rdmamig --src --connect 10.0.0.2:7471 --mem 4G --vcpus 4 --workload hotset:20000\n"
+"  rdmamig --src --connect 10.0.0.2:7471 --transport tcp --deadline 5m --verify\n"
+"\n"
+"Exit codes: 0 migrated; 1 failed (source guest runs on); 2 usage; 3 refused\n"
+"by the destination; 4 RAM digests differ; 5 cancelled; 6 guest failure.\n";
+
+struct cli {
+	bool src, dst;
+	char *addr, *port;
+	uint64_t mem;
+	unsigned vcpus;
+	struct rm_kvm_workload wl;
+	struct rm_backing_opts backing;
+	enum rm_dirty_kind tracker;
+	unsigned warmup_s, run_after_s;
+	const char *json;
+	int verbosity;		/* 0 quiet, 1 normal, 2 debug */
+	struct rdmamig_opts opts;
+};
+
+static bool tty;
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool progress_shown;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
 {
-	fprintf(out,
-		"usage: rdmamig --version\n"
-		"       rdmamig --help\n"
-		"\n"
-		"Live migration of KVM guests over RDMA (librdmamig %s).\n"
-		"The --src/--dst modes are not built yet.\n",
-		rdmamig_version());
+	va_list ap;
+
+	pthread_mutex_lock(&out_lock);
+	if (progress_shown && tty)
+		fputs("\r\033[K", stderr);
+	progress_shown = false;
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	pthread_mutex_unlock(&out_lock);
+}
+
+static void log_hook(void *opaque, enum rdmamig_log_level level, const char *msg)
+{
+	const struct cli *c = opaque;
+	static const char *const names[] = {
+		[RDMAMIG_LOG_ERR] = "error", [RDMAMIG_LOG_WARN] = "warning",
+		[RDMAMIG_LOG_INFO] = "info", [RDMAMIG_LOG_DEBUG] = "debug",
+	};
+
+	if (level == RDMAMIG_LOG_INFO && c->verbosity < 1)
+		return;
+	say("rdmamig: %s: %s\n", names[level] ? names[level] : "log", msg);
+}
+
+static void progress(void *opaque, const struct rdmamig_progress *p)
+{
+	const struct cli *c = opaque;
+	static const char *const stage[] = { "setup", "iterate", "stop-and-copy", "done" };
+	char line[256];
+
+	if (c->verbosity < 1)
+		return;
+	snprintf(line, sizeof(line),
+		 "%s iter %u | sent %.1f MiB | remaining %.1f MiB | %.1f MB/s | dirty %.1f MB/s | "
+		 "exp. downtime %llu ms | throttle %u%%",
+		 stage[p->stage & 3], p->iteration, p->sent_bytes / 1048576.0,
+		 p->remaining_bytes / 1048576.0, p->bandwidth / 1e6, p->dirty_rate / 1e6,
+		 (unsigned long long)p->expected_downtime_ms, p->throttle);
+	pthread_mutex_lock(&out_lock);
+	if (tty) {
+		fprintf(stderr, "\r\033[K%s", line);
+		progress_shown = true;
+	} else {
+		fprintf(stderr, "progress: %s\n", line);
+	}
+	pthread_mutex_unlock(&out_lock);
+}
+
+/* "256M", "4G", "1048576" → bytes; 0 on error. */
+static uint64_t parse_size(const char *s)
+{
+	char *end;
+	double v = strtod(s, &end);
+	uint64_t mul = 1;
+
+	if (end == s || v < 0)
+		return 0;
+	switch (*end) {
+	case 'k': case 'K': mul = 1ull << 10; end++; break;
+	case 'm': case 'M': mul = 1ull << 20; end++; break;
+	case 'g': case 'G': mul = 1ull << 30; end++; break;
+	case 't': case 'T': mul = 1ull << 40; end++; break;
+	}
+	if (*end == 'i' || *end == 'B')
+		end++;
+	if (*end == 'B')
+		end++;
+	return *end ? 0 : (uint64_t)(v * (double)mul);
+}
+
+/* "90", "90s", "5m", "1h", "1500ms" → milliseconds; 0 on error. */
+static uint64_t parse_duration_ms(const char *s)
+{
+	char *end;
+	double v = strtod(s, &end);
+
+	if (end == s || v <= 0)
+		return 0;
+	if (!strcmp(end, "ms"))
+		return (uint64_t)v;
+	if (!*end || !strcmp(end, "s"))
+		return (uint64_t)(v * 1000);
+	if (!strcmp(end, "m"))
+		return (uint64_t)(v * 60000);
+	if (!strcmp(end, "h"))
+		return (uint64_t)(v * 3600000);
+	return 0;
+}
+
+static int parse_uint(const char *s, unsigned *out)
+{
+	char *end;
+	unsigned long v = strtoul(s, &end, 10);
+
+	if (end == s || *end || v > 0xffffffffu)
+		return -1;
+	*out = (unsigned)v;
+	return 0;
+}
+
+/* "[ADDR:]PORT", "[v6addr]:PORT" */
+static int parse_endpoint(char *s, char **addr, char **port, bool need_addr)
+{
+	char *colon;
+
+	if (s[0] == '[') {
+		char *close = strchr(s, ']');
+
+		if (!close || close[1] != ':')
+			return -1;
+		*close = '\0';
+		*addr = s + 1;
+		*port = close + 2;
+		return 0;
+	}
+	colon = strrchr(s, ':');
+	if (!colon) {
+		if (need_addr)
+			return -1;
+		*addr = NULL;
+		*port = s;
+		return 0;
+	}
+	*colon = '\0';
+	*addr = *s ? s : NULL;
+	*port = colon + 1;
+	return need_addr && !*addr ? -1 : 0;
+}
+
+#define USAGE_ERR(...) do { fprintf(stderr, "rdmamig: " __VA_ARGS__); \
+	fprintf(stderr, "\nTry 'rdmamig --help'.\n"); exit(EXIT_USAGE); } while (0)
+
+static void parse_args(struct cli *c, int argc, char **argv)
+{
+	enum {
+		O_SRC = 256, O_DST, O_LISTEN, O_CONNECT, O_MEM, O_VCPUS, O_WORKLOAD, O_HOT, O_BACKING,
+		O_NUMA, O_WARMUP, O_TRANSPORT, O_QPS, O_MAXWRITE, O_REG, O_TRACKER, O_DOWNTIME,
+		O_MAXITER, O_DEADLINE, O_MAXBW, O_AUTOCONV, O_TIMEOUT, O_VERIFY, O_JSON, O_RUNAFTER,
+		O_VERSION,
+	};
+	static const struct option longopts[] = {
+		{ "src", no_argument, NULL, O_SRC },
+		{ "dst", no_argument, NULL, O_DST },
+		{ "listen", required_argument, NULL, O_LISTEN },
+		{ "connect", required_argument, NULL, O_CONNECT },
+		{ "mem", required_argument, NULL, O_MEM },
+		{ "vcpus", required_argument, NULL, O_VCPUS },
+		{ "workload", required_argument, NULL, O_WORKLOAD },
+		{ "hot", required_argument, NULL, O_HOT },
+		{ "backing", required_argument, NULL, O_BACKING },
+		{ "numa", required_argument, NULL, O_NUMA },
+		{ "warmup", required_argument, NULL, O_WARMUP },
+		{ "transport", required_argument, NULL, O_TRANSPORT },
+		{ "qps", required_argument, NULL, O_QPS },
+		{ "max-write", required_argument, NULL, O_MAXWRITE },
+		{ "registration", required_argument, NULL, O_REG },
+		{ "tracker", required_argument, NULL, O_TRACKER },
+		{ "downtime", required_argument, NULL, O_DOWNTIME },
+		{ "max-iterations", required_argument, NULL, O_MAXITER },
+		{ "deadline", required_argument, NULL, O_DEADLINE },
+		{ "max-bandwidth", required_argument, NULL, O_MAXBW },
+		{ "autoconverge", no_argument, NULL, O_AUTOCONV },
+		{ "timeout", required_argument, NULL, O_TIMEOUT },
+		{ "verify", no_argument, NULL, O_VERIFY },
+		{ "json", required_argument, NULL, O_JSON },
+		{ "run-after", required_argument, NULL, O_RUNAFTER },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, O_VERSION },
+		{ 0 },
+	};
+	char *endpoint = NULL;
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "qvh", longopts, NULL)) != -1) {
+		unsigned u;
+
+		switch (opt) {
+		case O_SRC: c->src = true; break;
+		case O_DST: c->dst = true; break;
+		case O_LISTEN: case O_CONNECT: endpoint = optarg; break;
+		case O_MEM:
+			if (!(c->mem = parse_size(optarg)))
+				USAGE_ERR("--mem %s: not a size (e.g. 256M, 4G)", optarg);
+			break;
+		case O_VCPUS:
+			if (parse_uint(optarg, &c->vcpus) || !c->vcpus || c->vcpus > RM_GUEST_MAX_VCPUS)
+				USAGE_ERR("--vcpus %s: 1..%d", optarg, RM_GUEST_MAX_VCPUS);
+			break;
+		case O_WORKLOAD: {
+			static const char *const names[] = { "idle", "uniform", "hotset", "sweep", "stamp" };
+			char *rate = strchr(optarg, ':');
+			unsigned i;
+
+			if (rate)
+				*rate++ = '\0';
+			for (i = 0; i < 5 && strcmp(optarg, names[i]); i++)
+				;
+			if (i == 5)
+				USAGE_ERR("--workload %s: one of idle, uniform, hotset, sweep, stamp", optarg);
+			c->wl.kind = (enum rm_guest_workload)i;
+			if (rate && parse_uint(rate, &u))
+				USAGE_ERR("--workload %s:%s: RATE is page writes per second", optarg, rate);
+			if (rate)
+				c->wl.rate_pages_per_sec = u;
+			break;
+		}
+		case O_HOT:
+			if (parse_uint(optarg, &c->wl.hot_permille) || !c->wl.hot_permille ||
+			    c->wl.hot_permille > 1000)
+				USAGE_ERR("--hot %s: 1..1000", optarg);
+			break;
+		case O_BACKING:
+			if (!strcmp(optarg, "anon")) c->backing.kind = RM_BACKING_ANON;
+			else if (!strcmp(optarg, "memfd")) c->backing.kind = RM_BACKING_MEMFD;
+			else if (!strcmp(optarg, "huge2m")) c->backing.kind = RM_BACKING_HUGE_2M;
+			else if (!strcmp(optarg, "huge1g")) c->backing.kind = RM_BACKING_HUGE_1G;
+			else USAGE_ERR("--backing %s: anon, memfd, huge2m or huge1g", optarg);
+			break;
+		case O_NUMA:
+			if (parse_uint(optarg, &u))
+				USAGE_ERR("--numa %s: a node number", optarg);
+			c->backing.numa_node = (int)u;
+			break;
+		case O_WARMUP:
+			if (parse_uint(optarg, &c->warmup_s))
+				USAGE_ERR("--warmup %s: seconds", optarg);
+			break;
+		case O_TRANSPORT:
+			if (!strcmp(optarg, "rdma")) c->opts.transport = RDMAMIG_TRANSPORT_RDMA;
+			else if (!strcmp(optarg, "tcp")) c->opts.transport = RDMAMIG_TRANSPORT_TCP;
+			else USAGE_ERR("--transport %s: rdma or tcp", optarg);
+			break;
+		case O_QPS:
+			if (parse_uint(optarg, &c->opts.channels) || !c->opts.channels || c->opts.channels > 16)
+				USAGE_ERR("--qps %s: 1..16", optarg);
+			break;
+		case O_MAXWRITE: {
+			uint64_t v = parse_size(optarg);
+
+			if (v < 4096 || v > (64u << 20) || (v & (v - 1)))
+				USAGE_ERR("--max-write %s: a power of two from 4K to 64M", optarg);
+			c->opts.max_write = (uint32_t)v;
+			break;
+		}
+		case O_REG:
+			if (!strcmp(optarg, "all")) c->opts.registration = RDMAMIG_REG_ALL;
+			else if (!strcmp(optarg, "lazy")) c->opts.registration = RDMAMIG_REG_LAZY;
+			else if (!strcmp(optarg, "odp")) c->opts.registration = RDMAMIG_REG_ODP;
+			else USAGE_ERR("--registration %s: all, lazy or odp", optarg);
+			break;
+		case O_TRACKER:
+			if (!strcmp(optarg, "bitmap")) c->tracker = RM_DIRTY_BITMAP;
+			else if (!strcmp(optarg, "clear")) c->tracker = RM_DIRTY_CLEAR;
+			else if (!strcmp(optarg, "ring")) c->tracker = RM_DIRTY_RING;
+			else USAGE_ERR("--tracker %s: bitmap, clear or ring", optarg);
+			break;
+		case O_DOWNTIME:
+			if (parse_uint(optarg, &c->opts.downtime_ms) || !c->opts.downtime_ms)
+				USAGE_ERR("--downtime %s: milliseconds, at least 1", optarg);
+			break;
+		case O_MAXITER:
+			if (parse_uint(optarg, &c->opts.max_iterations) || !c->opts.max_iterations)
+				USAGE_ERR("--max-iterations %s: at least 1", optarg);
+			break;
+		case O_DEADLINE:
+			if (!(c->opts.deadline_ms = parse_duration_ms(optarg)))
+				USAGE_ERR("--deadline %s: a duration (e.g. 90s, 5m)", optarg);
+			break;
+		case O_MAXBW:
+			if (!(c->opts.max_bandwidth = parse_size(optarg)))
+				USAGE_ERR("--max-bandwidth %s: bytes per second (e.g. 500M)", optarg);
+			break;
+		case O_AUTOCONV: c->opts.autoconverge = 1; break;
+		case O_TIMEOUT:
+			if (parse_uint(optarg, &u) || u < 100)
+				USAGE_ERR("--timeout %s: milliseconds, at least 100", optarg);
+			c->opts.timeout_ms = (int)u;
+			break;
+		case O_VERIFY: c->opts.verify = 1; break;
+		case O_JSON: c->json = optarg; break;
+		case O_RUNAFTER:
+			if (parse_uint(optarg, &c->run_after_s))
+				USAGE_ERR("--run-after %s: seconds", optarg);
+			break;
+		case 'q': c->verbosity = 0; break;
+		case 'v': c->verbosity = 2; break;
+		case 'h': fputs(usage_text, stdout); exit(EXIT_OK);
+		case O_VERSION: printf("rdmamig %s\n", rdmamig_version()); exit(EXIT_OK);
+		default: fprintf(stderr, "Try 'rdmamig --help'.\n"); exit(EXIT_USAGE);
+		}
+	}
+	if (optind < argc)
+		USAGE_ERR("unexpected argument '%s'", argv[optind]);
+	if (c->src == c->dst)
+		USAGE_ERR("say --src or --dst (exactly one)");
+	if (!endpoint)
+		USAGE_ERR("%s", c->src ? "--src needs --connect ADDR:PORT" : "--dst needs --listen [ADDR:]PORT");
+	if (parse_endpoint(endpoint, &c->addr, &c->port, c->src))
+		USAGE_ERR("'%s': expected %s", endpoint, c->src ? "ADDR:PORT" : "[ADDR:]PORT");
+	c->opts.role = c->src ? RDMAMIG_SOURCE : RDMAMIG_DESTINATION;
+	c->opts.addr = c->addr;
+	c->opts.port = c->port;
+}
+
+/* SIGINT/SIGTERM are blocked everywhere and taken here, off signal context. */
+struct sigctx {
+	rdmamig_t *m;
+	volatile sig_atomic_t got;
+	pthread_mutex_t lock;
+};
+
+static struct sigctx sigs = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static void *signal_thread(void *arg)
+{
+	sigset_t *set = arg;
+	int sig;
+
+	for (;;) {
+		if (sigwait(set, &sig))
+			continue;
+		pthread_mutex_lock(&sigs.lock);
+		sigs.got = sig;
+		if (sigs.m)
+			rdmamig_cancel(sigs.m);
+		pthread_mutex_unlock(&sigs.lock);
+		say("rdmamig: %s: cancelling\n", sig == SIGINT ? "interrupted" : "terminated");
+	}
+	return NULL;
+}
+
+static void sleep_ms(unsigned ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000l };
+
+	nanosleep(&ts, NULL);
+}
+
+static void write_json(const struct cli *c, int rc, const struct rdmamig_stats *s)
+{
+	static const char *const sw[] = { "none", "converged", "max-iterations", "deadline" };
+	FILE *f = fopen(c->json, "w");
+
+	if (!f) {
+		say("rdmamig: cannot write %s: %s\n", c->json, strerror(errno));
+		return;
+	}
+	fprintf(f, "{\n  \"role\": \"%s\",\n  \"result\": %d,\n  \"error\": \"%s\",\n", c->src ? "source" : "destination",
+		rc, rc ? rdmamig_strerror(rc) : "");
+	fprintf(f, "  \"transport\": \"%s\",\n  \"channels\": %u,\n",
+		c->opts.transport == RDMAMIG_TRANSPORT_TCP ? "tcp" : "rdma", c->opts.channels ? c->opts.channels : 2);
+	fprintf(f, "  \"switchover\": \"%s\",\n", sw[s->switchover & 3]);
+#define J(name) fprintf(f, "  \"" #name "\": %llu,\n", (unsigned long long)s->name)
+	J(ram_bytes); J(total_ns); J(setup_ns); J(registration_ns); J(downtime_ns); J(final_sync_ns);
+	J(final_send_ns); J(state_ns); J(resume_ns); J(bytes); J(pages); J(zero_pages_skipped);
+	J(state_bytes);
+#undef J
+	fprintf(f, "  \"verified\": %d,\n  \"digest\": \"%#llx\",\n  \"iterations\": [", s->verified,
+		(unsigned long long)s->digest);
+	for (unsigned i = 0; i < s->iterations; i++) {
+		const struct rdmamig_iteration *it = &s->iter[i];
+
+		fprintf(f, "%s\n    {\"index\": %u, \"pages\": %llu, \"bytes\": %llu, \"duration_ns\": %llu, "
+			"\"bandwidth\": %llu, \"dirty_pages\": %llu, \"dirty_rate\": %llu, \"throttle\": %u}",
+			i ? "," : "", it->index, (unsigned long long)it->pages, (unsigned long long)it->bytes,
+			(unsigned long long)it->duration_ns, (unsigned long long)it->bandwidth,
+			(unsigned long long)it->dirty_pages, (unsigned long long)it->dirty_rate, it->throttle);
+	}
+	fprintf(f, "\n  ]\n}\n");
+	fclose(f);
+}
+
+static void print_summary(const struct cli *c, const struct rdmamig_stats *s)
+{
+	if (c->verbosity < 1)
+		return;
+	if (c->src) {
+		say("rdmamig: migrated %.1f MiB of %.1f MiB RAM in %.2f s, %u iterations, %llu zero pages skipped\n",
+		    s->bytes / 1048576.0, s->ram_bytes / 1048576.0, s->total_ns / 1e9, s->iterations,
+		    (unsigned long long)s->zero_pages_skipped);
+		say("rdmamig: downtime %.1f ms (final sync %.1f, final send %.1f, state %.1f, destination resume %.1f); "
+		    "setup %.1f ms (registration %.1f)\n",
+		    s->downtime_ns / 1e6, s->final_sync_ns / 1e6, s->final_send_ns / 1e6, s->state_ns / 1e6,
+		    s->resume_ns / 1e6, s->setup_ns / 1e6, s->registration_ns / 1e6);
+		if (s->verified)
+			say("rdmamig: verify: RAM digest %#llx %s\n", (unsigned long long)s->digest,
+			    s->verified > 0 ? "matches on both sides" : "DIFFERS at the destination");
+	} else {
+		say("rdmamig: received %.1f MiB RAM and %llu bytes of state; guest resumed in %.1f ms\n",
+		    s->ram_bytes / 1048576.0, (unsigned long long)s->state_bytes, s->resume_ns / 1e6);
+	}
+}
+
+static int exit_for(int rc)
+{
+	if (sigs.got)
+		return EXIT_CANCELLED;
+	switch (rc) {
+	case 0: return EXIT_OK;
+	case RDMAMIG_E_REFUSED: return EXIT_REFUSED;
+	case RDMAMIG_E_VERIFY: return EXIT_VERIFY;
+	case RDMAMIG_E_ABORTED: return sigs.got ? EXIT_CANCELLED : EXIT_FAILED;
+	default: return EXIT_FAILED;
+	}
 }
 
 int main(int argc, char **argv)
 {
-	if (argc == 2 && !strcmp(argv[1], "--version")) {
-		printf("rdmamig %s\n", rdmamig_version());
-		return 0;
+	struct cli c = {
+		.mem = 256ull << 20,
+		.vcpus = 2,
+		.wl = { .kind = RM_GUEST_UNIFORM, .rate_pages_per_sec = 2000 },
+		.backing = { .kind = RM_BACKING_ANON, .numa_node = -1 },
+		.tracker = RM_DIRTY_CLEAR,
+		.warmup_s = 2,
+		.run_after_s = 3,
+		.verbosity = 1,
+		.opts = { .transport = RDMAMIG_TRANSPORT_RDMA },
+	};
+	struct rm_kvm_vmm *vmm;
+	struct rdmamig_stats stats;
+	sigset_t set;
+	pthread_t sigthread;
+	rdmamig_t *m;
+	int rc;
+
+	tty = isatty(STDERR_FILENO);
+	parse_args(&c, argc, argv);
+	rdmamig_set_log(log_hook, &c, c.verbosity >= 2 ? RDMAMIG_LOG_DEBUG : RDMAMIG_LOG_INFO);
+	c.opts.progress = progress;
+	c.opts.progress_opaque = &c;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	pthread_create(&sigthread, NULL, signal_thread, &set);
+
+	if (c.src) {
+		struct rm_kvm_vm_opts vo = { .nr_vcpus = c.vcpus, .ram_size = c.mem, .backing = c.backing };
+
+		vmm = rm_kvm_vmm_new_source(&vo, &c.wl, c.tracker);
+		if (!vmm) {
+			say("rdmamig: cannot start the guest: %s\n", strerror(errno));
+			return EXIT_GUEST;
+		}
+		say("rdmamig: guest running: %u vCPUs, %.0f MiB RAM; warming up %u s\n", c.vcpus,
+		    c.mem / 1048576.0, c.warmup_s);
+		for (unsigned i = 0; i < c.warmup_s * 10 && !sigs.got; i++)
+			sleep_ms(100);
+		say("rdmamig: guest progress %llu, integrity errors %llu; migrating to %s port %s over %s\n",
+		    (unsigned long long)rm_kvm_vm_progress(rm_kvm_vmm_vm(vmm)),
+		    (unsigned long long)rm_kvm_vm_integrity_errors(rm_kvm_vmm_vm(vmm)), c.addr, c.port,
+		    c.opts.transport == RDMAMIG_TRANSPORT_TCP ? "tcp" : "rdma");
+	} else {
+		vmm = rm_kvm_vmm_new_dest(&c.backing);
+		if (!vmm)
+			return EXIT_GUEST;
 	}
-	usage(argc == 2 && !strcmp(argv[1], "--help") ? stdout : stderr);
-	return argc == 2 && !strcmp(argv[1], "--help") ? 0 : 2;
+
+	m = rdmamig_new(&c.opts, &rm_kvm_vmm_ops, vmm);
+	if (!m) {
+		rm_kvm_vmm_free(vmm);
+		return EXIT_USAGE;
+	}
+	pthread_mutex_lock(&sigs.lock);
+	sigs.m = sigs.got ? NULL : m;
+	pthread_mutex_unlock(&sigs.lock);
+	rc = sigs.got ? RDMAMIG_E_ABORTED : rdmamig_run(m);
+	pthread_mutex_lock(&sigs.lock);
+	sigs.m = NULL;
+	pthread_mutex_unlock(&sigs.lock);
+	rdmamig_get_stats(m, &stats);
+	rdmamig_free(m);
+	if (c.json)
+		write_json(&c, rc, &stats);
+
+	if (rc) {
+		say("rdmamig: migration failed: %s\n", rdmamig_strerror(rc));
+		if (c.src && rm_kvm_vmm_vm(vmm)) {
+			struct rm_kvm_vm *vm = rm_kvm_vmm_vm(vmm);
+			uint64_t p0 = rm_kvm_vm_progress(vm);
+
+			sleep_ms(500);
+			say("rdmamig: the source guest runs on (%s): progress %llu -> %llu, integrity errors %llu\n",
+			    rm_kvm_vm_is_paused(vm) ? "PAUSED" : "running", (unsigned long long)p0,
+			    (unsigned long long)rm_kvm_vm_progress(vm),
+			    (unsigned long long)rm_kvm_vm_integrity_errors(vm));
+		}
+		rm_kvm_vmm_free(vmm);
+		return exit_for(rc);
+	}
+	print_summary(&c, &stats);
+
+	int code = EXIT_OK;
+	if (c.src) {
+		say("rdmamig: the destination runs the guest; releasing it here\n");
+	} else {
+		struct rm_kvm_vm *vm = rm_kvm_vmm_vm(vmm);
+		uint64_t p0 = rm_kvm_vm_progress(vm);
+
+		say("rdmamig: guest running here from progress %llu\n", (unsigned long long)p0);
+		for (unsigned i = 0; (c.run_after_s == 0 || i < c.run_after_s * 10) && !sigs.got; i++) {
+			sleep_ms(100);
+			if (i % 10 == 9)
+				say("rdmamig: guest progress %llu, integrity errors %llu\n",
+				    (unsigned long long)rm_kvm_vm_progress(vm),
+				    (unsigned long long)rm_kvm_vm_integrity_errors(vm));
+		}
+		if (rm_kvm_vm_integrity_errors(vm) || rm_kvm_vm_fault(vm)) {
+			say("rdmamig: the guest reports %llu integrity errors (fault %d) after migration\n",
+			    (unsigned long long)rm_kvm_vm_integrity_errors(vm), rm_kvm_vm_fault(vm));
+			code = EXIT_GUEST;
+		} else if (rm_kvm_vm_progress(vm) <= p0 && c.wl.kind != RM_GUEST_IDLE) {
+			say("rdmamig: the guest made no progress after migration\n");
+			code = EXIT_GUEST;
+		} else {
+			say("rdmamig: guest progress moved on from %llu to %llu, no integrity errors\n",
+			    (unsigned long long)p0, (unsigned long long)rm_kvm_vm_progress(vm));
+		}
+	}
+	rm_kvm_vmm_free(vmm);
+	return code;
 }

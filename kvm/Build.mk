@@ -51,3 +51,4 @@ HOST_TESTS += test-kvm-backing
 HOST_TESTS += test-kvm-snapshot
 BED_TESTS  += test-kvm-snapshot
 BENCH_BINS += bench-dirty-sync
+LIB_OBJS += kvm/vmm.o
