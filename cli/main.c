@@ -47,6 +47,8 @@ static const char usage_text[] =
 "  --hot PERMILLE        hotset: share of pages that are hot (default 100)\n"
 "  --backing B           anon | memfd | huge2m | huge1g (default anon)\n"
 "  --numa NODE           put guest RAM on this NUMA node\n"
+"  --no-prefault         don't populate guest RAM up front (populating it keeps\n"
+"                        RDMA registration from faulting in every page)\n"
 "  --warmup SECS         run the guest this long before migrating (default 2)\n"
 "\n"
 "Migration:\n"
@@ -239,7 +241,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		O_SRC = 256, O_DST, O_LISTEN, O_CONNECT, O_MEM, O_VCPUS, O_WORKLOAD, O_HOT, O_BACKING,
 		O_NUMA, O_WARMUP, O_TRANSPORT, O_QPS, O_MAXWRITE, O_REG, O_TRACKER, O_DOWNTIME,
 		O_MAXITER, O_DEADLINE, O_MAXBW, O_AUTOCONV, O_TIMEOUT, O_VERIFY, O_JSON, O_RUNAFTER,
-		O_VERSION,
+		O_VERSION, O_NOPREFAULT,
 	};
 	static const struct option longopts[] = {
 		{ "src", no_argument, NULL, O_SRC },
@@ -253,6 +255,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		{ "backing", required_argument, NULL, O_BACKING },
 		{ "numa", required_argument, NULL, O_NUMA },
 		{ "warmup", required_argument, NULL, O_WARMUP },
+		{ "no-prefault", no_argument, NULL, O_NOPREFAULT },
 		{ "transport", required_argument, NULL, O_TRANSPORT },
 		{ "qps", required_argument, NULL, O_QPS },
 		{ "max-write", required_argument, NULL, O_MAXWRITE },
@@ -326,6 +329,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 				USAGE_ERR("--numa %s: a node number", optarg);
 			c->backing.numa_node = (int)u;
 			break;
+		case O_NOPREFAULT: c->backing.prefault = false; break;
 		case O_WARMUP:
 			if (parse_uint(optarg, &c->warmup_s))
 				USAGE_ERR("--warmup %s: seconds", optarg);
@@ -515,7 +519,7 @@ int main(int argc, char **argv)
 		.mem = 256ull << 20,
 		.vcpus = 2,
 		.wl = { .kind = RM_GUEST_UNIFORM, .rate_pages_per_sec = 2000 },
-		.backing = { .kind = RM_BACKING_ANON, .numa_node = -1 },
+		.backing = { .kind = RM_BACKING_ANON, .numa_node = -1, .prefault = true },
 		.tracker = RM_DIRTY_CLEAR,
 		.warmup_s = 2,
 		.run_after_s = 3,

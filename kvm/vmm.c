@@ -204,7 +204,26 @@ static int vmm_dirty_start(void *opaque)
 	struct rm_kvm_vmm *v = opaque;
 
 	v->dirty = rm_dirty_start(v->vm, v->tracker);
-	return v->dirty ? 0 : -errno;
+	if (!v->dirty)
+		return -errno;
+	/*
+	 * The clear tracker starts with every page reported dirty and
+	 * unprotected (KVM_DIRTY_LOG_INITIALLY_SET).  The engine's bulk pass
+	 * sends all RAM anyway: take that first report now and drop it, so
+	 * the engine's dirty_clear() before each chunk re-protects exactly the
+	 * pages it is about to read, and the next sync reports only what the
+	 * guest wrote after that — not all of RAM a second time.
+	 */
+	if (v->tracker == RM_DIRTY_CLEAR) {
+		long n = rm_dirty_sync(v->dirty);
+
+		if (n < 0) {
+			rm_dirty_stop(v->dirty);
+			v->dirty = NULL;
+			return (int)n;
+		}
+	}
+	return 0;
 }
 
 static long vmm_dirty_sync(void *opaque, uint64_t *const *bitmaps)

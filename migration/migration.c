@@ -139,7 +139,7 @@ int rm_mig_tick(struct rdmamig *m, bool force)
 	uint64_t now = rm_now_ns();
 	int err = 0;
 
-	if (m->opts.role == RDMAMIG_SOURCE && m->t &&
+	if (m->opts.role == RDMAMIG_SOURCE && m->t && m->progress.stage == 1 &&
 	    (force || now - m->last_heartbeat_ns >= HEARTBEAT_NS)) {
 		struct rm_mig_iter it = {
 			.index = htole32(m->progress.iteration),
