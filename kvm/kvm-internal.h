@@ -114,6 +114,7 @@ struct rm_kvm_vm {
 	struct rm_dirty_tracker *ring_tracker;
 	bool tracking;
 
+	atomic_ulong ring_full_exits;	/* for tests and stats */
 	atomic_int fault;
 	atomic_ulong integrity_errors;
 };

@@ -122,6 +122,7 @@ static void vcpu_run(struct rm_kvm_vcpu *vcpu)
 			handle_io(vcpu);
 			break;
 		case KVM_EXIT_DIRTY_RING_FULL:
+			atomic_fetch_add(&vcpu->vm->ring_full_exits, 1);
 			ret = rm_dirty_ring_full(vcpu->vm, vcpu);
 			if (ret < 0)
 				vcpu_fault(vcpu, ret, "dirty ring full and could not be harvested");
@@ -581,6 +582,22 @@ void rm_kvm_vm_set_stamp(struct rm_kvm_vm *vm, uint64_t stamp)
 {
 	if (vm->params)
 		__atomic_store_n(&vm->params->stamp, stamp, __ATOMIC_SEQ_CST);
+}
+
+int rm_kvm_vm_wait_stamp_seen(struct rm_kvm_vm *vm, uint64_t stamp, uint64_t timeout_ns)
+{
+	uint64_t end = rm_now_ns() + timeout_ns;
+
+	if (!vm->params)
+		return -EINVAL;
+	for (unsigned i = 0; i < vm->nr_vcpus; i++) {
+		while (__atomic_load_n(&vm->params->seen[i][0], __ATOMIC_ACQUIRE) < stamp) {
+			if (rm_now_ns() > end || vm->vcpus[i].dead)
+				return -ETIMEDOUT;
+			usleep(100);
+		}
+	}
+	return 0;
 }
 
 uint64_t rm_kvm_vm_work_pages(const struct rm_kvm_vm *vm)

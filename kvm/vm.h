@@ -102,6 +102,12 @@ int rm_kvm_vm_fault(const struct rm_kvm_vm *vm);
 
 /* Stamp workload: the value the guest writes from now on. */
 void rm_kvm_vm_set_stamp(struct rm_kvm_vm *vm, uint64_t stamp);
+/*
+ * Wait until every vCPU has completed a page write with a stamp >= stamp, so
+ * no write carrying an older stamp is still in flight.  -ETIMEDOUT if a vCPU
+ * did not within timeout_ns (a guest not writing pages never will).
+ */
+int rm_kvm_vm_wait_stamp_seen(struct rm_kvm_vm *vm, uint64_t stamp, uint64_t timeout_ns);
 /* Work pages: where the payload writes (for oracles). */
 uint64_t rm_kvm_vm_work_pages(const struct rm_kvm_vm *vm);
 uint64_t rm_kvm_vm_work_page_gpa(const struct rm_kvm_vm *vm, uint64_t idx);

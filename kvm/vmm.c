@@ -102,12 +102,25 @@ fail:
 	return NULL;
 }
 
-struct rm_kvm_vmm *rm_kvm_vmm_new_dest(const struct rm_backing_opts *backing)
+struct rm_kvm_vmm *rm_kvm_vmm_new_dest(const struct rm_backing_opts *backing,
+				       const struct rm_kvm_vm_opts *precreate)
 {
 	struct rm_kvm_vmm *v = vmm_alloc();
 
-	if (v && backing)
+	if (!v)
+		return NULL;
+	if (backing)
 		v->backing = *backing;
+	if (precreate) {
+		v->vm = rm_kvm_vm_create(precreate);
+		if (!v->vm) {
+			int err = errno;
+
+			rm_kvm_vmm_free(v);
+			errno = err;
+			return NULL;
+		}
+	}
 	return v;
 }
 

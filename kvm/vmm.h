@@ -25,8 +25,11 @@ extern const struct rdmamig_vmm_ops rm_kvm_vmm_ops;
 /* Create and boot a guest, running.  NULL + errno (logged). */
 struct rm_kvm_vmm *rm_kvm_vmm_new_source(const struct rm_kvm_vm_opts *vm,
 					 const struct rm_kvm_workload *wl, enum rm_dirty_kind tracker);
-/* An empty destination; prepare() will create the VM on this backing. */
-struct rm_kvm_vmm *rm_kvm_vmm_new_dest(const struct rm_backing_opts *backing);
+/* A destination.  With precreate NULL, prepare() creates a VM of the
+ * source's shape on this backing; otherwise the VM is created now, and a
+ * source whose VM differs is refused (the engine names the difference). */
+struct rm_kvm_vmm *rm_kvm_vmm_new_dest(const struct rm_backing_opts *backing,
+				       const struct rm_kvm_vm_opts *precreate);
 /* The VM (NULL on a destination before prepare). */
 struct rm_kvm_vm *rm_kvm_vmm_vm(struct rm_kvm_vmm *v);
 /* Stop any throttling, destroy the VM, free.  NULL-safe. */

@@ -19,6 +19,7 @@
  */
 #include <stdlib.h>
 
+#include "kvm/kvm-internal.h"
 #include "test-kvm-util.h"
 
 #define FIRST_STAMP 2	/* pages written before tracking started hold 1 */
@@ -26,6 +27,10 @@
 /* Runs the oracle and returns how many dirty pages it caught missing.
  * lose_one: drop one fresh dirty bit per round from the tracker's answer,
  * to show the oracle catches a tracker that loses pages. */
+static unsigned long ring_fulls;
+static unsigned min_sleep_us = 5000, max_sleep_us = 45000;
+static bool fill_rings;
+
 static uint64_t stamp_oracle(enum rm_dirty_kind kind, unsigned ring_entries, unsigned rounds, bool lose_one)
 {
 	kvm_or_skip();
@@ -46,11 +51,23 @@ static uint64_t stamp_oracle(enum rm_dirty_kind kind, unsigned ring_entries, uns
 	struct rm_dirty_tracker *t = rm_dirty_start(vm, kind);
 	cr_assert_not_null(t, "start %s: %s", rm_dirty_name(kind), test_last_err);
 	rm_kvm_vm_set_stamp(vm, FIRST_STAMP);
+	cr_assert_eq(rm_kvm_vm_wait_stamp_seen(vm, FIRST_STAMP, 30000000000ull), 0);
 
 	uint64_t missed = 0, spurious = 0, reported = 0, fresh = 0, sync_ns = 0;
 	unsigned seed = 1;
 	for (uint64_t i = FIRST_STAMP; i < FIRST_STAMP + rounds; i++) {
-		usleep(5000 + rand_r(&seed) % 40000);
+		if (fill_rings) {
+			/* Let every vCPU write more pages than its ring holds
+			 * (bounded: a slow bed must not hang the test). */
+			uint64_t base[2] = { rm_kvm_vcpu_progress(vm, 0) + 320, rm_kvm_vcpu_progress(vm, 1) + 320 };
+			uint64_t end = rm_now_ns() + 20000000000ull;
+
+			while ((rm_kvm_vcpu_progress(vm, 0) < base[0] || rm_kvm_vcpu_progress(vm, 1) < base[1]) &&
+			       rm_now_ns() < end)
+				usleep(1000);
+		} else {
+			usleep(min_sleep_us + rand_r(&seed) % (max_sleep_us - min_sleep_us));
+		}
 		uint64_t t0 = rm_now_ns();
 		long n = rm_dirty_sync(t);
 		cr_assert_geq(n, 0, "round %llu: sync: %s", (unsigned long long)i, test_last_err);
@@ -105,18 +122,23 @@ static uint64_t stamp_oracle(enum rm_dirty_kind kind, unsigned ring_entries, uns
 		memcpy(track, track_next, npages);
 		memset(track_next, 0, npages);
 		rm_kvm_vm_set_stamp(vm, i + 1);
+		/* Writes of stamp <= i must all have landed before sync i + 1. */
+		cr_assert_eq(rm_kvm_vm_wait_stamp_seen(vm, i + 1, 30000000000ull), 0,
+			     "round %llu: a vCPU did not take up the new stamp", (unsigned long long)i);
 	}
 	rm_dirty_stop(t);
 	cr_assert_eq(rm_kvm_vm_pause(vm, 2000000000ull), 0);
 
 	printf("%-6s tracker: %u rounds, %llu pages reported (%llu fresh, %llu spurious), %llu missed, "
-	       "mean sync %.2f ms, guest wrote %llu pages\n",
+	       "mean sync %.2f ms, guest wrote %llu pages, %lu ring-full exits\n",
 	       rm_dirty_name(kind), rounds, (unsigned long long)reported, (unsigned long long)fresh,
 	       (unsigned long long)spurious, (unsigned long long)missed, (double)sync_ns / rounds / 1e6,
-	       (unsigned long long)rm_kvm_vm_progress(vm));
+	       (unsigned long long)rm_kvm_vm_progress(vm), atomic_load(&vm->ring_full_exits));
+	ring_fulls = atomic_load(&vm->ring_full_exits);
 	/* The oracle must have had something to check. */
 	cr_expect_gt(fresh, rounds, "only %llu fresh dirty pages over %u rounds", (unsigned long long)fresh, rounds);
 	cr_expect_eq(rm_kvm_vm_integrity_errors(vm), 0);
+	cr_expect_eq(rm_kvm_vm_fault(vm), 0, "a vCPU stopped: %s", test_last_err);
 	free(last);
 	free(track);
 	free(track_next);
@@ -126,7 +148,7 @@ static uint64_t stamp_oracle(enum rm_dirty_kind kind, unsigned ring_entries, uns
 
 static void expect_no_miss(enum rm_dirty_kind kind, unsigned ring_entries)
 {
-	uint64_t missed = stamp_oracle(kind, ring_entries, 150, false);
+	uint64_t missed = stamp_oracle(kind, ring_entries, fill_rings ? 20 : 150, false);
 
 	cr_expect_eq(missed, 0, "%s tracker missed %llu dirty pages", rm_dirty_name(kind),
 		     (unsigned long long)missed);
@@ -154,6 +176,15 @@ Test(kvm_dirty, stamp_oracle_clear, .timeout = 300)
 Test(kvm_dirty, stamp_oracle_ring, .timeout = 300)
 {
 	expect_no_miss(RM_DIRTY_RING, 256);
+}
+
+/* Long gaps between syncs: the vCPUs fill their rings and harvest them
+ * themselves (KVM_EXIT_DIRTY_RING_FULL); nothing may get lost there either. */
+Test(kvm_dirty, stamp_oracle_ring_that_fills_up, .timeout = 300)
+{
+	fill_rings = true;
+	expect_no_miss(RM_DIRTY_RING, 256);
+	cr_expect_gt(ring_fulls, 0, "no ring ever filled up: the full-ring path went untested");
 }
 
 Test(kvm_dirty, trackers_refuse_what_the_vm_cannot_do)

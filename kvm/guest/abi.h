@@ -91,6 +91,13 @@ struct rm_guest_params {
 	uint32_t pad;
 	uint64_t stamp;			/* stamp workload: value to write; host bumps it */
 	struct rm_guest_range ranges[RM_GUEST_MAX_RANGES];
+	/*
+	 * Written by the guest: seen[v][0] is the stamp vCPU v used for its
+	 * last completed page write (one cache line per vCPU).  Once every
+	 * vCPU shows stamp s, no write with an older stamp can still land: a
+	 * vCPU may read the stamp, be descheduled for a long time, then store.
+	 */
+	uint64_t seen[RM_GUEST_MAX_VCPUS][8];
 };
 
 #define RM_GUEST_MAGIC 0x524d4750u	/* "PGMR" */

@@ -46,8 +46,9 @@ static struct rm_guest_page_head *page_head(const struct rm_guest_params *p, uin
 	return 0;
 }
 
-/* Check page idx against its generation, then write its next generation. */
-static void write_page(const volatile struct rm_guest_params *vp, const struct rm_guest_params *p,
+/* Check page idx against its generation, then write its next generation.
+ * Returns the stamp it wrote. */
+static uint64_t write_page(const volatile struct rm_guest_params *vp, const struct rm_guest_params *p,
 		       volatile uint32_t *meta, uint64_t idx)
 {
 	volatile struct rm_guest_page_head *h = page_head(p, idx);
@@ -55,11 +56,14 @@ static void write_page(const volatile struct rm_guest_params *vp, const struct r
 
 	if (h->gen != gen || (gen && h->tag != rm_guest_tag(idx, gen)) || (!gen && h->tag))
 		outl(RM_GUEST_PORT_ERROR, (uint32_t)idx);
+	uint64_t stamp = vp->stamp;
+
 	gen++;
-	h->stamp = vp->stamp;
+	h->stamp = stamp;
 	h->gen = gen;
 	h->tag = rm_guest_tag(idx, gen);
 	meta[idx] = gen;
+	return stamp;
 }
 
 __attribute__((noreturn, section(".text.entry"), used))
@@ -67,7 +71,7 @@ void guest_entry(uint64_t vcpu);
 
 void guest_entry(uint64_t vcpu)
 {
-	const volatile struct rm_guest_params *vp = (void *)RM_GUEST_PARAMS_GPA;
+	volatile struct rm_guest_params *vp = (void *)RM_GUEST_PARAMS_GPA;
 	const struct rm_guest_params *p = (const void *)RM_GUEST_PARAMS_GPA;
 	volatile uint32_t *meta = (volatile uint32_t *)p->meta_gpa;
 	uint64_t first = vcpu * p->work_pages / p->nr_vcpus;
@@ -114,7 +118,7 @@ void guest_entry(uint64_t vcpu)
 			idx = xorshift(&rng) % count;
 			break;
 		}
-		write_page(vp, p, meta, first + idx);
+		vp->seen[vcpu][0] = write_page(vp, p, meta, first + idx);
 		done++;
 		if (++unreported == report_every) {
 			outl(RM_GUEST_PORT_PROGRESS, (uint32_t)unreported);
