@@ -52,7 +52,9 @@ struct tcp_chan {
 	struct rm_wire_hdr hdr[TX_FRAMES];
 	struct rm_wire_write body[TX_FRAMES];
 	struct iovec iov[TX_FRAMES * 3];
-	unsigned nframes;
+	unsigned nframes;		/* frames queued in iov */
+	unsigned iov_next;		/* first iovec not yet sent */
+	int iov_left;			/* iovecs not yet sent */
 };
 
 struct ctrl_msg {
@@ -1002,18 +1004,66 @@ static int tcp_layout(struct rm_transport *t, const struct rm_region *r, unsigne
 
 /* ---- source: write, fence ---- */
 
-static int flush_chan(struct tcp_conn *c, unsigned i, uint64_t deadline)
+/*
+ * Send every channel's queued frames, all channels at once: non-blocking
+ * sendmsg on each channel that has data, then one poll() on all of them, so
+ * the destination's receivers work in parallel while this thread copies.
+ */
+static int flush_all(struct tcp_conn *c, uint64_t deadline)
 {
-	struct tcp_chan *ch = &c->ch[i];
-	int err;
+	for (;;) {
+		struct pollfd p[RM_WIRE_MAX_CHANNELS];
+		unsigned np = 0;
+		int left, n;
 
-	if (!ch->nframes)
-		return 0;
-	pthread_mutex_lock(&ch->tx_lock);
-	err = send_iov(c, ch->fd, ch->iov, (int)ch->nframes * 3, deadline);
-	pthread_mutex_unlock(&ch->tx_lock);
-	ch->nframes = 0;
-	return err;
+		for (unsigned i = 0; i < c->base.nchan; i++) {
+			struct tcp_chan *ch = &c->ch[i];
+
+			while (ch->iov_left > 0) {
+				struct iovec *iov = &ch->iov[ch->iov_next];
+				struct msghdr mh = {
+					.msg_iov = iov,
+					.msg_iovlen = (size_t)(ch->iov_left > IOV_MAX ? IOV_MAX : ch->iov_left),
+				};
+				ssize_t w;
+
+				pthread_mutex_lock(&ch->tx_lock);
+				w = sendmsg(ch->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+				pthread_mutex_unlock(&ch->tx_lock);
+				if (w < 0) {
+					if (errno == EINTR)
+						continue;
+					if (errno != EAGAIN && errno != EWOULDBLOCK)
+						return errno == EPIPE ? -ECONNRESET : -errno;
+					p[np++] = (struct pollfd){ .fd = ch->fd, .events = POLLOUT };
+					break;
+				}
+				while (ch->iov_left > 0 && (size_t)w >= iov->iov_len) {
+					w -= (ssize_t)iov->iov_len;
+					iov++;
+					ch->iov_next++;
+					ch->iov_left--;
+				}
+				if (ch->iov_left > 0) {
+					iov->iov_base = (char *)iov->iov_base + w;
+					iov->iov_len -= (size_t)w;
+				}
+			}
+			if (!ch->iov_left)
+				ch->nframes = 0;
+		}
+		if (!np)
+			return 0;
+		n = rm_tr_check(&c->base);
+		if (n)
+			return n;
+		left = rm_ms_left(deadline);
+		if (!left)
+			return -ETIMEDOUT;
+		n = poll(p, np, left < SLICE_MS ? left : SLICE_MS);
+		if (n < 0 && errno != EINTR)
+			return -errno;
+	}
 }
 
 /* Queue one WRITE frame on the next channel; flush that channel when full. */
@@ -1022,7 +1072,11 @@ static int queue_write(struct tcp_conn *c, const struct rm_region *reg, uint32_t
 {
 	unsigned i = c->next_chan++ % c->base.nchan;
 	struct tcp_chan *ch = &c->ch[i];
-	unsigned f = ch->nframes++;
+	unsigned f;
+
+	if (!ch->nframes)
+		ch->iov_next = 0;
+	f = ch->nframes++;
 
 	hdr_init(&ch->hdr[f], RM_WIRE_WRITE, 0, sizeof(ch->body[f]) + len);
 	ch->body[f] = (struct rm_wire_write){
@@ -1035,8 +1089,9 @@ static int queue_write(struct tcp_conn *c, const struct rm_region *reg, uint32_t
 	ch->iov[3 * f + 2] = (struct iovec){ (char *)reg->addr + off, len };
 	c->base.st.writes++;
 	c->base.st.bytes_written += len;
+	ch->iov_left += 3;
 	if (ch->nframes == TX_FRAMES)
-		return flush_chan(c, i, deadline);
+		return flush_all(c, deadline);
 	return 0;
 }
 
@@ -1061,12 +1116,8 @@ static int tcp_write(struct rm_transport *t, const struct rm_range *r, size_t n)
 			len -= piece;
 		}
 	}
-	for (unsigned i = 0; i < t->nchan; i++) {
-		int e = flush_chan(c, i, deadline);
-
-		if (!err)
-			err = e;
-	}
+	if (!err)
+		err = flush_all(c, deadline);
 	return err;
 }
 
