@@ -7,6 +7,7 @@
 #
 #   make            librdmamig.a, librdmamig.so and the rdmamig binary
 #   make test       install what is missing, run host suites, then test-bed suites
+#   make demo       a live migration of a busy guest over soft-RoCE
 #   make deps       install build and test dependencies (apt-get, as root)
 #   make install    PREFIX=/usr/local
 #   make clean
@@ -118,6 +119,10 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory all tests
 	$(Q)O=$(O) HOST_TESTS="$(HOST_TESTS)" BED_TESTS="$(BED_TESTS)" tests/run.sh
 
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)O=$(O) scripts/demo.sh
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
 	install -m 644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/
@@ -130,7 +135,7 @@ clean:
 	$(quiet) CLEAN build
 	$(Q)rm -rf build build-asan $(O)
 
-.PHONY: all tests benches deps test install clean
+.PHONY: all tests benches deps test demo install clean
 .DELETE_ON_ERROR:
 .SECONDARY:
 

@@ -39,7 +39,8 @@ static const char usage_text[] =
 "migrates it; on any failure before the destination confirms, the source\n"
 "guest keeps running.\n"
 "\n"
-"Guest (source):\n"
+"Guest (source; on a destination --mem/--vcpus create its VM up front, and a\n"
+"source whose VM differs is refused):\n"
 "  --mem SIZE            guest RAM (default 256M; K/M/G suffixes)\n"
 "  --vcpus N             vCPUs, one thread each (default 2)\n"
 "  --workload W[:RATE]   idle | uniform | hotset | sweep | stamp, RATE page\n"
@@ -90,6 +91,7 @@ struct cli {
 	struct rm_backing_opts backing;
 	enum rm_dirty_kind tracker;
 	unsigned warmup_s, run_after_s;
+	bool shape_given;	/* --mem or --vcpus given */
 	const char *json;
 	int verbosity;		/* 0 quiet, 1 normal, 2 debug */
 	struct rdmamig_opts opts;
@@ -133,8 +135,16 @@ static void progress(void *opaque, const struct rdmamig_progress *p)
 	static const char *const stage[] = { "setup", "iterate", "stop-and-copy", "done" };
 	char line[256];
 
+	static unsigned last_iter = ~0u;
+	static int last_stage = -1;
+
 	if (c->verbosity < 1)
 		return;
+	/* A log file gets one line per iteration and stage, a terminal all. */
+	if (!tty && p->iteration == last_iter && p->stage == last_stage)
+		return;
+	last_iter = p->iteration;
+	last_stage = p->stage;
 	snprintf(line, sizeof(line),
 		 "%s iter %u | sent %.1f MiB | remaining %.1f MiB | %.1f MB/s | dirty %.1f MB/s | "
 		 "exp. downtime %llu ms | throttle %u%%",
@@ -287,10 +297,12 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		case O_DST: c->dst = true; break;
 		case O_LISTEN: case O_CONNECT: endpoint = optarg; break;
 		case O_MEM:
+			c->shape_given = true;
 			if (!(c->mem = parse_size(optarg)))
 				USAGE_ERR("--mem %s: not a size (e.g. 256M, 4G)", optarg);
 			break;
 		case O_VCPUS:
+			c->shape_given = true;
 			if (parse_uint(optarg, &c->vcpus) || !c->vcpus || c->vcpus > RM_GUEST_MAX_VCPUS)
 				USAGE_ERR("--vcpus %s: 1..%d", optarg, RM_GUEST_MAX_VCPUS);
 			break;
@@ -562,9 +574,13 @@ int main(int argc, char **argv)
 		    (unsigned long long)rm_kvm_vm_integrity_errors(rm_kvm_vmm_vm(vmm)), c.addr, c.port,
 		    c.opts.transport == RDMAMIG_TRANSPORT_TCP ? "tcp" : "rdma");
 	} else {
-		vmm = rm_kvm_vmm_new_dest(&c.backing);
-		if (!vmm)
+		struct rm_kvm_vm_opts vo = { .nr_vcpus = c.vcpus, .ram_size = c.mem, .backing = c.backing };
+
+		vmm = rm_kvm_vmm_new_dest(&c.backing, c.shape_given ? &vo : NULL);
+		if (!vmm) {
+			say("rdmamig: cannot create the destination VM: %s\n", strerror(errno));
 			return EXIT_GUEST;
+		}
 	}
 
 	m = rdmamig_new(&c.opts, &rm_kvm_vmm_ops, vmm);

@@ -210,6 +210,28 @@ static int expect(struct rdmamig *m, uint16_t want, struct rm_msg *msg, int time
 	}
 }
 
+/* Both sides: register this side's RAM and exchange the layout; timed as
+ * the registration cost. */
+static int exchange_layout(struct rdmamig *m)
+{
+	struct rm_region regions[RDMAMIG_MAX_REGIONS];
+	uint64_t t0;
+	int err;
+
+	for (uint32_t i = 0; i < m->desc.nr_regions; i++)
+		regions[i] = (struct rm_region){
+			.id = m->desc.regions[i].id,
+			.addr = m->desc.regions[i].host_addr,
+			.size = m->desc.regions[i].size,
+		};
+	t0 = rm_now_ns();
+	err = rm_tr_layout(m->t, regions, m->desc.nr_regions);
+	pthread_mutex_lock(&m->lock);
+	m->stats.registration_ns = rm_now_ns() - t0;
+	pthread_mutex_unlock(&m->lock);
+	return err;
+}
+
 /* ---------------------------------------------------------------- source */
 
 static void record_iteration(struct rdmamig *m, unsigned idx, const struct rm_pass *pass,
@@ -254,12 +276,10 @@ static long sync_dirty(struct rdmamig *m)
 
 static int source_handshake(struct rdmamig *m)
 {
-	struct rm_region regions[RDMAMIG_MAX_REGIONS];
 	struct rm_transport *t;
 	struct rm_mig_setup *setup;
 	struct rm_msg msg;
 	size_t len;
-	uint64_t t0;
 	int err;
 
 	err = rm_tr_connect(&m->topts, &t);
@@ -281,18 +301,7 @@ static int source_handshake(struct rdmamig *m)
 		return err;
 	rm_msg_free(&msg);
 
-	for (uint32_t i = 0; i < m->desc.nr_regions; i++)
-		regions[i] = (struct rm_region){
-			.id = m->desc.regions[i].id,
-			.addr = m->desc.regions[i].host_addr,
-			.size = m->desc.regions[i].size,
-		};
-	t0 = rm_now_ns();
-	err = rm_tr_layout(m->t, regions, m->desc.nr_regions);
-	pthread_mutex_lock(&m->lock);
-	m->stats.registration_ns = rm_now_ns() - t0;
-	pthread_mutex_unlock(&m->lock);
-	return err;
+	return exchange_layout(m);
 }
 
 static int stop_and_copy(struct rdmamig *m, bool *paused)
@@ -538,11 +547,9 @@ static int dest_accept(struct rdmamig *m)
 
 static int dest_setup(struct rdmamig *m, uint32_t *flags)
 {
-	struct rm_region regions[RDMAMIG_MAX_REGIONS];
 	struct rdmamig_vm_desc src;
 	struct rm_msg msg;
 	char why[RM_MIG_TEXT] = "";
-	uint64_t t0;
 	int err;
 
 	err = expect(m, RM_MIG_SETUP, &msg, -1);
@@ -576,16 +583,8 @@ static int dest_setup(struct rdmamig *m, uint32_t *flags)
 	err = rm_tr_send(m->t, RM_MIG_SETUP_OK, NULL, 0);
 	if (err)
 		return err;
-	for (uint32_t i = 0; i < m->desc.nr_regions; i++)
-		regions[i] = (struct rm_region){
-			.id = m->desc.regions[i].id,
-			.addr = m->desc.regions[i].host_addr,
-			.size = m->desc.regions[i].size,
-		};
-	t0 = rm_now_ns();
-	err = rm_tr_layout(m->t, regions, m->desc.nr_regions);
+	err = exchange_layout(m);
 	pthread_mutex_lock(&m->lock);
-	m->stats.registration_ns = rm_now_ns() - t0;
 	m->stats.setup_ns = rm_now_ns() - m->start_ns;
 	for (uint32_t r = 0; r < m->desc.nr_regions; r++)
 		m->stats.ram_bytes += m->desc.regions[r].size;

@@ -1,0 +1,35 @@
+#!/bin/bash
+# demo.sh — a live migration of a busy KVM guest between two rdmamig
+# processes over soft-RoCE, with progress and the final stats.  `make demo`
+# runs it.  Uses rxe on this host where the kernel can (setup.sh) and /dev/kvm
+# exists; otherwise runs itself inside the test VM (vm.sh).
+#   scripts/demo.sh [--inner]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+O=${O:-build}
+
+if [ "${1:-}" != --inner ]; then
+	if [ -e /dev/kvm ] && env=$(scripts/soft-roce/setup.sh --env 2>/dev/null); then
+		eval "$env"
+		ulimit -l unlimited
+		exec env O="$O" "$0" --inner
+	fi
+	echo "demo: this host has no soft-RoCE or no /dev/kvm; running the demo in the test VM"
+	exec scripts/soft-roce/vm.sh -t 600 -- env O="$O" scripts/demo.sh --inner
+fi
+
+addr=${RDMAMIG_RXE_ADDR:?no soft-RoCE address}
+port=7471
+json=${RDMAMIG_DEMO_JSON:-$O/demo-stats.json}
+echo "demo: destination: $O/rdmamig --dst --listen $addr:$port"
+echo "demo: source:      $O/rdmamig --src --connect $addr:$port --mem 128M --vcpus 2 --workload hotset:3000 --verify"
+"$O/rdmamig" --dst --listen "$addr:$port" --run-after 3 > >(sed -u 's/^/[dst] /') 2>&1 &
+dst=$!
+sleep 0.5
+"$O/rdmamig" --src --connect "$addr:$port" --mem 128M --vcpus 2 --workload hotset:3000 \
+	--warmup 2 --verify --json "$json" 2>&1 | sed -u 's/^/[src] /'
+src_rc=${PIPESTATUS[0]}
+wait $dst
+dst_rc=$?
+echo "demo: source exit $src_rc, destination exit $dst_rc; stats in $json"
+[ "$src_rc" = 0 ] && [ "$dst_rc" = 0 ]
