@@ -1,0 +1,296 @@
+/*
+ * tests/test-e2e.c — `rdmamig --dst` and `rdmamig --src` as an operator runs
+ * them: two processes, a real KVM guest, TCP and RDMA.  Each case checks the
+ * exit codes, the messages, and the guest: digests match (--verify), the
+ * destination's guest runs on without integrity errors; after a cancel, a
+ * vanished destination or a refusal, the source guest runs on.
+ *
+ * Needs /dev/kvm (skips, saying why, without it: make test runs it in the
+ * test VM) and, for RDMA cases, the soft-RoCE bed (RDMAMIG_RXE_ADDR).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+struct proc {
+	pid_t pid;
+	char log[256];
+	int status;
+};
+
+static const char *bin(void)
+{
+	static char path[256];
+	const char *o = getenv("O") ? getenv("O") : "build";
+
+	snprintf(path, sizeof(path), "%s/rdmamig", o);
+	return path;
+}
+
+static void need_bed(bool rdma)
+{
+	if (access("/dev/kvm", R_OK | W_OK))
+		cr_skip_test("no /dev/kvm here (%s): make test runs these cases in the test VM", strerror(errno));
+	if (rdma && !getenv("RDMAMIG_RXE_ADDR"))
+		cr_skip_test("RDMA cases run on the soft-RoCE test bed (make test runs them there)");
+	cr_assert_eq(access(bin(), X_OK), 0, "%s not built", bin());
+}
+
+static const char *addr(bool rdma)
+{
+	return rdma ? getenv("RDMAMIG_RXE_ADDR") : "127.0.0.1";
+}
+
+/* Start rdmamig with args (NULL-terminated), output to a log file. */
+static void start(struct proc *p, const char *name, const char *const *args)
+{
+	const char *argv[48] = { bin() };
+	posix_spawn_file_actions_t fa;
+	unsigned n = 1;
+
+	snprintf(p->log, sizeof(p->log), "/tmp/rdmamig-e2e-%d-%s.log", getpid(), name);
+	for (; args[n - 1] && n < 47; n++)
+		argv[n] = args[n - 1];
+	argv[n] = NULL;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 1, p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	posix_spawn_file_actions_adddup2(&fa, 1, 2);
+	cr_assert_eq(posix_spawn(&p->pid, bin(), &fa, NULL, (char **)argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+}
+
+static char *slurp(const char *path)
+{
+	static char buf[1 << 16];
+	FILE *f = fopen(path, "r");
+	size_t n = 0;
+
+	if (f) {
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+static bool log_has(const struct proc *p, const char *s)
+{
+	return strstr(slurp(p->log), s) != NULL;
+}
+
+/* Wait for exit, at most secs; on timeout kill it and fail. */
+static int wait_exit(struct proc *p, int secs)
+{
+	for (int i = 0; i < secs * 10; i++) {
+		if (waitpid(p->pid, &p->status, WNOHANG) == p->pid)
+			return WIFEXITED(p->status) ? WEXITSTATUS(p->status) : 128 + WTERMSIG(p->status);
+		usleep(100000);
+	}
+	kill(p->pid, SIGKILL);
+	waitpid(p->pid, &p->status, 0);
+	cr_log_error("--- %s ---\n%s", p->log, slurp(p->log));
+	cr_assert_fail("rdmamig (pid %d) still running after %d s", p->pid, secs);
+	return -1;
+}
+
+static void wait_for_log(const struct proc *p, const char *s, int secs)
+{
+	for (int i = 0; i < secs * 10; i++) {
+		if (log_has(p, s))
+			return;
+		usleep(100000);
+	}
+	cr_log_error("--- %s ---\n%s", p->log, slurp(p->log));
+	cr_assert_fail("'%s' did not appear in %s within %d s", s, p->log, secs);
+}
+
+static void show(const struct proc *p)
+{
+	printf("--- %s\n%s", p->log, slurp(p->log));
+}
+
+static void expect_exit(struct proc *p, int secs, int code)
+{
+	int rc = wait_exit(p, secs);
+
+	if (rc != code)
+		show(p);
+	cr_assert_eq(rc, code, "%s exited %d, expected %d", p->log, rc, code);
+}
+
+static unsigned next_port(void)
+{
+	static unsigned port;
+
+	if (!port)
+		port = 7500 + (unsigned)(getpid() % 200) * 10;
+	return port++;
+}
+
+/* A JSON number field from the source's --json output. */
+static unsigned long long json_u64(const char *path, const char *key)
+{
+	char pat[64];
+	const char *s = slurp(path), *at;
+
+	snprintf(pat, sizeof(pat), "\"%s\": ", key);
+	at = strstr(s, pat);
+	cr_assert_not_null(at, "%s has no %s", path, key);
+	return strtoull(at + strlen(pat), NULL, 10);
+}
+
+static unsigned count(const char *s, const char *needle)
+{
+	unsigned n = 0;
+
+	for (const char *at = strstr(s, needle); at; at = strstr(at + 1, needle))
+		n++;
+	return n;
+}
+
+/* Migrate a 64 MiB, 2-vCPU guest; extra: more source flags (at most 4). */
+static void migrate(bool rdma, const char *workload, const char *const *extra, const char *expect_switch)
+{
+	char ep[64], port[16], json[128];
+	const char *tr = rdma ? "rdma" : "tcp";
+	struct proc dst, src;
+
+	need_bed(rdma);
+	snprintf(port, sizeof(port), "%u", next_port());
+	snprintf(ep, sizeof(ep), "%s:%s", addr(rdma), port);
+	snprintf(json, sizeof(json), "/tmp/rdmamig-e2e-%d-src.json", getpid());
+	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "2", NULL };
+	start(&dst, "dst", dargs);
+	usleep(300000);
+	const char *sargs[24] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--vcpus", "2",
+				  "--workload", workload, "--warmup", "1", "--verify", "--json", json };
+	for (unsigned i = 0, n = 16; extra && extra[i] && i < 4; i++)
+		sargs[n++] = extra[i];
+	start(&src, "src", sargs);
+	int src_rc = wait_exit(&src, 240), dst_rc = wait_exit(&dst, 60);
+	if (src_rc || dst_rc) {
+		show(&src);
+		show(&dst);
+	}
+	cr_assert_eq(src_rc, 0, "source exited %d", src_rc);
+	cr_assert_eq(dst_rc, 0, "destination exited %d", dst_rc);
+	cr_assert(log_has(&src, "matches on both sides"));
+	cr_assert(log_has(&dst, "no integrity errors"), "destination guest: %s", slurp(dst.log));
+
+	const char *js = slurp(json);
+	char sw[32] = "?";
+	const char *at = strstr(js, "\"switchover\": \"");
+	if (at)
+		sscanf(at + 15, "%31[a-z-]", sw);
+	printf("e2e %s %s: total %.2f s, downtime %.1f ms, %u iterations, switchover %s\n", tr, workload,
+	       json_u64(json, "total_ns") / 1e9, json_u64(json, "downtime_ns") / 1e6,
+	       count(slurp(json), "\"index\""), sw);
+	if (expect_switch)
+		cr_assert_str_eq(sw, expect_switch);
+	if (expect_switch && !strcmp(expect_switch, "deadline")) {
+		unsigned long max = 0;
+
+		for (const char *t = strstr(slurp(json), "\"throttle\": "); t; t = strstr(t + 1, "\"throttle\": "))
+			if (strtoul(t + 12, NULL, 10) > max)
+				max = strtoul(t + 12, NULL, 10);
+		cr_assert_gt(max, 0, "no iteration ran throttled before the deadline: %s", slurp(json));
+	}
+}
+
+#define WORKLOADS(suite, rdma)                                                            \
+	Test(suite, idle, .timeout = 300) { migrate(rdma, "idle", NULL, NULL); }          \
+	Test(suite, uniform, .timeout = 300) { migrate(rdma, "uniform:300", NULL, NULL); } \
+	Test(suite, hotset, .timeout = 300) { migrate(rdma, "hotset:2000", NULL, NULL); }  \
+	Test(suite, stamp, .timeout = 300) { migrate(rdma, "stamp:300", NULL, NULL); }
+
+WORKLOADS(e2e_tcp, false)
+WORKLOADS(e2e_rdma, true)
+
+/* A guest dirtying faster than rxe moves pages: the deadline forces the
+ * switchover, throttling on the way. */
+Test(e2e_rdma, nonconverging_meets_deadline, .timeout = 300)
+{
+	const char *const extra[] = { "--downtime", "1", "--deadline", "30s", NULL };
+
+	migrate(true, "uniform:4000", extra, "deadline");
+}
+
+/* The failure cases: the source guest must run on. */
+static void start_busy_pair(bool rdma, struct proc *dst, struct proc *src, const char *dst_mem)
+{
+	static char ep[64];
+	const char *tr = rdma ? "rdma" : "tcp";
+
+	need_bed(rdma);
+	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), next_port());
+	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "1",
+				dst_mem ? "--mem" : NULL, dst_mem, NULL };
+	start(dst, "dst", dargs);
+	usleep(300000);
+	/* 2 x 4000 pages/s outruns rxe, and with a 1 ms downtime limit
+	 * nothing converges: the migration is still iterating when the test
+	 * strikes.  (A guest writing flat out starves the other processes of
+	 * the nested test VM for seconds.) */
+	const char *sargs[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--workload",
+				"uniform:4000", "--downtime", "1", "--max-iterations", "1000",
+				"--warmup", "1", NULL };
+	start(src, "src", sargs);
+}
+
+static void source_ran_on(const struct proc *src)
+{
+	cr_assert(log_has(src, "the source guest runs on (running)"), "%s", slurp(src->log));
+	cr_assert(log_has(src, "integrity errors 0"), "%s", slurp(src->log));
+}
+
+static void sigint_source(bool rdma)
+{
+	struct proc dst, src;
+
+	start_busy_pair(rdma, &dst, &src, NULL);
+	wait_for_log(&src, "iteration 1 sent", 120);
+	kill(src.pid, SIGINT);
+	expect_exit(&src, 30, 5);
+	cr_assert_neq(wait_exit(&dst, 30), 0, "destination succeeded after the source was cancelled");
+	source_ran_on(&src);
+}
+
+static void kill_destination(bool rdma)
+{
+	struct proc dst, src;
+
+	start_busy_pair(rdma, &dst, &src, NULL);
+	wait_for_log(&src, "iteration 1 sent", 120);
+	kill(dst.pid, SIGKILL);
+	waitpid(dst.pid, &dst.status, 0);
+	expect_exit(&src, 60, 1);
+	source_ran_on(&src);
+}
+
+static void refused(bool rdma)
+{
+	struct proc dst, src;
+
+	start_busy_pair(rdma, &dst, &src, "32M");
+	expect_exit(&src, 60, 3);
+	cr_assert_neq(wait_exit(&dst, 30), 0);
+	cr_assert(log_has(&src, "RAM region"), "refusal should name the RAM mismatch: %s", slurp(src.log));
+	source_ran_on(&src);
+}
+
+Test(e2e_tcp, sigint_cancels_source_runs_on, .timeout = 300) { sigint_source(false); }
+Test(e2e_rdma, sigint_cancels_source_runs_on, .timeout = 300) { sigint_source(true); }
+Test(e2e_tcp, killed_destination_source_runs_on, .timeout = 300) { kill_destination(false); }
+Test(e2e_rdma, killed_destination_source_runs_on, .timeout = 300) { kill_destination(true); }
+Test(e2e_rdma, refused_handshake_source_runs_on, .timeout = 300) { refused(true); }
