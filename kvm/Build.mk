@@ -29,7 +29,7 @@ $(O)/kvm/guest/guest.gobj: kvm/guest/guest.c
 
 $(O)/kvm/guest/guest.elf: $(O)/kvm/guest/guest.gobj kvm/guest/guest.ld
 	$(quiet) LD $@
-	$(Q)ld -static -nostdlib -no-pie -z noexecstack -T kvm/guest/guest.ld -o $@ $<
+	$(Q)ld -static -nostdlib -no-pie -z noexecstack --no-warn-rwx-segments -T kvm/guest/guest.ld -o $@ $<
 
 $(GUEST_BIN): $(O)/kvm/guest/guest.elf
 	$(quiet) OBJCOPY $@

@@ -85,6 +85,17 @@ static void handle_io(struct rm_kvm_vcpu *vcpu)
 		break;
 	case RM_GUEST_PORT_DONE:
 		break;
+	case RM_GUEST_PORT_EXCEPTION: {
+		struct kvm_regs regs = { 0 };
+		char what[160];
+
+		ioctl(vcpu->fd, KVM_GET_REGS, &regs);
+		snprintf(what, sizeof(what), "guest CPU exception %u at rip %#llx, error code %#llx, cr2 %#llx",
+			 val, (unsigned long long)regs.rcx, (unsigned long long)regs.rbx,
+			 (unsigned long long)regs.rdx);
+		vcpu_fault(vcpu, -EFAULT, what);
+		break;
+	}
 	default: {
 		char what[64];
 

@@ -48,11 +48,15 @@
  * PROGRESS carries the number of units (page writes, or idle spins / 4096)
  * done since the last report; ERROR carries the index of a work page whose
  * contents failed the guest's own check; DONE says the vCPU ran out of work
- * (never, for the built-in workloads) and is followed by HLT.
+ * (never, for the built-in workloads) and is followed by HLT; EXCEPTION
+ * reports a CPU exception (the guest has an IDT only for that).
  */
 #define RM_GUEST_PORT_PROGRESS	0xe0
 #define RM_GUEST_PORT_ERROR	0xe4
 #define RM_GUEST_PORT_DONE	0xe8
+/* A CPU exception in the guest: OUT of the vector number, with the error
+ * code in RBX, the faulting RIP in RCX and CR2 in RDX; then HLT forever. */
+#define RM_GUEST_PORT_EXCEPTION	0xec
 
 enum rm_guest_workload {
 	RM_GUEST_IDLE = 0,	/* spin, report progress, write nothing */

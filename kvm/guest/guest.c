@@ -8,6 +8,71 @@
  */
 #include "kvm/guest/abi.h"
 
+/*
+ * Exception stubs, 16 bytes apart: push a zero error code where the CPU
+ * pushes none, push the vector, and report both with the faulting RIP and
+ * CR2 on the EXCEPTION port.  Without them any exception would be a triple
+ * fault, and the host would see only that the vCPU was reset.
+ */
+__asm__(
+	".pushsection .text\n"
+	".macro RM_VEC n\n"
+	".balign 16\n"
+	".if (\\n == 8) || (\\n >= 10 && \\n <= 14) || (\\n == 17) || (\\n == 21) || (\\n == 29) || (\\n == 30)\n"
+	".else\n"
+	"	pushq $0\n"
+	".endif\n"
+	"	pushq $\\n\n"
+	"	jmp rm_exception\n"
+	".endm\n"
+	".balign 16\n"
+	"rm_vectors:\n"
+	".irp n,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31\n"
+	"	RM_VEC \\n\n"
+	".endr\n"
+	"rm_exception:\n"
+	"	movl (%rsp), %eax\n"
+	"	movq 8(%rsp), %rbx\n"
+	"	movq 16(%rsp), %rcx\n"
+	"	movq %cr2, %rdx\n"
+	"	outl %eax, $" "0xec" "\n"
+	"1:	hlt\n"
+	"	jmp 1b\n"
+	".popsection\n");
+
+extern const char rm_vectors[];
+
+struct idt_gate {
+	uint16_t off0;
+	uint16_t sel;
+	uint8_t ist;
+	uint8_t type;
+	uint16_t off1;
+	uint32_t off2;
+	uint32_t zero;
+};
+
+static struct idt_gate idt[32] __attribute__((aligned(16)));
+
+/* Every vCPU writes the same gates, so the race between them is harmless. */
+static void load_idt(void)
+{
+	struct {
+		uint16_t limit;
+		uint64_t base;
+	} __attribute__((packed)) idtr = { sizeof(idt) - 1, (uint64_t)idt };
+
+	for (int i = 0; i < 32; i++) {
+		uint64_t a = (uint64_t)rm_vectors + 16 * (uint64_t)i;
+
+		idt[i] = (struct idt_gate){
+			.off0 = (uint16_t)a, .sel = RM_GUEST_SEL_CODE, .type = 0x8e,
+			.off1 = (uint16_t)(a >> 16), .off2 = (uint32_t)(a >> 32),
+		};
+	}
+	__asm__ volatile("lidt %0" : : "m"(idtr));
+}
+
 static inline void outl(uint16_t port, uint32_t val)
 {
 	__asm__ volatile("outl %0, %1" : : "a"(val), "Nd"(port) : "memory");
@@ -84,6 +149,7 @@ void guest_entry(uint64_t vcpu)
 	uint64_t deadline = rdtsc();
 	uint32_t report_every = p->report_every ? p->report_every : 64;
 
+	load_idt();
 	if (p->magic != RM_GUEST_MAGIC || !count)
 		goto idle;
 
