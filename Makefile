@@ -8,6 +8,7 @@
 #   make            librdmamig.a, librdmamig.so and the rdmamig binary
 #   make test       install what is missing, run host suites, then test-bed suites
 #   make demo       a live migration of a busy guest over soft-RoCE
+#   make check-asan the host suites under AddressSanitizer + UBSan
 #   make deps       install build and test dependencies (apt-get, as root)
 #   make install    PREFIX=/usr/local
 #   make clean
@@ -119,6 +120,14 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory all tests
 	$(Q)O=$(O) HOST_TESTS="$(HOST_TESTS)" BED_TESTS="$(BED_TESTS)" tests/run.sh
 
+# The host suites under AddressSanitizer + UBSan (the bed suites run in
+# `make test`).  Any report fails the run.
+check-asan: deps
+	$(Q)$(MAKE) --no-print-directory SANITIZE=1 all tests
+	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
+		O=build-asan HOST_TESTS="$(HOST_TESTS)" BED_TESTS= tests/run.sh
+
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)O=$(O) scripts/demo.sh
@@ -135,7 +144,7 @@ clean:
 	$(quiet) CLEAN build
 	$(Q)rm -rf build build-asan $(O)
 
-.PHONY: all tests benches deps test demo install clean
+.PHONY: all tests benches deps test check-asan demo install clean
 .DELETE_ON_ERROR:
 .SECONDARY:
 

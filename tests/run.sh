@@ -79,7 +79,7 @@ awk '
 	/\[SKIP\]/ { s++ }
 	END {
 		if (suites == 0) { print "0 passed, 1 failed (no suite reported)"; exit 1 }
-		printf "%d passed, %d failed, %d skipped\n", p - s, f, s
+		printf "%d passed, %d failed, %d skipped\n", p, f + c, s
 		exit (f > 0)
 	}' "$log" || rc=1
 exit $rc
