@@ -434,6 +434,27 @@ static void case_close_and_cancel(void)
 	pair_close(&p);
 }
 
+/* ABORT from either side reaches the other as RDMAMIG_E_ABORTED, and every
+ * later op on both sides keeps failing with it. */
+static void case_abort(bool from_source)
+{
+	struct pair p;
+	struct rm_msg m;
+	struct rm_transport *a, *b;
+	int err;
+
+	pair_open(&p, opts_for(2), NULL, NULL);
+	a = from_source ? p.src : p.dst;
+	b = from_source ? p.dst : p.src;
+	cr_assert_eq(rm_tr_abort(a, -ECANCELED, "operator cancelled"), 0);
+	err = rm_tr_recv(b, &m, 5000);
+	cr_assert_eq(err, RDMAMIG_E_ABORTED, "peer of the aborter got %s", rdmamig_strerror(err));
+	cr_assert_eq(rm_tr_send(b, RM_WIRE_ENGINE_FIRST, "x", 1), RDMAMIG_E_ABORTED);
+	cr_assert_eq(rm_tr_recv(a, &m, 0), RDMAMIG_E_ABORTED);
+	cr_assert_eq(rm_tr_send(a, RM_WIRE_ENGINE_FIRST, "x", 1), RDMAMIG_E_ABORTED);
+	pair_close(&p);
+}
+
 /* ---- a peer that vanishes: the other one is a child process, killed ---- */
 
 /*
@@ -754,6 +775,8 @@ static void case_hostile_dest(void)
 	Test(suite, random_ranges_4chan) { case_random_ranges(4, 5000); }          \
 	Test(suite, ctrl_large_roundtrip_and_burst) { case_ctrl_roundtrip(); }     \
 	Test(suite, close_timeout_cancel) { case_close_and_cancel(); }             \
+	Test(suite, abort_from_source) { case_abort(true); }                       \
+	Test(suite, abort_from_destination) { case_abort(false); }                 \
 	Test(suite, destination_vanishes) { case_peer_vanishes(true); }            \
 	Test(suite, source_vanishes) { case_peer_vanishes(false); }                \
 	Test(suite, hostile_source_refused) { case_hostile_source(); }             \

@@ -67,3 +67,23 @@ Test(rdma, nic_numa_node_is_read_or_unknown)
 	cr_assert_eq(rm_nic_numa_node("../../etc"), -1);
 	cr_log_info("%s NUMA node: %d", dev, node);
 }
+
+/* On-demand paging where the device has it; otherwise a clear refusal. */
+Test(rdma, odp_registration_or_clear_refusal)
+{
+	struct ram d, s;
+	struct pair p;
+	int err;
+
+	case_reg = RM_REG_ODP;
+	ram_alloc(&d, 3, sizes3, 0);
+	ram_alloc(&s, 3, sizes3, 2);
+	err = pair_open(&p, opts_for(1), &d, &s);
+	cr_assert(err == 0 || err == -EOPNOTSUPP, "odp source layout: %s", rdmamig_strerror(err));
+	cr_assert(p.dlayout_err == 0 || p.dlayout_err == -EOPNOTSUPP, "odp destination layout: %s",
+		  rdmamig_strerror(p.dlayout_err));
+	cr_log_info("ODP on this device: %s", err ? "not offered" : "used");
+	pair_close(&p);
+	ram_free(&d);
+	ram_free(&s);
+}

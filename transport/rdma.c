@@ -42,6 +42,7 @@
 #include <fcntl.h>
 #include <infiniband/verbs.h>
 #include <netdb.h>
+#include <numa.h>
 #include <poll.h>
 #include <rdma/rdma_cma.h>
 #include <stdio.h>
@@ -162,6 +163,15 @@ static struct rd_conn *conn_new(const struct rm_transport_opts *o, enum rm_role 
 	return c;
 }
 
+/* Control buffers go on the NIC's NUMA node when sysfs names one. */
+static void place_near_nic(struct rd_conn *c, void *buf, size_t len)
+{
+	int node = rm_nic_numa_node(ibv_get_device_name(c->verbs->device));
+
+	if (node >= 0 && numa_available() >= 0)
+		numa_tonode_memory(buf, len, node);
+}
+
 /* PD, completion channel and control send slots, once per connection. */
 static int setup_dev(struct rd_conn *c, struct ibv_context *verbs)
 {
@@ -180,6 +190,7 @@ static int setup_dev(struct rd_conn *c, struct ibv_context *verbs)
 	c->tx_buf = aligned_alloc(4096, (size_t)TX_N * CTRL_BUF);
 	if (!c->tx_buf)
 		return -ENOMEM;
+	place_near_nic(c, c->tx_buf, (size_t)TX_N * CTRL_BUF);
 	c->tx_mr = ibv_reg_mr(c->pd, c->tx_buf, (size_t)TX_N * CTRL_BUF, IBV_ACCESS_LOCAL_WRITE);
 	if (!c->tx_mr)
 		return -(errno ? errno : ENOMEM);
@@ -222,6 +233,7 @@ static int setup_qp(struct rd_conn *c, unsigned i)
 	q->rx_buf = aligned_alloc(4096, q->rx_n * q->rx_size);
 	if (!q->rx_buf)
 		return -ENOMEM;
+	place_near_nic(c, q->rx_buf, q->rx_n * q->rx_size);
 	q->rx_mr = ibv_reg_mr(c->pd, q->rx_buf, q->rx_n * q->rx_size, IBV_ACCESS_LOCAL_WRITE);
 	if (!q->rx_mr)
 		return -(errno ? errno : ENOMEM);
@@ -308,6 +320,8 @@ static int teardown(struct rd_conn *c)
 
 /* ---- control sends ---- */
 
+static int flush_chain(struct rd_conn *c, unsigned i);
+
 static int take_slot(struct rd_conn *c)
 {
 	int s;
@@ -368,9 +382,9 @@ static int post_msg(struct rd_conn *c, unsigned chan, uint16_t type, uint16_t fl
 		.send_flags = IBV_SEND_SIGNALED,
 	};
 	/* Keep the QP's order: WRITEs queued in the chain go first. */
-	if (q->nchain) {
+	if (q->nchain && (ret = flush_chain(c, chan))) {
 		c->tx_free |= 1ull << slot;
-		return -EAGAIN;
+		return ret;
 	}
 	ret = ibv_post_send(q->qp, &wr, &bad);
 	if (ret) {
@@ -647,6 +661,11 @@ static int handle_cm_events(struct rd_conn *c)
 		rdma_ack_cm_event(ev);
 		switch (type) {
 		case RDMA_CM_EVENT_DISCONNECTED:
+			/* The event can overtake completions already in the
+			 * CQs — a last RESUMED or REFUSE, and the BYE after it:
+			 * take them first, or an orderly close looks like a
+			 * crash and a delivered message is lost. */
+			poll_all(c);
 			if (!c->peer_bye)
 				return rd_fail(c, -ECONNRESET, "peer disconnected");
 			break;
@@ -690,6 +709,9 @@ static int progress(struct rd_conn *c, uint64_t deadline)
 			while (ibv_get_cq_event(c->comp, &cq, &ctx) == 0)
 				ibv_ack_cq_events(cq, 1);
 		}
+		/* Completions first: a BYE that arrived with the peer's
+		 * DISCONNECT must be seen before it. */
+		n = poll_all(c);
 	}
 	if (n >= 0)
 		handle_cm_events(c);
@@ -1458,7 +1480,8 @@ static int rd_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms)
 		if (c->peer_bye)
 			return -EPIPE;
 		err = progress(c, deadline);
-		if (err)
+		/* What arrived before a failure is still delivered. */
+		if (err && !head_ready(c))
 			return err;
 		if (!head_ready(c) && !c->peer_bye && !rm_ms_left(deadline))
 			return 0;
