@@ -40,8 +40,9 @@
  *   RDMAMIG_E_REFUSED    the peer refused the handshake or the layout
  *   RDMAMIG_E_ABORTED    the peer sent ABORT (or we did)
  *   RDMAMIG_E_WC         an RDMA work completion failed (status is logged)
- * After any error other than -EINVAL the connection is dead: every later op
- * returns the same first error, and only rm_tr_close() remains useful.
+ * After any error other than -EINVAL, or a recv() timeout, the connection is
+ * dead: every later op returns the same first error, and only rm_tr_close()
+ * remains useful.  A recv() that times out leaves the connection usable.
  * Every error is logged once, with what happened, by the side that saw it.
  */
 #ifndef RDMAMIG_TRANSPORT_H
