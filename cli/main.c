@@ -472,8 +472,8 @@ static void write_json(const struct cli *c, int rc, const struct rdmamig_stats *
 		c->opts.transport == RDMAMIG_TRANSPORT_TCP ? "tcp" : "rdma", c->opts.channels ? c->opts.channels : 2);
 	fprintf(f, "  \"switchover\": \"%s\",\n", sw[s->switchover & 3]);
 #define J(name) fprintf(f, "  \"" #name "\": %llu,\n", (unsigned long long)s->name)
-	J(ram_bytes); J(total_ns); J(setup_ns); J(registration_ns); J(downtime_ns); J(final_sync_ns);
-	J(final_send_ns); J(state_ns); J(resume_ns); J(bytes); J(pages); J(zero_pages_skipped);
+	J(ram_bytes); J(total_ns); J(setup_ns); J(registration_ns); J(downtime_ns); J(pause_ns); J(final_sync_ns);
+	J(final_send_ns); J(state_ns); J(resume_ns); J(verify_ns); J(bytes); J(pages); J(zero_pages_skipped);
 	J(state_bytes);
 #undef J
 	fprintf(f, "  \"verified\": %d,\n  \"digest\": \"%#llx\",\n  \"iterations\": [", s->verified,
@@ -499,10 +499,11 @@ static void print_summary(const struct cli *c, const struct rdmamig_stats *s)
 		say("rdmamig: migrated %.1f MiB of %.1f MiB RAM in %.2f s, %u iterations, %llu zero pages skipped\n",
 		    s->bytes / 1048576.0, s->ram_bytes / 1048576.0, s->total_ns / 1e9, s->iterations,
 		    (unsigned long long)s->zero_pages_skipped);
-		say("rdmamig: downtime %.1f ms (final sync %.1f, final send %.1f, state %.1f, destination resume %.1f); "
-		    "setup %.1f ms (registration %.1f)\n",
-		    s->downtime_ns / 1e6, s->final_sync_ns / 1e6, s->final_send_ns / 1e6, s->state_ns / 1e6,
-		    s->resume_ns / 1e6, s->setup_ns / 1e6, s->registration_ns / 1e6);
+		say("rdmamig: downtime %.1f ms (pause %.1f, final sync %.1f, final send %.1f, state %.1f, "
+		    "destination resume %.1f, --verify digests %.1f); setup %.1f ms (registration %.1f)\n",
+		    s->downtime_ns / 1e6, s->pause_ns / 1e6, s->final_sync_ns / 1e6, s->final_send_ns / 1e6,
+		    s->state_ns / 1e6, s->resume_ns / 1e6, s->verify_ns / 1e6, s->setup_ns / 1e6,
+		    s->registration_ns / 1e6);
 		if (s->verified)
 			say("rdmamig: verify: RAM digest %#llx %s\n", (unsigned long long)s->digest,
 			    s->verified > 0 ? "matches on both sides" : "DIFFERS at the destination");

@@ -229,10 +229,12 @@ struct rdmamig_stats {
 	uint64_t setup_ns;		/* connect, handshake, registration */
 	uint64_t registration_ns;	/* part of setup: RAM registration */
 	uint64_t downtime_ns;		/* pause to destination resumed (source clock) */
-	uint64_t final_sync_ns;		/* downtime split: final dirty sync */
+	uint64_t pause_ns;		/* downtime split: stopping the vCPUs */
+	uint64_t final_sync_ns;		/*   final dirty sync */
 	uint64_t final_send_ns;		/*   final RAM send + fence */
 	uint64_t state_ns;		/*   device state save + send */
 	uint64_t resume_ns;		/*   destination: load + resume (its clock) */
+	uint64_t verify_ns;		/*   --verify: both sides' RAM digests */
 	uint64_t bytes;			/* guest RAM bytes sent */
 	uint64_t pages;
 	uint64_t zero_pages_skipped;	/* first pass */

@@ -326,6 +326,9 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	*paused = true;
 
 	t0 = rm_now_ns();
+	pthread_mutex_lock(&m->lock);
+	m->stats.pause_ns = t0 - t_pause;
+	pthread_mutex_unlock(&m->lock);
 	dirty = sync_dirty(m);
 	if (dirty < 0)
 		return (int)dirty;
@@ -341,8 +344,13 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	m->stats.final_send_ns = pass.ns;
 	pthread_mutex_unlock(&m->lock);
 
-	if (m->opts.verify)
+	if (m->opts.verify) {
+		t0 = rm_now_ns();
 		digest = rm_ram_digest(&m->desc);
+		pthread_mutex_lock(&m->lock);
+		m->stats.verify_ns = rm_now_ns() - t0;
+		pthread_mutex_unlock(&m->lock);
+	}
 
 	t0 = rm_now_ns();
 	err = m->ops->save_state(m->vmm, &state, &state_len);
@@ -379,6 +387,7 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	pthread_mutex_lock(&m->lock);
 	m->stats.downtime_ns = rm_now_ns() - t_pause;
 	m->stats.resume_ns = le64toh(resumed.resume_ns);
+	m->stats.verify_ns += le64toh(resumed.verify_ns);
 	if (m->opts.verify)
 		m->stats.verified = le64toh(resumed.digest) == digest ? 1 : -1;
 	pthread_mutex_unlock(&m->lock);
@@ -657,6 +666,7 @@ static int run_dest(struct rdmamig *m)
 	if (le32toh(commit.flags) & RM_MIG_F_VERIFY) {
 		digest = rm_ram_digest(&m->desc);
 		pthread_mutex_lock(&m->lock);
+		m->stats.verify_ns = rm_now_ns() - t0;
 		m->stats.digest = digest;
 		m->stats.verified = digest == le64toh(commit.digest) ? 1 : -1;
 		pthread_mutex_unlock(&m->lock);
@@ -688,6 +698,7 @@ static int run_dest(struct rdmamig *m)
 	struct rm_mig_resumed resumed = {
 		.resume_ns = htole64(rm_now_ns() - t0),
 		.digest = htole64(digest),
+		.verify_ns = htole64(m->stats.verify_ns),
 	};
 	pthread_mutex_lock(&m->lock);
 	m->stats.resume_ns = rm_now_ns() - t0;

@@ -87,6 +87,7 @@ struct rm_mig_commit {
 struct rm_mig_resumed {
 	uint64_t resume_ns;		/* destination: load + resume time */
 	uint64_t digest;		/* destination's RAM digest (when verifying) */
+	uint64_t verify_ns;		/* destination: time to compute it */
 } __attribute__((packed));
 
 const char *rm_mig_type_name(uint16_t type);
