@@ -20,7 +20,6 @@ done
 fail() { echo "vm-init: $*"; echo "@@RDMAMIG-VM-EXIT 125"; poweroff -f; }
 opts=trans=virtio,version=9p2000.L,msize=512000
 mount -t 9p -o $opts,ro,cache=loose hostroot /newroot || fail "cannot mount the host root"
-mount -t 9p -o $opts work "/newroot$work" || fail "cannot mount the work tree at $work"
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev
@@ -29,6 +28,10 @@ mount -t tmpfs shm /newroot/dev/shm
 mount -t hugetlbfs hugetlbfs /newroot/dev/hugepages
 mount -t tmpfs tmp /newroot/tmp
 mount -t tmpfs run /newroot/run
+# The work tree last: it may live under /tmp or /run, which are fresh
+# tmpfs mounts now (the directory is made there if so).
+mkdir -p "/newroot$work" 2>/dev/null
+mount -t 9p -o $opts work "/newroot$work" || fail "cannot mount the work tree at $work"
 
 chroot /newroot /usr/bin/env -i HOME=/tmp TERM=dumb PATH=/usr/sbin:/usr/bin:/sbin:/bin \
 	RDMAMIG_BED=vm /bin/bash -c '
