@@ -74,8 +74,8 @@ if [ ! -s "$initrd" ]; then
 	done
 	cp "$here/vm-init.sh" "$root/init"
 	chmod +x "$root/init"
-	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd.tmp"
-	mv "$initrd.tmp" "$initrd"
+	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$initrd.$$.tmp"
+	mv "$initrd.$$.tmp" "$initrd"
 	rm -rf "$root"
 	trap - EXIT
 fi
