@@ -19,7 +19,6 @@
  */
 #include <stdlib.h>
 
-#include "kvm/kvm-internal.h"
 #include "test-kvm-util.h"
 
 #define FIRST_STAMP 2	/* pages written before tracking started hold 1 */
@@ -123,8 +122,13 @@ static uint64_t stamp_oracle(enum rm_dirty_kind kind, unsigned ring_entries, uns
 		memset(track_next, 0, npages);
 		rm_kvm_vm_set_stamp(vm, i + 1);
 		/* Writes of stamp <= i must all have landed before sync i + 1. */
-		cr_assert_eq(rm_kvm_vm_wait_stamp_seen(vm, i + 1, 30000000000ull), 0,
-			     "round %llu: a vCPU did not take up the new stamp", (unsigned long long)i);
+		if (rm_kvm_vm_wait_stamp_seen(vm, i + 1, 30000000000ull) < 0) {
+			char why[1024] = "";
+
+			test_dump_vcpus(vm, why, sizeof(why));
+			cr_assert_fail("round %llu: a vCPU did not take up the new stamp within 30 s:%s",
+				       (unsigned long long)i, why);
+		}
 	}
 	rm_dirty_stop(t);
 	cr_assert_eq(rm_kvm_vm_pause(vm, 2000000000ull), 0);

@@ -11,7 +11,6 @@
  */
 #include <time.h>
 
-#include "kvm/kvm-internal.h"
 #include "test-kvm-util.h"
 
 static const char *const workload_names[] = { "idle", "uniform", "hotset", "sweep", "stamp" };
@@ -272,4 +271,54 @@ Test(kvm_guest, guest_exception_is_reported, .timeout = 60)
 	/* A VM with a dead vCPU still pauses and is destroyed cleanly. */
 	cr_expect_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
 	rm_kvm_vm_destroy(vm);
+}
+
+/* Raise the 2 MiB hugepage pool by n pages (the test bed VM is ours to
+ * configure); false when that is not possible here. */
+static bool reserve_hugepages(long n)
+{
+	const char *path = "/proc/sys/vm/nr_hugepages";
+	FILE *f = fopen(path, "r");
+	long cur = 0;
+
+	if (!f || fscanf(f, "%ld", &cur) != 1) {
+		if (f)
+			fclose(f);
+		return false;
+	}
+	fclose(f);
+	f = fopen(path, "w");
+	if (!f)
+		return false;
+	fprintf(f, "%ld\n", cur + n);
+	return fclose(f) == 0;
+}
+
+Test(kvm_guest, guest_runs_on_every_backing, .timeout = 180)
+{
+	const enum rm_backing_kind kinds[] = { RM_BACKING_ANON, RM_BACKING_MEMFD, RM_BACKING_HUGE_2M };
+
+	kvm_or_skip();
+	for (unsigned k = 0; k < 3; k++) {
+		struct rm_kvm_vm_opts o = {
+			.nr_vcpus = 2, .ram_size = 64 << 20,
+			.backing = { .kind = kinds[k], .numa_node = 0, .prefault = true },
+		};
+		struct rm_kvm_vm *vm = rm_kvm_vm_create(&o);
+
+		if (!vm && kinds[k] == RM_BACKING_HUGE_2M && getenv("RDMAMIG_BED") && reserve_hugepages(32))
+			vm = rm_kvm_vm_create(&o);
+		if (!vm && kinds[k] == RM_BACKING_HUGE_2M) {
+			printf("backing %s: not here (%s)\n", rm_backing_name(kinds[k]), test_last_err);
+			continue;
+		}
+		cr_assert_not_null(vm, "%s: %s", rm_backing_name(kinds[k]), test_last_err);
+		test_boot(vm, RM_GUEST_UNIFORM, 0);
+		test_wait_progress(vm, NULL, 1024, 60);
+		cr_assert_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
+		printf("backing %-7s: %llu page writes, %llu integrity errors\n", rm_backing_name(kinds[k]),
+		       (unsigned long long)rm_kvm_vm_progress(vm), (unsigned long long)rm_kvm_vm_integrity_errors(vm));
+		cr_expect_eq(rm_kvm_vm_integrity_errors(vm), 0);
+		rm_kvm_vm_destroy(vm);
+	}
 }

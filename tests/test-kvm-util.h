@@ -15,6 +15,7 @@
 
 #include "common/log.h"
 #include "kvm/dirty.h"
+#include "kvm/kvm-internal.h"
 #include "kvm/vm.h"
 
 static char test_last_err[1024];
@@ -87,6 +88,36 @@ static inline void test_boot(struct rm_kvm_vm *vm, enum rm_guest_workload kind, 
 	cr_assert_eq(rm_kvm_vm_resume(vm), 0, "resume: %s", test_last_err);
 }
 
+/*
+ * Say what each vCPU is doing, for a test that found one stuck: progress,
+ * KVM_RUN returns (moving: it runs and exits; still: it never leaves the
+ * kernel), then pause and read where it is.
+ */
+static inline void test_dump_vcpus(struct rm_kvm_vm *vm, char *out, size_t n)
+{
+	unsigned long exits[RM_GUEST_MAX_VCPUS];
+
+	for (unsigned i = 0; i < vm->nr_vcpus; i++)
+		exits[i] = atomic_load(&vm->vcpus[i].exits);
+	usleep(500000);
+	int paused = rm_kvm_vm_pause(vm, 3000000000ull);
+	for (unsigned i = 0; i < vm->nr_vcpus; i++) {
+		struct kvm_regs regs = { 0 };
+		struct kvm_mp_state mp = { 0 };
+
+		if (paused == 0) {
+			ioctl(vm->vcpus[i].fd, KVM_GET_REGS, &regs);
+			ioctl(vm->vcpus[i].fd, KVM_GET_MP_STATE, &mp);
+		}
+		snprintf(out + strlen(out), n - strlen(out),
+			 " [vcpu%u progress %llu, KVM_RUN returns %lu (+%lu in 0.5 s), rip %#llx, mp_state %u]", i,
+			 (unsigned long long)rm_kvm_vcpu_progress(vm, i), exits[i],
+			 atomic_load(&vm->vcpus[i].exits) - exits[i], (unsigned long long)regs.rip, mp.mp_state);
+	}
+	snprintf(out + strlen(out), n - strlen(out), paused ? " (pause failed: %s)" : " (paused)",
+		 strerror(-paused));
+}
+
 /* Wait until every vCPU has reported at least `each` units past `base[i]`
  * (NULL: 0).  Fails the test on a guest fault or after timeout_s. */
 static inline void test_wait_progress(struct rm_kvm_vm *vm, const uint64_t *base, uint64_t each, double timeout_s)
@@ -102,11 +133,9 @@ static inline void test_wait_progress(struct rm_kvm_vm *vm, const uint64_t *base
 		if (!behind)
 			return;
 		if (rm_now_ns() > end) {
-			char got[512] = "";
+			char got[1024] = "";
 
-			for (unsigned i = 0; i < rm_kvm_vm_nr_vcpus(vm); i++)
-				snprintf(got + strlen(got), sizeof(got) - strlen(got), " vcpu%u=%llu", i,
-					 (unsigned long long)rm_kvm_vcpu_progress(vm, i));
+			test_dump_vcpus(vm, got, sizeof(got));
 			cr_assert_fail("after %.0f s, %u vCPUs still below %llu units:%s", timeout_s, behind,
 				       (unsigned long long)each, got);
 		}
