@@ -17,9 +17,10 @@
  *    uniform is wss = RAM).  Pages dirtied during an iteration of length t
  *    are then the distinct pages hit: W * (1 - exp(-writes_W / W)) per class;
  *  - a throttle of p% slows the writes to (100 - p)%;
- *  - every iteration costs `iter-overhead` (dirty sync) on top of sending;
- *  - downtime = `fixed-downtime` (final sync, state, resume: calibrated)
- *    + what is still dirty / bw.
+ *  - every pass (the final one too) costs `iter-overhead` on top of sending:
+ *    dirty sync, fence, completion latency;
+ *  - downtime = `fixed-downtime` (pause, final sync, state, resume:
+ *    calibrated) + iter-overhead + what is still dirty / bw.
  *
  *   model sim   --ram 64M --bw 12M --rate 6M [--wss 3M --hot-share 0.9] ...
  *   model sweep --ram 64M --bw 12M --rate-max 20M [--steps 40] ...
@@ -108,7 +109,7 @@ static void simulate(const struct model_in *m, struct model_out *o)
 	o->throttle = st.throttle;
 	o->final_bytes = pending;
 	o->bytes += pending;
-	o->downtime_s = m->fixed_downtime_s + pending / m->bw;
+	o->downtime_s = m->fixed_downtime_s + m->iter_overhead_s + pending / m->bw;
 	o->total_s = elapsed + o->downtime_s;
 }
 
