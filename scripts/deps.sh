@@ -11,6 +11,7 @@ pkgs=(
 	libnuma-dev numactl libhugetlbfs-dev
 	libcriterion-dev
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2
+	gnuplot-nox
 )
 
 missing=()
