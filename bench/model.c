@@ -17,10 +17,14 @@
  *    uniform is wss = RAM).  Pages dirtied during an iteration of length t
  *    are then the distinct pages hit: W * (1 - exp(-writes_W / W)) per class;
  *  - a throttle of p% slows the writes to (100 - p)%;
- *  - every pass (the final one too) costs `iter-overhead` on top of sending:
- *    dirty sync, fence, completion latency;
- *  - downtime = `fixed-downtime` (pause, final sync, state, resume:
- *    calibrated) + iter-overhead + what is still dirty / bw.
+ *  - the bulk pass reads all RAM looking for zero pages (`scan-bw`);
+ *  - every pre-copy pass after the first costs `iter-overhead` on top of
+ *    sending: dirty sync, fence, completion latency (on the first it is
+ *    part of the scan);
+ *  - downtime = `fixed-downtime` (pause, final sync, state, resume, and the
+ *    final pass's latency: calibrated) + what is still dirty / final-bw (the
+ *    link with the guest paused: where guest and transport share CPUs, as
+ *    on the test bed, it moves faster than while the guest runs; default bw).
  *
  *   model sim   --ram 64M --bw 12M --rate 6M [--wss 3M --hot-share 0.9] ...
  *   model sweep --ram 64M --bw 12M --rate-max 20M [--steps 40] ...
@@ -45,6 +49,9 @@
 struct model_in {
 	double ram, first_pass;		/* bytes */
 	double bw, rate;		/* bytes/s */
+	double final_bw;		/* bytes/s with the guest paused; 0: bw */
+	double scan_bw;			/* bytes of RAM the bulk pass reads for zero
+					 * pages per second; 0: free */
 	double wss, hot_share;
 	double setup_s, fixed_downtime_s, iter_overhead_s;
 	struct rdmamig_opts opts;	/* downtime, iterations, deadline, autoconverge */
@@ -87,7 +94,8 @@ static void simulate(const struct model_in *m, struct model_out *o)
 	rm_policy_from_opts(&pol, &m->opts);
 	for (unsigned i = 0; i < RDMAMIG_MAX_ITER_STATS; i++) {
 		double rate = m->rate * (100 - st.throttle) / 100.0;
-		double secs = pending / m->bw + m->iter_overhead_s;
+		double secs = pending / m->bw +
+			      (i == 0 ? (m->scan_bw > 0 ? m->ram / m->scan_bw : 0) : m->iter_overhead_s);
 		double dirty = dirtied(m, rate, secs);
 		struct rm_policy_input in = {
 			.iteration = i,
@@ -109,7 +117,7 @@ static void simulate(const struct model_in *m, struct model_out *o)
 	o->throttle = st.throttle;
 	o->final_bytes = pending;
 	o->bytes += pending;
-	o->downtime_s = m->fixed_downtime_s + m->iter_overhead_s + pending / m->bw;
+	o->downtime_s = m->fixed_downtime_s + pending / (m->final_bw > 0 ? m->final_bw : m->bw);
 	o->total_s = elapsed + o->downtime_s;
 }
 
@@ -166,7 +174,8 @@ static void usage(void)
 	fputs("usage: model sim|sweep|table|invert [options]\n"
 	      "  --ram SIZE --bw RATE --rate RATE --wss SIZE --hot-share F --first-pass SIZE\n"
 	      "  --downtime MS --max-iterations N --deadline S --autoconverge\n"
-	      "  --setup S --fixed-downtime MS --iter-overhead MS\n"
+	      "  --setup S --fixed-downtime MS --iter-overhead MS --final-bw RATE\n"
+	      "  --scan-bw RATE (bulk pass zero-page scan)\n"
 	      "  sweep: --rate-max RATE --steps N;  invert: --dirty SIZE --secs S\n"
 	      "  --trace (sim: one line per iteration)\n", stderr);
 	exit(2);
@@ -234,7 +243,7 @@ static void table(struct model_in m)
 int main(int argc, char **argv)
 {
 	enum { O_RAM = 256, O_BW, O_RATE, O_WSS, O_HOT, O_FIRST, O_DOWNTIME, O_MAXIT, O_DEADLINE, O_AC,
-	       O_SETUP, O_FIXED, O_ITEROVH, O_RATEMAX, O_STEPS, O_DIRTY, O_SECS, O_TRACE };
+	       O_SETUP, O_FIXED, O_ITEROVH, O_RATEMAX, O_STEPS, O_DIRTY, O_SECS, O_TRACE, O_FINALBW, O_SCANBW };
 	static const struct option lo[] = {
 		{ "ram", required_argument, NULL, O_RAM }, { "bw", required_argument, NULL, O_BW },
 		{ "rate", required_argument, NULL, O_RATE }, { "wss", required_argument, NULL, O_WSS },
@@ -249,6 +258,8 @@ int main(int argc, char **argv)
 		{ "rate-max", required_argument, NULL, O_RATEMAX },
 		{ "steps", required_argument, NULL, O_STEPS }, { "dirty", required_argument, NULL, O_DIRTY },
 		{ "secs", required_argument, NULL, O_SECS }, { "trace", no_argument, NULL, O_TRACE },
+		{ "final-bw", required_argument, NULL, O_FINALBW },
+		{ "scan-bw", required_argument, NULL, O_SCANBW },
 		{ 0 },
 	};
 	struct model_in m = { .ram = 64 * 1048576.0, .bw = 11.5e9, .hot_share = 0.9,
@@ -283,6 +294,8 @@ int main(int argc, char **argv)
 		case O_DIRTY: dirty = parse_size(optarg); break;
 		case O_SECS: secs = atof(optarg); break;
 		case O_TRACE: trace = true; break;
+		case O_FINALBW: m.final_bw = parse_size(optarg); break;
+		case O_SCANBW: m.scan_bw = parse_size(optarg); break;
 		default: usage();
 		}
 	}
