@@ -30,7 +30,7 @@ run_suites() {
 		echo "== $where: $s"
 		t0=$(date +%s%N)
 		# --verbose for the [SKIP] lines and their reasons; drop the chatter.
-		"$O/tests/$s" --jobs 1 --verbose 2>&1 | grep -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v'
+		"$O/tests/$s" --jobs 1 --verbose 2>&1 | grep --line-buffered -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v'
 		[ "${PIPESTATUS[0]}" = 0 ] || rc=1
 		echo "== $where: $s took $(elapsed "$t0")"
 	done
