@@ -49,7 +49,8 @@ const uint64_t *rm_dirty_bitmap(const struct rm_dirty_tracker *t, unsigned regio
  * must be a multiple of 64, npages too unless the range ends the region.
  */
 int rm_dirty_clear(struct rm_dirty_tracker *t, unsigned region, uint64_t first_page, uint64_t npages);
-/* Turn logging off and free.  NULL-safe. */
+/* Turn logging off and free.  NULL-safe.  Call before rm_kvm_vm_destroy():
+ * a tracker points at its VM. */
 void rm_dirty_stop(struct rm_dirty_tracker *t);
 
 #endif
