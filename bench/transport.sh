@@ -18,7 +18,6 @@ TOTAL=${BENCH_TOTAL:-256M}
 QPS=${BENCH_QPS:-"1 2 4"}
 WRITES=${BENCH_WRITES:-"64K 256K 1M 2M"}
 REGION=${BENCH_REGION:-512M}	# scattered over this much RAM per side
-DUR=${BENCH_IB_SECONDS:-8}	# ib_write_bw runs for a duration: steadier than a few iterations
 bin=$O/bench/bench-transport
 [ -x "$bin" ] || { echo "transport.sh: build first: make O=$O benches" >&2; exit 2; }
 
@@ -40,11 +39,15 @@ printf '%-4s %-6s %14s %14s %7s\n' QPs write ib_write_bw_MBps rdmamig_MBps ratio
 for q in $QPS; do
 	for w in $WRITES; do
 		s=$(bytes "$w")
+		# -n is per QP: the same total bytes as ours.  (-D duration mode
+		# reported 0 iterations for >= 1 MiB messages on rxe.)
+		n=$(( $(bytes "$TOTAL") / s / q ))
+		[ "$n" -ge 5 ] || n=5
 		port=$((port + 1))
-		ib_write_bw -d "$dev" -s "$s" -q "$q" -D "$DUR" -F -p "$port" >/dev/null 2>&1 &
+		ib_write_bw -d "$dev" -s "$s" -q "$q" -n "$n" -N -F -p "$port" >/dev/null 2>&1 &
 		srv=$!
 		sleep 1
-		ib=$(ib_write_bw -d "$dev" -s "$s" -q "$q" -D "$DUR" -F -p "$port" "$addr" 2>/dev/null |
+		ib=$(ib_write_bw -d "$dev" -s "$s" -q "$q" -n "$n" -N -F -p "$port" "$addr" 2>/dev/null |
 			awk -v s="$s" '$1 == s && NF >= 4 { print $4 }' | tail -1)
 		wait "$srv" 2>/dev/null
 		line=$("$bin" xfer --kind rdma --addr "$addr" --chans "$q" --write "$w" --total "$TOTAL" \
