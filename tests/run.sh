@@ -58,7 +58,7 @@ if [ -n "${BED_TESTS// /}" ]; then
 	else
 		echo "== test bed: this kernel cannot load rdma_rxe; booting the soft-RoCE VM"
 		t0=$(date +%s%N)
-		scripts/soft-roce/vm.sh -- env O="$O" BED_TESTS="$BED_TESTS" tests/run.sh --bed 2>&1 |
+		scripts/soft-roce/vm.sh -t "${RDMAMIG_VM_TIMEOUT:-2700}" -- env O="$O" BED_TESTS="$BED_TESTS" tests/run.sh --bed 2>&1 |
 			tee -a "$log" || rc=1
 		echo "== test bed: VM run took $(elapsed "$t0") (boot included)"
 	fi

@@ -88,7 +88,22 @@ trap 'rm -rf "$run"' EXIT
 	printf '%q ' "$@"; echo
 } > "$run/cmd.sh"
 
-# Serial output: strip the CRs the tty adds, pull out the exit marker.
+# Serial output: strip the CRs the tty adds, show what the command prints
+# (between the start and exit markers), keep the exit code.  A shell loop,
+# because tr and mawk hold pipe output back in 4 KiB blocks.
+filter() {
+	local line started=0 rc=200
+	while IFS= read -r line || [ -n "$line" ]; do
+		line=${line%$'\r'}
+		case $line in
+		*@@RDMAMIG-VM-START) started=1 ;;
+		*@@RDMAMIG-VM-EXIT\ *) rc=${line##* }; started=0 ;;
+		vm-init:*) printf '%s\n' "$line" ;;
+		*) [ $started = 1 ] && printf '%s\n' "$line" ;;
+		esac
+	done
+	return "$rc"
+}
 set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
 	-machine q35 -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
@@ -97,19 +112,15 @@ timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
 	-append "console=ttyS0 quiet loglevel=1 panic=-1 rdmamig.work=$work rdmamig.cmd=$run/cmd.sh" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$work,mount_tag=work,security_model=none,multidevs=remap" \
-	</dev/null 2>&1 | tr -d '\r' | awk '
-		/@@RDMAMIG-VM-START$/ { started = 1; next }
-		/@@RDMAMIG-VM-EXIT [0-9]+$/ { rc = $2; seen = 1; started = 0; next }
-		started || /^vm-init:/ { print; fflush() }
-		END { exit seen ? rc : 200 }'
+	</dev/null 2>&1 | filter
 status=("${PIPESTATUS[@]}")
 set -e
 if [ "${status[0]}" = 124 ]; then
 	echo "vm.sh: timed out after ${timeout}s (raise with -t or RDMAMIG_VM_TIMEOUT)" >&2
 	exit 124
 fi
-if [ "${status[2]}" = 200 ]; then
+if [ "${status[1]}" = 200 ]; then
 	echo "vm.sh: the VM stopped without reporting an exit code (qemu exit ${status[0]})" >&2
 	exit 125
 fi
-exit "${status[2]}"
+exit "${status[1]}"
