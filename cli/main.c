@@ -496,8 +496,8 @@ static void print_summary(const struct cli *c, const struct rdmamig_stats *s)
 	if (c->verbosity < 1)
 		return;
 	if (c->src) {
-		say("rdmamig: migrated %.1f MiB of %.1f MiB RAM in %.2f s, %u iterations, %llu zero pages skipped\n",
-		    s->bytes / 1048576.0, s->ram_bytes / 1048576.0, s->total_ns / 1e9, s->iterations,
+		say("rdmamig: migrated a %.0f MiB guest in %.2f s: %.1f MiB sent in %u iterations, %llu zero pages skipped\n",
+		    s->ram_bytes / 1048576.0, s->total_ns / 1e9, s->bytes / 1048576.0, s->iterations,
 		    (unsigned long long)s->zero_pages_skipped);
 		say("rdmamig: downtime %.1f ms (pause %.1f, final sync %.1f, final send %.1f, state %.1f, "
 		    "destination resume %.1f, --verify digests %.1f); setup %.1f ms (registration %.1f)\n",

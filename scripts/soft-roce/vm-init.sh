@@ -23,6 +23,10 @@ mount -t 9p -o $opts,ro,cache=loose hostroot /newroot || fail "cannot mount the 
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev
+ln -sf /proc/self/fd /newroot/dev/fd
+ln -sf /proc/self/fd/0 /newroot/dev/stdin
+ln -sf /proc/self/fd/1 /newroot/dev/stdout
+ln -sf /proc/self/fd/2 /newroot/dev/stderr
 mkdir -p /newroot/dev/shm /newroot/dev/hugepages
 mount -t tmpfs shm /newroot/dev/shm
 mount -t hugetlbfs hugetlbfs /newroot/dev/hugepages
