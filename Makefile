@@ -55,6 +55,10 @@ Q := @
 quiet = @printf '  %-7s %s\n'
 endif
 
+LIB_A    := $(O)/librdmamig.a
+LIB_SO   := $(O)/librdmamig.so
+BIN      := $(O)/rdmamig
+
 # Filled by the Build.mk files.
 LIB_OBJS   :=
 CLI_OBJS   :=
@@ -70,10 +74,6 @@ include migration/Build.mk
 include cli/Build.mk
 include tests/Build.mk
 include bench/Build.mk
-
-LIB_A    := $(O)/librdmamig.a
-LIB_SO   := $(O)/librdmamig.so
-BIN      := $(O)/rdmamig
 
 all: $(LIB_A) $(LIB_SO) $(BIN)
 
@@ -95,6 +95,7 @@ $(LIB_SO): $(addprefix $(O)/,$(LIB_OBJS)) include/librdmamig.map
 	$(quiet) LINK $@
 	$(Q)$(CC) -shared -o $@ $(addprefix $(O)/,$(LIB_OBJS)) \
 		-Wl,--version-script=include/librdmamig.map -Wl,-soname,librdmamig.so.0 $(LDFLAGS) $(LIBS)
+	$(Q)ln -sf librdmamig.so $@.0
 
 $(BIN): $(addprefix $(O)/,$(CLI_OBJS)) $(LIB_A)
 	$(quiet) LINK $@

@@ -5,3 +5,9 @@ HOST_TESTS += test-common
 HOST_TESTS += test-kvm-smoke
 BED_TESTS  += test-verbs-smoke
 BED_TESTS  += test-kvm-smoke
+HOST_TESTS += test-linkage
+
+# Linked against the shared library alone: only what it exports may link.
+$(O)/tests/test-linkage: $(O)/tests/test-linkage.o $(LIB_SO)
+	$(quiet) LINK $@
+	$(Q)$(CC) -o $@ $< $(LDFLAGS) -L$(O) -Wl,-rpath,'$$ORIGIN/..' -l:librdmamig.so -lcriterion -ldl

@@ -253,6 +253,29 @@ static void nonconverging(enum rdmamig_transport tr, bool deadline)
 	pair_free(&src, &dst);
 }
 
+/* --max-bandwidth: the RAM passes take at least bytes / cap. */
+static void bandwidth_cap(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+	const uint64_t cap = 8 * MiB;
+
+	pair_setup(&src, &dst, want_transport(tr), 8 * MiB, 0);
+	src.opts.max_bandwidth = cap;
+	start_source(&src);
+	pair_join(&src, &dst);
+	cr_assert_eq(src.rc, 0, "source: %s", rdmamig_strerror(src.rc));
+	uint64_t ns = 0;
+	for (unsigned i = 0; i < src.stats.iterations; i++)
+		ns += src.stats.iter[i].duration_ns;
+	double floor_s = (double)src.stats.bytes / (double)cap;
+	cr_assert_geq(ns / 1e9, floor_s * 0.95, "%llu bytes in %.2f s: faster than the %llu B/s cap",
+		      (unsigned long long)src.stats.bytes, ns / 1e9, (unsigned long long)cap);
+	printf("bandwidth cap (%s): %.1f MiB in %.2f s at a %.0f MiB/s cap\n",
+	       tr == RDMAMIG_TRANSPORT_TCP ? "tcp" : "rdma", src.stats.bytes / 1048576.0, ns / 1e9,
+	       cap / 1048576.0);
+	pair_free(&src, &dst);
+}
+
 #define BOTH(name, ...)                                                                    \
 	Test(migration_tcp, name, .timeout = 60) { __VA_ARGS__(RDMAMIG_TRANSPORT_TCP); }   \
 	Test(migration_rdma, name, .timeout = 120) { __VA_ARGS__(RDMAMIG_TRANSPORT_RDMA); }
@@ -269,6 +292,7 @@ BOTH(destination_vanishes_mid_iteration, destination_vanishes)
 BOTH(failed_state_load_resumes_source, load_failure_resumes_source)
 BOTH(nonconverging_hits_deadline_with_throttle, deadline_case)
 BOTH(nonconverging_hits_iteration_cap, cap_case)
+BOTH(bandwidth_cap_holds, bandwidth_cap)
 
 /* ---- pure parts: policy and SETUP decoding ---- */
 
