@@ -9,6 +9,7 @@
 #   make test       install what is missing, run host suites, then test-bed suites
 #   make demo       a live migration of a busy guest over soft-RoCE
 #   make check-asan the host suites under AddressSanitizer + UBSan
+#   make check-valgrind  the host suites under valgrind memcheck
 #   make deps       install build and test dependencies (apt-get, as root)
 #   make install    PREFIX=/usr/local
 #   make clean
@@ -129,6 +130,12 @@ check-asan: deps
 		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
 		O=build-asan HOST_TESTS="$(HOST_TESTS)" BED_TESTS= tests/run.sh
 
+# The host suites under valgrind memcheck: invalid accesses, uninitialised
+# values and definite leaks fail the run.
+check-valgrind: deps all tests
+	$(Q)WRAP="valgrind -q --trace-children=yes --error-exitcode=99 --leak-check=full \
+		--errors-for-leak-kinds=definite" O=$(O) HOST_TESTS="$(HOST_TESTS)" BED_TESTS= tests/run.sh
+
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)O=$(O) scripts/demo.sh
@@ -145,7 +152,7 @@ clean:
 	$(quiet) CLEAN build
 	$(Q)rm -rf build build-asan $(O)
 
-.PHONY: all tests benches deps test check-asan demo install clean
+.PHONY: all tests benches deps test check-asan check-valgrind demo install clean
 .DELETE_ON_ERROR:
 .SECONDARY:
 

@@ -4,7 +4,8 @@
 # Prints each suite's Criterion synthesis line and its time, and at the end
 # one line "N passed, N failed, N skipped".  Called by `make test`, which sets
 # O, HOST_TESTS and BED_TESTS; `tests/run.sh --bed` is the part that runs on the
-# bed.  Exit 0 only when nothing failed.
+# bed.  Exit 0 only when nothing failed.  WRAP, if set, prefixes every suite
+# (make check-valgrind sets it to valgrind).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 O=${O:-build}
@@ -30,7 +31,7 @@ run_suites() {
 		echo "== $where: $s"
 		t0=$(date +%s%N)
 		# --verbose for the [SKIP] lines and their reasons; drop the chatter.
-		"$O/tests/$s" --jobs 1 --verbose 2>&1 | grep --line-buffered -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v'
+		${WRAP:-} "$O/tests/$s" --jobs 1 --verbose 2>&1 | grep --line-buffered -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v'
 		[ "${PIPESTATUS[0]}" = 0 ] || rc=1
 		echo "== $where: $s took $(elapsed "$t0")"
 	done
