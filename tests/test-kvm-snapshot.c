@@ -24,7 +24,7 @@ static void make_snapshot(const char *path, uint64_t saved[2])
 	struct rm_kvm_vm *vm = test_vm(2, 64, 0);
 
 	test_boot(vm, RM_GUEST_UNIFORM, 0);
-	test_wait_progress(vm, NULL, 4096, 60);
+	test_wait_progress(vm, NULL, 2048, 60);
 	cr_assert_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
 	saved[0] = rm_kvm_vcpu_progress(vm, 0);
 	saved[1] = rm_kvm_vcpu_progress(vm, 1);
@@ -52,7 +52,7 @@ Test(kvm_snapshot, restored_guest_continues, .timeout = 180)
 	cr_assert_eq(rm_kvm_vm_resume(vm), 0, "%s", test_last_err);
 	/* Enough writes that many pages written before the snapshot get
 	 * rewritten, and so checked, after it. */
-	test_wait_progress(vm, saved, 8192, 120);
+	test_wait_progress(vm, saved, 4096, 120);
 	printf("snapshot: %lld bytes; counters %llu/%llu at save, %llu/%llu after restore and run; %llu integrity errors\n",
 	       (long long)st.st_size, (unsigned long long)saved[0], (unsigned long long)saved[1],
 	       (unsigned long long)rm_kvm_vcpu_progress(vm, 0), (unsigned long long)rm_kvm_vcpu_progress(vm, 1),
