@@ -277,7 +277,7 @@ static void bandwidth_cap(enum rdmamig_transport tr)
 }
 
 #define BOTH(name, ...)                                                                    \
-	Test(migration_tcp, name, .timeout = 60) { __VA_ARGS__(RDMAMIG_TRANSPORT_TCP); }   \
+	Test(migration_tcp, name, .timeout = 240) { __VA_ARGS__(RDMAMIG_TRANSPORT_TCP); }   \
 	Test(migration_rdma, name, .timeout = 120) { __VA_ARGS__(RDMAMIG_TRANSPORT_RDMA); }
 
 static void cancel_source(enum rdmamig_transport t) { cancel_mid_iteration(t, true); }
