@@ -225,7 +225,9 @@ struct rdmamig_iteration {
 
 struct rdmamig_stats {
 	enum rdmamig_switchover switchover;
-	uint64_t total_ns;		/* rdmamig_run() from connect to acknowledgment */
+	uint64_t total_ns;		/* rdmamig_run() from its start (destination: from
+					 * accepting) to the acknowledgment; on failure, to
+					 * its return */
 	uint64_t setup_ns;		/* connect, handshake, registration */
 	uint64_t registration_ns;	/* part of setup: RAM registration */
 	uint64_t downtime_ns;		/* pause to destination resumed (source clock) */

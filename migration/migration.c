@@ -386,6 +386,7 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	rm_msg_free(&msg);
 	pthread_mutex_lock(&m->lock);
 	m->stats.downtime_ns = rm_now_ns() - t_pause;
+	m->stats.total_ns = rm_now_ns() - m->start_ns;	/* to the acknowledgment, not teardown */
 	m->stats.resume_ns = le64toh(resumed.resume_ns);
 	m->stats.verify_ns += le64toh(resumed.verify_ns);
 	if (m->opts.verify)
@@ -703,6 +704,7 @@ static int run_dest(struct rdmamig *m)
 	pthread_mutex_lock(&m->lock);
 	m->stats.resume_ns = rm_now_ns() - t0;
 	m->stats.state_bytes = state.len;
+	m->stats.total_ns = rm_now_ns() - m->start_ns;
 	pthread_mutex_unlock(&m->lock);
 	/* The guest runs here now.  If the acknowledgment is lost the source
 	 * resumes its copy too: the operator is told below. */
@@ -732,7 +734,8 @@ RM_EXPORT int rdmamig_run(rdmamig_t *m)
 	m->start_ns = rm_now_ns();
 	err = m->opts.role == RDMAMIG_SOURCE ? run_source(m) : run_dest(m);
 	pthread_mutex_lock(&m->lock);
-	m->stats.total_ns = rm_now_ns() - m->start_ns;
+	if (err || !m->stats.total_ns)
+		m->stats.total_ns = rm_now_ns() - m->start_ns;
 	pthread_mutex_unlock(&m->lock);
 	return err;
 }
