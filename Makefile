@@ -154,6 +154,10 @@ clean:
 
 .PHONY: all tests benches deps test check-asan check-valgrind demo install clean
 .DELETE_ON_ERROR:
-.SECONDARY:
+
+# Name every test and bench object as a prerequisite, so none is an
+# intermediate file: make neither deletes them nor skips building a new one.
+$(foreach t,$(HOST_TESTS) $(BED_TESTS),$(eval $(O)/tests/$(t): $(O)/tests/$(t).o))
+$(foreach b,$(BENCH_BINS),$(eval $(O)/bench/$(b): $(O)/bench/$(b).o))
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)

@@ -60,7 +60,13 @@ if [ -n "${BED_TESTS// /}" ]; then
 		echo "== test bed: this kernel cannot load rdma_rxe; booting the soft-RoCE VM"
 		t0=$(date +%s%N)
 		scripts/soft-roce/vm.sh -t "${RDMAMIG_VM_TIMEOUT:-2700}" -- env O="$O" BED_TESTS="$BED_TESTS" tests/run.sh --bed 2>&1 |
-			tee -a "$log" || rc=1
+			tee -a "$log"
+		bed_rc=${PIPESTATUS[0]}
+		# A bed that died or timed out leaves suites unreported: count it.
+		if [ "$bed_rc" != 0 ] && [ "$bed_rc" != 1 ]; then
+			echo "[FAIL] the test bed did not finish (vm.sh exit $bed_rc)" | tee -a "$log"
+		fi
+		[ "$bed_rc" = 0 ] || rc=1
 		echo "== test bed: VM run took $(elapsed "$t0") (boot included)"
 	fi
 	rm -f "$log.env"
@@ -78,6 +84,7 @@ awk '
 		suites++
 	}
 	/\[SKIP\]/ { s++ }
+	/^\[FAIL\] the test bed did not finish/ { f++; suites++ }
 	END {
 		if (suites == 0) { print "0 passed, 1 failed (no suite reported)"; exit 1 }
 		printf "%d passed, %d failed, %d skipped\n", p, f + c, s
