@@ -28,6 +28,8 @@
 /* Registration strategy for the source in the cases (RDMA). */
 static enum rm_reg_strategy case_reg = RM_REG_ALL;
 static size_t case_reg_chunk;
+/* Address for the cases instead of suite_addr() (IPv6 runs). */
+static const char *case_addr;
 
 /* Provided by the including file. */
 static const char *suite_addr(void);
@@ -104,7 +106,7 @@ static struct rm_transport_opts opts_for(unsigned nchan)
 {
 	return (struct rm_transport_opts){
 		.kind = SUITE_KIND,
-		.addr = suite_addr(),
+		.addr = case_addr ? case_addr : suite_addr(),
 		.port = "0",
 		.nchan = nchan,
 		.timeout_ms = 5000,

@@ -87,3 +87,14 @@ Test(rdma, odp_registration_or_clear_refusal)
 	ram_free(&d);
 	ram_free(&s);
 }
+
+/* rdma_cm over IPv6, where the bed gives the device an IPv6 address
+ * (RDMAMIG_RXE_ADDR6): layout and random ranges as over IPv4. */
+Test(rdma, ipv6_random_ranges)
+{
+	suite_addr();
+	case_addr = getenv("RDMAMIG_RXE_ADDR6");
+	if (!case_addr || !*case_addr)
+		cr_skip_test("RDMAMIG_RXE_ADDR6 unset: the bed has no IPv6 address on rxe0");
+	case_random_ranges(2, 500);
+}
