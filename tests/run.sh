@@ -23,16 +23,41 @@ elapsed() {
 	printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100))
 }
 
-# run_suites WHERE BIN... — one line per suite, Criterion's own output kept.
+# run_suite BIN — one suite, Criterion's own output kept (--verbose for the
+# [SKIP] lines and their reasons), the chatter dropped.
+run_suite() {
+	${WRAP:-} "$O/tests/$1" --jobs 1 --verbose 2>&1 |
+		grep --line-buffered -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v'
+	return "${PIPESTATUS[0]}"
+}
+
+# run_suites WHERE BIN... — each suite with its time.  With RETRY_ONCE set
+# (the nested-KVM test VM, where KVM under TCG has shown sporadic vCPU stalls
+# that no test on a real host has), a failed suite runs once more: the first
+# run's output stays in the log, its synthesis line is marked superseded, and
+# the retry's result is what counts.
 run_suites() {
 	local where=$1; shift
-	local rc=0 t0 t1 s
+	local rc=0 t0 s out
 	for s in "$@"; do
 		echo "== $where: $s"
 		t0=$(date +%s%N)
-		# --verbose for the [SKIP] lines and their reasons; drop the chatter.
-		${WRAP:-} "$O/tests/$s" --jobs 1 --verbose 2>&1 | grep --line-buffered -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v'
-		[ "${PIPESTATUS[0]}" = 0 ] || rc=1
+		if [ -n "${RETRY_ONCE:-}" ]; then
+			out=$(mktemp)
+			# Streamed, with the synthesis line held back until
+			# we know whether it counts.
+			run_suite "$s" | tee "$out" | grep --line-buffered -v 'Synthesis:'
+			if [ "${PIPESTATUS[0]}" = 0 ]; then
+				grep 'Synthesis:' "$out"
+			else
+				grep 'Synthesis:' "$out" | sed 's/Synthesis:/first run (superseded by the retry):/'
+				echo "== $where: $s FAILED once; RETRYING it (the failure is shown above)"
+				run_suite "$s" || rc=1
+			fi
+			rm -f "$out"
+		else
+			run_suite "$s" || rc=1
+		fi
 		echo "== $where: $s took $(elapsed "$t0")"
 	done
 	return $rc
@@ -40,6 +65,7 @@ run_suites() {
 
 if [ "${1:-}" = --bed ]; then
 	ensure_kvm_node
+	[ "$RDMAMIG_BED" = vm ] && RETRY_ONCE=1
 	run_suites "bed ($RDMAMIG_BED, ${RDMAMIG_RXE_DEV:-no rxe})" ${BED_TESTS}
 	exit $?
 fi
@@ -85,8 +111,10 @@ awk '
 	}
 	/\[SKIP\]/ { s++ }
 	/^\[FAIL\] the test bed did not finish/ { f++; suites++ }
+	/FAILED once; RETRYING/ { r++ }
 	END {
 		if (suites == 0) { print "0 passed, 1 failed (no suite reported)"; exit 1 }
+		if (r) printf "note: %d suite(s) failed once in the test VM and passed or failed again on retry: see RETRYING above\n", r
 		printf "%d passed, %d failed, %d skipped\n", p, f + c, s
 		exit (f > 0)
 	}' "$log" || rc=1
