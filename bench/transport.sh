@@ -44,13 +44,14 @@ for q in $QPS; do
 		n=$(( $(bytes "$TOTAL") / s / q ))
 		[ "$n" -ge 5 ] || n=5
 		port=$((port + 1))
-		ib_write_bw -d "$dev" -s "$s" -q "$q" -n "$n" -N -F -p "$port" >/dev/null 2>&1 &
+		# Bounded: a perftest pair that loses its peer waits forever.
+		timeout 120 ib_write_bw -d "$dev" -s "$s" -q "$q" -n "$n" -N -F -p "$port" >/dev/null 2>&1 &
 		srv=$!
 		sleep 1
-		ib=$(ib_write_bw -d "$dev" -s "$s" -q "$q" -n "$n" -N -F -p "$port" "$addr" 2>/dev/null |
+		ib=$(timeout 120 ib_write_bw -d "$dev" -s "$s" -q "$q" -n "$n" -N -F -p "$port" "$addr" 2>/dev/null |
 			awk -v s="$s" '$1 == s && NF >= 4 { print $4 }' | tail -1)
 		wait "$srv" 2>/dev/null
-		line=$("$bin" xfer --kind rdma --addr "$addr" --chans "$q" --write "$w" --total "$TOTAL" \
+		line=$(timeout 300 "$bin" xfer --kind rdma --addr "$addr" --chans "$q" --write "$w" --total "$TOTAL" \
 			--region "$REGION")
 		mine=$(sed -n 's/.*MBps=\([0-9.]*\).*/\1/p' <<< "$line")
 		ratio=$(awk -v a="${mine:-0}" -v b="${ib:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
