@@ -69,6 +69,9 @@ enum rm_reg_strategy {
 };
 
 #define RM_TR_DEFAULT_TIMEOUT_MS 10000
+/* 2 QPs: the fastest of 1/2/4 at 256 KiB-2 MiB writes in bench/transport.sh on
+ * rxe (71 and 96 MB/s vs 56-57 with 1 QP; 4 QPs did no better).  Revisit
+ * on a real NIC. */
 #define RM_TR_DEFAULT_NCHAN 2
 #define RM_TR_DEFAULT_MAX_WRITE (1u << 20)
 
