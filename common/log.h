@@ -29,6 +29,18 @@ static inline int rm_errno(int ret)
 	return ret < 0 ? -errno : ret;
 }
 
+/* CLOCK_REALTIME ns from now: the absolute time pthread_cond_timedwait wants. */
+static inline struct timespec rm_abstime_in(uint64_t ns)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ns += (uint64_t)ts.tv_nsec;
+	ts.tv_sec += (time_t)(ns / 1000000000ull);
+	ts.tv_nsec = (long)(ns % 1000000000ull);
+	return ts;
+}
+
 /* Monotonic time in nanoseconds. */
 static inline uint64_t rm_now_ns(void)
 {

@@ -763,10 +763,7 @@ bool rm_kvm_vm_is_paused(const struct rm_kvm_vm *vm)
 
 static void deadline_after(struct timespec *ts, uint64_t ns)
 {
-	clock_gettime(CLOCK_REALTIME, ts);
-	ns += (uint64_t)ts->tv_nsec;
-	ts->tv_sec += (time_t)(ns / 1000000000u);
-	ts->tv_nsec = (long)(ns % 1000000000u);
+	*ts = rm_abstime_in(ns);
 }
 
 int rm_kvm_vm_pause(struct rm_kvm_vm *vm, uint64_t timeout_ns)

@@ -320,13 +320,8 @@ static int vmm_load_state(void *opaque, const void *buf, size_t len)
 
 static void nap_until(struct rm_kvm_vmm *v, uint64_t ns)
 {
-	struct timespec ts;
+	struct timespec ts = rm_abstime_in(ns);
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += (time_t)(ns / 1000000000ull);
-	ts.tv_nsec += (long)(ns % 1000000000ull);
-	if (ts.tv_nsec >= 1000000000l)
-		ts.tv_sec++, ts.tv_nsec -= 1000000000l;
 	pthread_cond_timedwait(&v->cond, &v->lock, &ts);
 }
 

@@ -482,11 +482,8 @@ static int rx_small(struct tcp_conn *c, unsigned chan, uint16_t type, size_t len
 				pthread_mutex_unlock(&c->lock);
 				return rx_fail(c, chan, -ETIMEDOUT, "waiting for the other channels' MARKER");
 			}
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += SLICE_MS * 1000000l;
-			if (ts.tv_nsec >= 1000000000l)
-				ts.tv_sec++, ts.tv_nsec -= 1000000000l;
+			struct timespec ts = rm_abstime_in(SLICE_MS * 1000000ull);
+
 			pthread_cond_timedwait(&c->cond, &c->lock, &ts);
 		}
 		pthread_mutex_unlock(&c->lock);
@@ -976,14 +973,8 @@ static int tcp_layout(struct rm_transport *t, const struct rm_region *r, unsigne
 
 	pthread_mutex_lock(&c->lock);
 	while (!c->have_layout && !(err = rm_tr_check(t)) && rm_ms_left(deadline)) {
-		struct timespec ts;
+		struct timespec ts = rm_abstime_in(SLICE_MS * 1000000ull);
 
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += SLICE_MS * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
 		pthread_cond_timedwait(&c->cond, &c->lock, &ts);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -1211,12 +1202,7 @@ static int tcp_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms)
 		left = rm_ms_left(deadline);
 		if (!left)
 			break;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += (long)(left < SLICE_MS ? left : SLICE_MS) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		ts = rm_abstime_in((uint64_t)(left < SLICE_MS ? left : SLICE_MS) * 1000000ull);
 		pthread_cond_timedwait(&c->cond, &c->lock, &ts);
 	}
 	pthread_mutex_unlock(&c->lock);
