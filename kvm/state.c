@@ -19,6 +19,10 @@
 /* One vCPU's state as the "cpu" section describes it. */
 struct cpu_state {
 	struct rm_kvm_vm *vm;
+	/* Which optional parts the stream carried (set by post_load).  They sit
+	 * before xsave so the per-vCPU memset clears them: one vCPU must never
+	 * inherit another's subsections. */
+	bool got_xsave, got_xcrs, got_debugregs;
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
 	struct kvm_fpu fpu;
@@ -32,9 +36,12 @@ struct cpu_state {
 	uint64_t msr_value[CPU_MAX_MSRS];
 	uint32_t xsave_len;
 	uint8_t xsave[CPU_MAX_XSAVE] __attribute__((aligned(64)));
-	/* Which optional parts the stream carried (set by post_load). */
-	bool got_xsave, got_xcrs, got_debugregs;
 };
+
+/* The loader clears a cpu_state up to xsave for each vCPU (the XSAVE area is
+ * large and fully rewritten when present): everything per-vCPU lives before it. */
+_Static_assert(offsetof(struct cpu_state, got_debugregs) < offsetof(struct cpu_state, xsave),
+	       "per-vCPU flags must be cleared by the loader's memset");
 
 static bool cpu_has_xsave(void *opaque)
 {

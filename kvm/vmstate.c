@@ -275,6 +275,36 @@ static int load_field(const char *where, const struct rm_vms_field *f, const str
 	return 0;
 }
 
+/*
+ * Variable arrays that share one count field (a vCPU's MSR indices and
+ * values) must arrive with the same count: otherwise the later field's count
+ * silently wins and the other array is partly dropped or read past what the
+ * stream gave.  Called after field f was loaded from stream field got.
+ */
+static int check_shared_count(const char *where, const struct rm_vms_desc *desc,
+			      const struct rm_vms_field *f, uint32_t version,
+			      const struct wire_field *w, unsigned n, const struct wire_field *got)
+{
+	if (!(f->flags & RM_VMS_VARIABLE))
+		return 0;
+	for (const struct rm_vms_field *e = desc->fields; e != f; e++) {
+		if (!(e->flags & RM_VMS_VARIABLE) || e->count_offset != f->count_offset ||
+		    e->version_id > version)
+			continue;
+		for (unsigned i = 0; i < n; i++) {
+			if (&w[i] == got || !w[i].used || strcmp(w[i].name, e->name))
+				continue;
+			if (w[i].count != got->count) {
+				rm_err("vmstate: %s: fields '%s' and '%s' share one count, but the stream "
+				       "gives %u and %u elements", where, e->name, f->name, w[i].count,
+				       got->count);
+				return -EPROTO;
+			}
+		}
+	}
+	return 0;
+}
+
 static const struct rm_vms_desc *find_sub(const struct rm_vms_desc *desc, const char *name)
 {
 	for (const struct rm_vms_desc *const *s = desc->subsections; s && *s; s++)
@@ -391,6 +421,9 @@ static int load_body(struct cursor *c, const struct rm_vms_desc *desc, uint32_t 
 		}
 		w[i].used = true;
 		ret = load_field(where, f, &w[i], opaque);
+		if (ret < 0)
+			goto out;
+		ret = check_shared_count(where, desc, f, version, w, n, &w[i]);
 		if (ret < 0)
 			goto out;
 	}

@@ -4,7 +4,8 @@
  * a too-old or too-new section, an unknown subsection the source marked
  * needed, a field of another type, an oversized variable array, and every
  * truncation of a valid stream; it accepts (and skips) an unknown optional
- * subsection and reads an older stream that lacks a field added later.
+ * subsection and reads an older stream that lacks a field added later.  Arrays
+ * that share a count must arrive with equal counts.
  * Host suite: no KVM needed.
  */
 #include <criterion/criterion.h>
@@ -329,5 +330,61 @@ Test(vmstate, damaged_streams_never_crash)
 	}
 	printf("vmstate: %u of 5000 randomly damaged streams refused\n", refused);
 	cr_expect_gt(refused, 1000);
+	rm_vms_buf_free(&b);
+}
+
+/* Two variable arrays that share one count (a vCPU's MSR indices and values)
+ * must arrive with equal counts: a stream with one value fewer than indices
+ * would otherwise load, and the last MSR would silently not be restored. */
+struct pair {
+	uint32_t n, m;
+	uint32_t idx[4];
+	uint64_t val[4];
+};
+
+Test(vmstate, arrays_sharing_a_count_must_agree)
+{
+	static const struct rm_vms_field src_fields[] = {
+		RM_VMS_VARRAY(struct pair, idx, RM_VMS_U32, n),
+		RM_VMS_VARRAY(struct pair, val, RM_VMS_U64, m),
+		RM_VMS_END,
+	};
+	static const struct rm_vms_field dst_fields[] = {
+		RM_VMS_VARRAY(struct pair, idx, RM_VMS_U32, n),
+		RM_VMS_VARRAY(struct pair, val, RM_VMS_U64, n),
+		RM_VMS_END,
+	};
+	static const struct rm_vms_desc src = {
+		.name = "msrs", .version_id = 1, .minimum_version_id = 1, .fields = src_fields,
+	};
+	static const struct rm_vms_desc dst = {
+		.name = "msrs", .version_id = 1, .minimum_version_id = 1, .fields = dst_fields,
+	};
+	struct pair in = { .n = 3, .m = 3, .idx = { 1, 2, 3 }, .val = { 10, 20, 30 } }, out;
+	struct rm_vms_buf b = { 0 };
+	struct rm_vms_reader r;
+
+	/* Equal counts load. */
+	cr_assert_eq(rm_vms_begin(&b), 0);
+	cr_assert_eq(rm_vms_save(&b, &src, 0, &in), 0);
+	cr_assert_eq(rm_vms_end(&b), 0);
+	memset(&out, 0, sizeof(out));
+	cr_assert_eq(rm_vms_reader_init(&r, b.data, b.len), 0);
+	cr_expect_eq(rm_vms_load(&r, &dst, 0, &out), 0, "load: %s", last_err);
+	cr_expect_eq(out.n, 3);
+	cr_expect_eq(out.val[2], 30);
+	rm_vms_buf_free(&b);
+
+	/* One value fewer than indices is refused, naming both fields. */
+	in.m = 2;
+	memset(&b, 0, sizeof(b));
+	cr_assert_eq(rm_vms_begin(&b), 0);
+	cr_assert_eq(rm_vms_save(&b, &src, 0, &in), 0);
+	cr_assert_eq(rm_vms_end(&b), 0);
+	memset(&out, 0, sizeof(out));
+	cr_assert_eq(rm_vms_reader_init(&r, b.data, b.len), 0);
+	cr_expect_eq(rm_vms_load(&r, &dst, 0, &out), -EPROTO);
+	cr_expect(strstr(last_err, "fields 'idx' and 'val' share one count, but the stream gives 3 and 2"),
+		  "message: %s", last_err);
 	rm_vms_buf_free(&b);
 }
