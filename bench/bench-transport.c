@@ -22,7 +22,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "pinning/register.h"
+#include "transport/register.h"
 #include "transport/priv.h"
 
 static uint64_t parse_size(const char *s)

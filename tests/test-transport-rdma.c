@@ -7,7 +7,7 @@
 #define SUITE_KIND RM_TRANSPORT_RDMA
 #include "tests/test-transport-cases.h"
 
-#include "pinning/register.h"
+#include "transport/register.h"
 
 static const char *suite_addr(void)
 {

@@ -173,13 +173,13 @@ Test(tcp, ipv6_loopback)
 	rm_tr_listener_close(p.l);
 }
 
-/* ---- pinning/register.c pieces that need no device ---- */
+/* ---- transport/register.c pieces that need no device ---- */
 
 #include <linux/capability.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
-#include "pinning/register.h"
+#include "transport/register.h"
 
 struct last_log {
 	char msg[512];

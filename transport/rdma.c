@@ -8,7 +8,7 @@
  *
  * RAM path: the destination registers its regions REMOTE_WRITE and sends
  * LAYOUT {id, size, addr, rkey}; the source registers its RAM for local
- * access (pinning/register.c: all, lazy or odp).  write() coalesces adjacent
+ * access (register.c: all, lazy or odp).  write() coalesces adjacent
  * ranges, splits them into power-of-two WRITEs of at most max_write, deals
  * them round-robin over the QPs, and posts each QP's WRs as one chain.  No
  * bounce buffer: the NIC reads source RAM and places into destination RAM.
@@ -49,7 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pinning/register.h"
+#include "transport/register.h"
 #include "transport/priv.h"
 
 #define SLICE_MS 100

@@ -61,7 +61,7 @@ enum rm_transport_kind {
 	RM_TRANSPORT_RDMA = 2,
 };
 
-/* Registration strategy for source RAM (pinning/register.h). */
+/* Registration strategy for source RAM (transport/register.h). */
 enum rm_reg_strategy {
 	RM_REG_ALL = 0,		/* register every region up front (default) */
 	RM_REG_LAZY = 1,	/* register a chunk the first time it is written */

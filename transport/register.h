@@ -1,5 +1,6 @@
 /*
- * pinning/register.h — registering guest RAM with an RDMA device.
+ * transport/register.h — registering guest RAM with an RDMA device, for the
+ * RDMA backend (rdma.c is its only user in the library).
  *
  * Strategies (enum rm_reg_strategy, transport.h):
  *   all   every region registered up front, regions in parallel threads;
@@ -9,10 +10,11 @@
  *   odp   one on-demand-paging MR per region, where the device offers ODP:
  *         nothing pinned, pages faulted in by the NIC.
  * Before pinning, the RLIMIT_MEMLOCK check says how many bytes are needed
- * and how to raise the limit.  Knows nothing of the wire or of KVM.
+ * and how to raise the limit.  Knows nothing of the wire or of KVM; uses only
+ * the region and strategy types of transport.h.
  */
-#ifndef RDMAMIG_PINNING_REGISTER_H
-#define RDMAMIG_PINNING_REGISTER_H
+#ifndef RDMAMIG_TRANSPORT_REGISTER_H
+#define RDMAMIG_TRANSPORT_REGISTER_H
 
 #include <infiniband/verbs.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
 /*
- * pinning/register.c — memory registration strategies (all / lazy / odp), the
+ * transport/register.c — memory registration strategies (all / lazy / odp), the
  * RLIMIT_MEMLOCK check and the NIC's NUMA node.  See register.h.
  */
 #include <pthread.h>
@@ -9,7 +9,7 @@
 #include <sys/resource.h>
 
 #include "common/log.h"
-#include "pinning/register.h"
+#include "transport/register.h"
 
 struct reg_region {
 	void *addr;
