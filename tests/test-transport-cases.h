@@ -209,7 +209,7 @@ static uint64_t rnd(uint64_t *x)
 }
 
 /*
- * Thousands of random page ranges (some adjacent, to be coalesced; some
+ * Thousands of random page ranges (some adjacent, written as they come; some
  * overlapping) over several channels, with fences in between; after the
  * last fence and a DONE message the destination must equal the source on
  * every written page and be zero everywhere else.
@@ -770,6 +770,60 @@ static void case_hostile_dest(void)
 	hostile_dest("LAYOUT with too many regions", &u, n, RDMAMIG_E_PROTO, RDMAMIG_E_PROTO);
 }
 
+/* ---- an ABORT whose reason no errno or library code can be ---- */
+
+struct log_capture {
+	pthread_mutex_t lock;
+	char text[4096];
+	size_t len;
+};
+
+static void capture_log(void *opaque, enum rdmamig_log_level level, const char *msg)
+{
+	struct log_capture *c = opaque;
+	size_t n = strlen(msg);
+
+	pthread_mutex_lock(&c->lock);
+	if (n + 2 < sizeof(c->text) - c->len) {
+		memcpy(c->text + c->len, msg, n);
+		c->len += n;
+		c->text[c->len++] = '\n';
+		c->text[c->len] = 0;
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+/*
+ * ABORT {reason 0x80000000}: no errno and no RDMAMIG_E_* code, and negating it
+ * as an int overflows (UBSan stops the process there).  The receiver must still
+ * report RDMAMIG_E_ABORTED and log the reason as the number it is.
+ */
+static void case_abort_reason_out_of_range(void)
+{
+	static struct log_capture cap = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct rm_wire_abort_body a = { .reason = htole32(0x80000000u) };
+	uint8_t buf[128];
+	struct pair p;
+	struct rm_msg m;
+	size_t n;
+	int err;
+
+	memcpy(a.text, "odd reason", 11);
+	n = frame(buf, RM_WIRE_ABORT, 0, &a, sizeof(a), 0);
+	pair_open(&p, opts_for(1), NULL, NULL);
+	rdmamig_set_log(capture_log, &cap, RDMAMIG_LOG_DEBUG);
+	err = rm_tr_raw_send(p.src, 0, buf, n);
+	cr_assert_eq(err, 0, "raw send: %s", rdmamig_strerror(err));
+	err = rm_tr_recv(p.dst, &m, 5000);
+	rdmamig_set_log(NULL, NULL, RDMAMIG_LOG_DEBUG);
+	cr_assert_eq(err, RDMAMIG_E_ABORTED, "destination got %s", rdmamig_strerror(err));
+	pthread_mutex_lock(&cap.lock);
+	cr_assert(strstr(cap.text, "odd reason") && strstr(cap.text, "0x80000000"),
+		  "the log does not name the reason: %s", cap.text);
+	pthread_mutex_unlock(&cap.lock);
+	pair_close(&p);
+}
+
 /* The cases every backend runs. */
 #define TRANSPORT_CASES(suite)                                                     \
 	Test(suite, layout_exchange_and_mismatch) { case_layout(); }               \
@@ -782,4 +836,5 @@ static void case_hostile_dest(void)
 	Test(suite, destination_vanishes) { case_peer_vanishes(true); }            \
 	Test(suite, source_vanishes) { case_peer_vanishes(false); }                \
 	Test(suite, hostile_source_refused) { case_hostile_source(); }             \
-	Test(suite, hostile_destination_refused) { case_hostile_dest(); }
+	Test(suite, hostile_destination_refused) { case_hostile_dest(); }         \
+	Test(suite, abort_reason_out_of_range) { case_abort_reason_out_of_range(); }

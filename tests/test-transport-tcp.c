@@ -57,7 +57,8 @@ static void *accept_one(void *arg)
 	return NULL;
 }
 
-/* Bad magic, version, caps and channel numbers are refused with the reason;
+/* Bad magic, version, caps, channel numbers, write size and credits are
+ * refused with the reason;
  * the destination keeps waiting and still accepts a good source after. */
 Test(tcp, handshake_refusals)
 {
@@ -69,6 +70,7 @@ Test(tcp, handshake_refusals)
 		.caps = htole32(RM_CAP_FENCE_EPOCH),
 		.nchan = htole16(1),
 		.session = htole64(42),
+		.max_write = htole32(1u << 20),
 	};
 	struct rm_wire_hello h;
 	struct pair p = { 0 };
@@ -101,6 +103,14 @@ Test(tcp, handshake_refusals)
 	h.chan = htole16(1);
 	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
 	cr_assert_eq(reason, RM_REFUSE_CHANNELS);
+	h = good;
+	h.max_write = htole32(3000);
+	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
+	cr_assert_eq(reason, RM_REFUSE_PARAMS);
+	h = good;
+	h.credits = htole32(8);
+	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
+	cr_assert_eq(reason, RM_REFUSE_PARAMS);
 
 	o.port = port;
 	snprintf(port, sizeof(port), "%d", lport);

@@ -1,11 +1,17 @@
-# transport/ — one ops table (transport.h) and its backends: rdma (libibverbs +
-# librdmacm, with RDMA memory registration in register.c) and tcp.  Never
-# includes kvm/, migration/ or pinning/.
+# transport/ — one ops table (transport.h), the control protocol both backends
+# speak (ctrl.c), and the backends: rdma (libibverbs + librdmacm, with RDMA
+# memory registration in register.c) and tcp.  Never includes kvm/,
+# migration/ or pinning/.
 LIB_OBJS += transport/wire.o
 LIB_OBJS += transport/transport.o
-LIB_OBJS += transport/tcp.o
+LIB_OBJS += transport/ctrl.o
+LIB_OBJS += transport/net.o
 LIB_OBJS += transport/register.o
+LIB_OBJS += transport/tcp.o
+LIB_OBJS += transport/tcp-conn.o
 LIB_OBJS += transport/rdma.o
+LIB_OBJS += transport/rdma-cm.o
+HOST_TESTS += test-transport-ctrl
 HOST_TESTS += test-transport-tcp
 BED_TESTS += test-transport-rdma
 BENCH_BINS += bench-transport

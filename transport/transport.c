@@ -1,9 +1,10 @@
 /*
  * transport/transport.c — the wrappers the engine calls: pick the backend,
  * check the caller's arguments, keep the first fatal error sticky, and time
- * the busy ops.  Backends see only checked arguments.
+ * the busy ops.  Backends see only checked arguments, with region ids
+ * resolved through the map rm_tr_layout() builds.
  */
-#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,47 @@ int rm_tr_opts_fill(struct rm_transport_opts *o, const struct rm_transport_opts 
 	return 0;
 }
 
+int rm_tr_init(struct rm_transport *t, const struct rm_transport_ops *ops,
+	       const struct rm_transport_opts *o, enum rm_role role, unsigned nchan,
+	       size_t frag_max)
+{
+	t->ops = ops;
+	t->opts = *o;
+	t->opts.addr = NULL;
+	t->opts.port = NULL;
+	t->role = role;
+	t->nchan = nchan;
+	return rm_ctrl_init(&t->ctrl, frag_max);
+}
+
+void *rm_tr_new(size_t size, const struct rm_transport_ops *ops, const struct rm_transport_opts *o,
+		enum rm_role role, unsigned nchan, size_t frag_max)
+{
+	struct rm_transport *t = calloc(1, size);
+
+	if (t && rm_tr_init(t, ops, o, role, nchan, frag_max)) {
+		free(t);
+		t = NULL;
+	}
+	return t;
+}
+
+void rm_tr_destroy(struct rm_transport *t)
+{
+	rm_ctrl_destroy(&t->ctrl);
+	free(t->widx);
+	t->widx = NULL;
+}
+
+int rm_tr_abandon(struct rm_transport *t, int err)
+{
+	if (t) {
+		atomic_store(&t->error, err);
+		t->ops->close(t);
+	}
+	return err;
+}
+
 int rm_tr_fail(struct rm_transport *t, int err, const char *what)
 {
 	int expected = 0;
@@ -58,6 +100,10 @@ int rm_tr_fail(struct rm_transport *t, int err, const char *what)
 			rm_info("transport %s: %s: %s", t->ops->name, what, rdmamig_strerror(err));
 		else
 			rm_err("transport %s: %s: %s", t->ops->name, what, rdmamig_strerror(err));
+		/* Waiters on the control queue see the error now, not a slice later. */
+		pthread_mutex_lock(&t->ctrl.lock);
+		pthread_cond_broadcast(&t->ctrl.cond);
+		pthread_mutex_unlock(&t->ctrl.lock);
 		return err;
 	}
 	return expected;
@@ -74,89 +120,49 @@ int rm_tr_check(struct rm_transport *t)
 	return 0;
 }
 
-int rm_tr_region_index(const struct rm_transport *t, uint32_t id)
+static unsigned rmap_slot(uint32_t id)
 {
-	for (unsigned i = 0; i < t->nregions; i++)
-		if (t->regions[i].id == id)
-			return (int)i;
-	return -1;
+	/* Fibonacci hashing: ids are often small and consecutive. */
+	return (id * 2654435761u) >> (32 - __builtin_ctz(RM_RMAP_SLOTS));
 }
 
-int rm_tr_check_regions(const struct rm_region *r, unsigned n)
+int rm_tr_region_index(const struct rm_transport *t, uint32_t id)
 {
+	for (unsigned s = rmap_slot(id);; s = (s + 1) & (RM_RMAP_SLOTS - 1)) {
+		if (!t->rmap[s].idx1)
+			return -1;
+		if (t->rmap[s].id == id)
+			return t->rmap[s].idx1 - 1;
+	}
+}
+
+int rm_tr_set_regions(struct rm_transport *t, const struct rm_region *r, unsigned n)
+{
+	_Static_assert(RM_RMAP_SLOTS >= 2 * RM_WIRE_MAX_REGIONS, "the map stays half empty");
 	if (!n || n > RM_WIRE_MAX_REGIONS || !r) {
 		rm_err("transport: %u RAM regions, expected 1..%u", n, RM_WIRE_MAX_REGIONS);
 		return -EINVAL;
 	}
+	memset(t->rmap, 0, sizeof(t->rmap));
 	for (unsigned i = 0; i < n; i++) {
+		unsigned s = rmap_slot(r[i].id);
+
 		if (!r[i].addr || !r[i].size) {
 			rm_err("transport: region %u has no memory", r[i].id);
 			return -EINVAL;
 		}
-		for (unsigned j = 0; j < i; j++) {
-			if (r[j].id == r[i].id) {
+		for (; t->rmap[s].idx1; s = (s + 1) & (RM_RMAP_SLOTS - 1)) {
+			if (t->rmap[s].id == r[i].id) {
 				rm_err("transport: region id %u appears twice", r[i].id);
+				memset(t->rmap, 0, sizeof(t->rmap));
 				return -EINVAL;
 			}
 		}
+		t->rmap[s].id = r[i].id;
+		t->rmap[s].idx1 = (uint8_t)(i + 1);
 	}
-	return 0;
-}
-
-int rm_tr_match_layout(const struct rm_transport *t, const struct rm_wire_region *peer,
-		       unsigned n, char *why, size_t why_len)
-{
-	if (n != t->nregions) {
-		snprintf(why, why_len, "peer has %u regions, we have %u", n, t->nregions);
-		return RDMAMIG_E_REFUSED;
-	}
-	for (unsigned i = 0; i < n; i++) {
-		int idx = rm_tr_region_index(t, le32toh(peer[i].id));
-
-		if (idx < 0) {
-			snprintf(why, why_len, "peer region %u unknown here", le32toh(peer[i].id));
-			return RDMAMIG_E_REFUSED;
-		}
-		if (t->regions[idx].size != le64toh(peer[i].size)) {
-			snprintf(why, why_len, "region %u: %llu bytes here, %llu at peer",
-				 t->regions[idx].id, (unsigned long long)t->regions[idx].size,
-				 (unsigned long long)le64toh(peer[i].size));
-			return RDMAMIG_E_REFUSED;
-		}
-		for (unsigned j = 0; j < i; j++) {
-			if (peer[j].id == peer[i].id) {
-				snprintf(why, why_len, "peer region %u listed twice",
-					 le32toh(peer[i].id));
-				return RDMAMIG_E_PROTO;
-			}
-		}
-	}
-	return 0;
-}
-
-uint32_t rm_tr_check_hello(const struct rm_wire_hello *h, char *why, size_t n)
-{
-	unsigned nchan = le16toh(h->nchan), chan = le16toh(h->chan);
-	uint32_t caps = le32toh(h->caps);
-
-	if (le32toh(h->magic) != RM_WIRE_MAGIC) {
-		snprintf(why, n, "bad magic %#x", le32toh(h->magic));
-		return RM_REFUSE_MAGIC;
-	}
-	if (le16toh(h->version_max) < RM_WIRE_VERSION_MIN ||
-	    le16toh(h->version_min) > RM_WIRE_VERSION) {
-		snprintf(why, n, "versions %u-%u, we speak %u-%u", le16toh(h->version_min),
-			 le16toh(h->version_max), RM_WIRE_VERSION_MIN, RM_WIRE_VERSION);
-		return RM_REFUSE_VERSION;
-	}
-	if ((caps & RM_CAP_REQUIRED) != RM_CAP_REQUIRED) {
-		snprintf(why, n, "caps %#x lack required %#x", caps, RM_CAP_REQUIRED);
-		return RM_REFUSE_CAPS;
-	}
-	if (!nchan || nchan > RM_WIRE_MAX_CHANNELS || chan >= nchan) {
-		snprintf(why, n, "channel %u of %u (max %u)", chan, nchan, RM_WIRE_MAX_CHANNELS);
-		return RM_REFUSE_CHANNELS;
-	}
+	memcpy(t->regions, r, n * sizeof(*r));
+	t->nregions = n;
 	return 0;
 }
 
@@ -187,38 +193,58 @@ int rm_tr_listen(const struct rm_transport_opts *opts, struct rm_listener **out)
 	return ops->listen(opts, out);
 }
 
-/* A listener's first member is its ops pointer in every backend. */
-struct rm_listener_base {
-	const struct rm_transport_ops *ops;
-};
+int rm_tr_listener_init(struct rm_listener *l, const struct rm_transport_ops *ops,
+			const struct rm_transport_opts *in, struct addrinfo **res)
+{
+	int err;
+
+	l->ops = ops;
+	err = rm_tr_opts_fill(&l->opts, in);
+	if (err)
+		return err;
+	l->opts.addr = NULL;
+	l->opts.port = NULL;
+	return rm_resolve(ops->name, in->addr, in->port ? in->port : "0", true, res);
+}
 
 int rm_tr_accept(struct rm_listener *l, struct rm_transport **out)
 {
+	int err;
+
 	if (!l || !out)
 		return -EINVAL;
-	return ((struct rm_listener_base *)l)->ops->accept(l, out);
+	err = l->ops->accept(l, out);
+	if (err == -ETIMEDOUT)
+		rm_err("transport %s: no complete source within %d ms", l->ops->name,
+		       l->opts.timeout_ms);
+	return err;
 }
 
 int rm_tr_listener_port(struct rm_listener *l)
 {
 	if (!l)
 		return -EINVAL;
-	return ((struct rm_listener_base *)l)->ops->listener_port(l);
+	return l->port;
 }
 
 void rm_tr_listener_close(struct rm_listener *l)
 {
 	if (l)
-		((struct rm_listener_base *)l)->ops->listener_close(l);
+		l->ops->listener_close(l);
 }
 
 int rm_tr_connect(const struct rm_transport_opts *opts, struct rm_transport **out)
 {
 	const struct rm_transport_ops *ops = opts ? rm_transport_ops_for(opts->kind) : NULL;
+	struct rm_transport_opts o;
+	int err;
 
 	if (!ops || !out || !opts->addr || !opts->port)
 		return -EINVAL;
-	return ops->connect(opts, out);
+	err = rm_tr_opts_fill(&o, opts);
+	if (err)
+		return err;
+	return ops->connect(&o, rm_tr_session_id(), rm_deadline(o.timeout_ms), out);
 }
 
 int rm_tr_layout(struct rm_transport *t, const struct rm_region *r, unsigned n)
@@ -232,12 +258,10 @@ int rm_tr_layout(struct rm_transport *t, const struct rm_region *r, unsigned n)
 		return err;
 	if (t->laid_out)
 		return -EINVAL;
-	err = rm_tr_check_regions(r, n);
+	err = rm_tr_set_regions(t, r, n);
 	if (err)
 		return err;
-	memcpy(t->regions, r, n * sizeof(*r));
-	t->nregions = n;
-	err = t->ops->layout(t, r, n);
+	err = rm_ctrl_layout(t, r, n);
 	if (err)
 		return rm_tr_fail(t, err, "RAM layout exchange");
 	t->laid_out = true;
@@ -246,7 +270,7 @@ int rm_tr_layout(struct rm_transport *t, const struct rm_region *r, unsigned n)
 
 int rm_tr_write(struct rm_transport *t, const struct rm_range *r, size_t n)
 {
-	uint64_t t0;
+	uint64_t t0, deadline;
 	int err;
 
 	if (!t || (n && !r))
@@ -258,6 +282,15 @@ int rm_tr_write(struct rm_transport *t, const struct rm_range *r, size_t n)
 		rm_err("transport: write() needs a source after rm_tr_layout()");
 		return -EINVAL;
 	}
+	if (n > t->widx_cap) {
+		uint8_t *p = realloc(t->widx, n);
+
+		if (!p)
+			return -ENOMEM;
+		t->widx = p;
+		t->widx_cap = n;
+	}
+	/* Each id is resolved here, once, for the checks and for the backend. */
 	for (size_t i = 0; i < n; i++) {
 		int idx = rm_tr_region_index(t, r[i].region);
 
@@ -268,11 +301,25 @@ int rm_tr_write(struct rm_transport *t, const struct rm_range *r, size_t n)
 			       (unsigned long long)r[i].length);
 			return -EINVAL;
 		}
+		t->widx[i] = (uint8_t)idx;
 	}
 	if (!n)
 		return 0;
 	t0 = rm_now_ns();
-	err = t->ops->write(t, r, n);
+	deadline = rm_deadline(t->opts.timeout_ms);
+	for (size_t i = 0; i < n && !err; i++) {
+		uint64_t off = r[i].offset, len = r[i].length, took;
+
+		while (len && !err) {
+			err = t->ops->write(t, t->widx[i], off,
+					    rm_pow2_floor(len < t->opts.max_write ? len : t->opts.max_write),
+					    &took, deadline);
+			off += took;
+			len -= took;
+		}
+	}
+	if (!err)
+		err = t->ops->flush(t, deadline);
 	t->st.busy_ns += rm_now_ns() - t0;
 	if (err)
 		return rm_tr_fail(t, err, "write");
@@ -319,7 +366,7 @@ int rm_tr_send(struct rm_transport *t, uint16_t type, const void *buf, size_t le
 	if (err)
 		return err;
 	t0 = rm_now_ns();
-	err = t->ops->send(t, type, buf, len);
+	err = rm_ctrl_send(t, type, buf, len);
 	t->st.busy_ns += rm_now_ns() - t0;
 	if (err)
 		return rm_tr_fail(t, err, "send control message");
@@ -340,7 +387,7 @@ int rm_tr_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms)
 		return ret;
 	if (timeout_ms < 0)
 		timeout_ms = t->opts.timeout_ms;
-	ret = t->ops->recv(t, msg, timeout_ms);
+	ret = rm_ctrl_recv(t, msg, timeout_ms);
 	if (ret == 0 && timeout_ms > 0)
 		ret = -ETIMEDOUT;
 	if (ret == -ETIMEDOUT || ret == -ECANCELED)
@@ -393,18 +440,7 @@ void rm_msg_free(struct rm_msg *msg)
 
 int rm_tr_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len)
 {
-	if (!t || chan >= t->nchan)
+	if (!t || chan >= t->nchan || !t->ops->raw_send)
 		return -EINVAL;
-	if (t->ops == &rm_transport_tcp_ops)
-		return rm_tcp_raw_send(t, chan, msg, len);
-	return rm_rdma_raw_send(t, chan, msg, len);
-}
-
-void rm_wire_text(char *dst, const char *src)
-{
-	size_t n = src ? strnlen(src, RM_WIRE_TEXT - 1) : 0;
-
-	memset(dst, 0, RM_WIRE_TEXT);
-	if (n)
-		memcpy(dst, src, n);
+	return t->ops->raw_send(t, chan, msg, len);
 }

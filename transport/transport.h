@@ -5,7 +5,9 @@
  * Backends: "rdma" (librdmacm + libibverbs: one-sided RDMA WRITEs from source
  * guest RAM into destination guest RAM, control on SEND/RECV) and "tcp"
  * (framed stream, pages sent from guest RAM with writev).  The wire protocol is
- * in transport/wire.h.  This layer never includes kvm/ or migration/.
+ * in transport/wire.h; its control part (handshake, LAYOUT, control messages,
+ * REFUSE, ABORT) is written once, in transport/ctrl.c, for both backends.
+ * This layer never includes kvm/, migration/ or pinning/.
  *
  * Roles: the DESTINATION listens and accepts; the SOURCE connects.  A
  * connection is `nchan` channels (QPs or TCP connections) to one peer.
@@ -54,7 +56,7 @@
 #include "transport/wire.h"
 
 struct rm_transport;		/* one connection; body private to a backend */
-struct rm_listener;		/* a listening endpoint; private to a backend */
+struct rm_listener;		/* a listening endpoint; private to transport/ */
 
 enum rm_transport_kind {
 	RM_TRANSPORT_TCP = 1,
@@ -122,8 +124,8 @@ struct rm_transport_stats {
 	uint64_t bytes_written;	/* RAM bytes handed to writes (source) or
 				 * placed from the wire (TCP destination) */
 	uint64_t ranges;	/* rm_range entries accepted by rm_tr_write */
-	uint64_t writes;	/* RDMA WRITEs / TCP WRITE frames after coalescing and
-				 * power-of-two splitting */
+	uint64_t writes;	/* RDMA WRITEs / TCP WRITE frames after power-of-two
+				 * splitting */
 	uint64_t wrs_posted;	/* all work requests posted (WRITE, SEND, RECV) */
 	uint64_t completions;	/* work completions polled */
 	uint64_t ctrl_sent;	/* control messages sent */
@@ -137,7 +139,9 @@ struct rm_transport_stats {
 /*
  * The backend table.  Engine code calls the rm_tr_* wrappers below, which
  * pick the backend from opts.kind or from the handle, check arguments and
- * keep the sticky first error.
+ * keep the sticky first error.  Control messages (rm_tr_send, rm_tr_recv,
+ * the LAYOUT exchange) are the same protocol on every backend and live in
+ * ctrl.c, which moves bytes through the post and pump ops.
  */
 struct rm_transport_ops {
 	const char *name;	/* "tcp", "rdma" */
@@ -149,32 +153,41 @@ struct rm_transport_ops {
 	 * one until the timeout.  Blocks at most opts.timeout_ms.
 	 * 0, -ETIMEDOUT, -ECANCELED, -errno. */
 	int (*accept)(struct rm_listener *l, struct rm_transport **out);
-	/* The bound port, host order; >0 or -errno. */
-	int (*listener_port)(struct rm_listener *l);
 	void (*listener_close)(struct rm_listener *l);
 
-	/* Source.  Resolve, connect every channel, handshake.  Blocks at most
-	 * opts.timeout_ms.  0, RDMAMIG_E_REFUSED (reason logged), -ETIMEDOUT,
-	 * -ECONNREFUSED, -errno. */
-	int (*connect)(const struct rm_transport_opts *opts, struct rm_transport **out);
+	/* Source.  Resolve, connect every channel, handshake, with HELLOs
+	 * naming session.  opts has its defaults filled in (addr and port
+	 * kept).  Blocks until deadline (opts.timeout_ms from the call).
+	 * 0, RDMAMIG_E_REFUSED (reason logged), -ETIMEDOUT, -ECONNREFUSED,
+	 * -errno. */
+	int (*connect)(const struct rm_transport_opts *opts, uint64_t session, uint64_t deadline,
+		       struct rm_transport **out);
 
-	/* Both sides, once, right after the connection.  The destination
-	 * registers its regions for remote write and sends LAYOUT; the source
-	 * registers its regions for local access (per opts.reg), receives the
-	 * LAYOUT and checks that every id exists on both sides with the same
-	 * size, refusing a mismatch.  Blocks at most opts.timeout_ms.
-	 * 0, RDMAMIG_E_REFUSED, RDMAMIG_E_PROTO, -ENOMEM (memlock: logged with
-	 * the number needed), -errno. */
-	int (*layout)(struct rm_transport *t, const struct rm_region *r, unsigned n);
+	/* Both sides, once, right after the connection: the backend's part of
+	 * rm_tr_layout(), before ctrl.c exchanges LAYOUT.  The destination
+	 * registers its regions for remote write and fills each wire[i].rkey
+	 * and .addr its peer needs (TCP: none); the source registers its
+	 * regions for local access (per opts.reg).  Blocks at most
+	 * opts.timeout_ms.  0, -ENOMEM (memlock: logged with the number
+	 * needed), -EOPNOTSUPP (ODP asked, the device has none), -errno. */
+	int (*layout)(struct rm_transport *t, const struct rm_region *r, unsigned n,
+		      struct rm_wire_region *wire);
 
-	/* Source.  Copy each range from local RAM to the same place in the
-	 * destination's RAM.  Adjacent ranges are coalesced, then split into
-	 * power-of-two writes of at most max_write, spread over channels.
-	 * Returns once everything is posted (RDMA) or handed to the kernel
-	 * (TCP); blocks only while queues are full, at most opts.timeout_ms
-	 * without progress.  The source RAM is read until a later fence
-	 * returns.  0, -EINVAL (range outside a region: nothing posted), -errno. */
-	int (*write)(struct rm_transport *t, const struct rm_range *r, size_t n);
+	/* Source.  Queue one write of [off, off + len) of local region idx to
+	 * the same place in the destination's RAM, or of a prefix of it where
+	 * the backend must split further (RDMA: a lazy-registration chunk
+	 * ends there); *took is the bytes queued (> 0).  rm_tr_write() hands
+	 * the engine's ranges as they come (the engine merged adjacent pages;
+	 * nobody merges again), cut into power-of-two lengths of at most
+	 * max_write.  Backends spread writes over channels.  Blocks only while
+	 * queues are full, until deadline.  The source RAM is read until a
+	 * later fence returns.  0 or -errno. */
+	int (*write)(struct rm_transport *t, unsigned idx, uint64_t off, uint64_t len,
+		     uint64_t *took, uint64_t deadline);
+	/* Source.  Hand every queued write to the NIC (RDMA: post the chains)
+	 * or the kernel (TCP: the sockets), blocking only while they are full,
+	 * until deadline.  0 or -errno. */
+	int (*flush)(struct rm_transport *t, uint64_t deadline);
 
 	/* Source.  Puts a MARKER after the writes on every channel and waits
 	 * until every write before it has completed (RDMA) or been sent (TCP).
@@ -183,18 +196,21 @@ struct rm_transport_ops {
 	 * Blocks at most opts.timeout_ms.  0 or error. */
 	int (*fence)(struct rm_transport *t);
 
-	/* Both sides.  Send one control message of len bytes (0 allowed, at
-	 * most RM_WIRE_MAX_CTRL) of an engine type; messages arrive in order.
-	 * Returns when the bytes are queued (buf may be reused); blocks while
-	 * the peer grants no credit / the socket is full, at most
-	 * opts.timeout_ms.  0, -EINVAL (type), -EMSGSIZE, -errno. */
-	int (*send)(struct rm_transport *t, uint16_t type, const void *buf, size_t len);
+	/* Both sides: frame one message {header, body of blen, data of dlen}
+	 * onto channel chan, in order with the channel's earlier messages and
+	 * writes.  Returns when the bytes are queued (TCP: written to the
+	 * socket; RDMA: SEND posted, into a credit the peer granted), blocking
+	 * at most until deadline.  ctrl.c sends every control message with it.
+	 * 0, -EMSGSIZE (larger than the backend's buffers), -errno. */
+	int (*post)(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t flags,
+		    const void *body, size_t blen, const void *data, size_t dlen, uint64_t deadline);
 
-	/* Both sides.  Wait up to timeout_ms (< 0: opts.timeout_ms, 0: poll)
-	 * for the next control message.  1 with *msg filled, 0 on timeout when
-	 * timeout_ms == 0 was asked, -ETIMEDOUT otherwise, or an error
-	 * (RDMAMIG_E_ABORTED with the peer's reason logged, -EPIPE, ...). */
-	int (*recv)(struct rm_transport *t, struct rm_msg *msg, int timeout_ms);
+	/* Both sides: handle what has arrived, waiting for it at most one
+	 * 100 ms slice and never past deadline (RDMA: poll the CQs and the
+	 * rdma_cm events).  NULL where receiver threads hand messages to
+	 * ctrl.c on their own and wake ctrl.cond (TCP).  0 or the sticky
+	 * error. */
+	int (*pump)(struct rm_transport *t, uint64_t deadline);
 
 	/* Either side.  Send ABORT {reason, text} best-effort (bounded by
 	 * 1 s), then mark the connection dead with RDMAMIG_E_ABORTED.  reason
@@ -207,6 +223,10 @@ struct rm_transport_ops {
 	int (*close)(struct rm_transport *t);
 
 	void (*stats)(struct rm_transport *t, struct rm_transport_stats *out);
+
+	/* Tests only: put len raw bytes on channel chan as one message (TCP:
+	 * into the stream; RDMA: one SEND), unchecked, to play a hostile peer. */
+	int (*raw_send)(struct rm_transport *t, unsigned chan, const void *msg, size_t len);
 };
 
 extern const struct rm_transport_ops rm_transport_tcp_ops;
@@ -215,16 +235,40 @@ extern const struct rm_transport_ops rm_transport_rdma_ops;
 /* The table for a kind, or NULL. */
 const struct rm_transport_ops *rm_transport_ops_for(enum rm_transport_kind kind);
 
-/* Wrappers: same contracts as the ops above. */
+/* Wrappers: same contracts as the ops above, except where said. */
 int rm_tr_listen(const struct rm_transport_opts *opts, struct rm_listener **out);
 int rm_tr_accept(struct rm_listener *l, struct rm_transport **out);
+/* The bound port, host order; >0 or -errno. */
 int rm_tr_listener_port(struct rm_listener *l);
 void rm_tr_listener_close(struct rm_listener *l);
 int rm_tr_connect(const struct rm_transport_opts *opts, struct rm_transport **out);
+
+/* Both sides, once, right after the connection.  The destination
+ * registers its regions for remote write and sends LAYOUT; the source
+ * registers its regions for local access (per opts.reg), receives the
+ * LAYOUT and checks that every id exists on both sides with the same
+ * size, refusing a mismatch.  Blocks at most opts.timeout_ms.
+ * 0, RDMAMIG_E_REFUSED, RDMAMIG_E_PROTO, -ENOMEM (memlock: logged with the
+ * number needed), -errno. */
 int rm_tr_layout(struct rm_transport *t, const struct rm_region *r, unsigned n);
+
+/* Source.  The write op, for ranges named by region id: -EINVAL (a range
+ * outside a region: nothing posted). */
 int rm_tr_write(struct rm_transport *t, const struct rm_range *r, size_t n);
 int rm_tr_fence(struct rm_transport *t);
+
+/* Both sides.  Send one control message of len bytes (0 allowed, at most
+ * RM_WIRE_MAX_CTRL) of an engine type; messages arrive in order.  Returns
+ * when the bytes are queued (buf may be reused); blocks while the peer
+ * grants no credit / the socket is full, at most opts.timeout_ms.
+ * 0, -EINVAL (type), -EMSGSIZE, -errno. */
 int rm_tr_send(struct rm_transport *t, uint16_t type, const void *buf, size_t len);
+
+/* Both sides.  Wait up to timeout_ms (< 0: opts.timeout_ms, 0: poll) for
+ * the next control message.  1 with *msg filled, 0 on timeout when
+ * timeout_ms == 0 was asked, -ETIMEDOUT otherwise, or an error
+ * (RDMAMIG_E_ABORTED with the peer's reason logged, -EPIPE, ...).  The peer
+ * may have at most RM_WIRE_MAX_QUEUED messages waiting here unread. */
 int rm_tr_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms);
 int rm_tr_abort(struct rm_transport *t, int reason, const char *text);
 int rm_tr_close(struct rm_transport *t);

@@ -1,5 +1,30 @@
-/* transport/wire.c — names of wire types and refusal reasons, for logs. */
+/*
+ * transport/wire.c — the small pieces of wire.h that are not inline: header
+ * and text fields, and names of types and refusal reasons for logs.
+ */
+#include <string.h>
+
 #include "transport/wire.h"
+
+void rm_wire_hdr_init(struct rm_wire_hdr *h, uint16_t type, uint16_t flags, size_t len,
+		      uint32_t credits)
+{
+	*h = (struct rm_wire_hdr){
+		.type = rm_wire_put16(type),
+		.flags = rm_wire_put16(flags),
+		.len = rm_wire_put32((uint32_t)len),
+		.credits = rm_wire_put32(credits),
+	};
+}
+
+void rm_wire_text(char *dst, const char *src)
+{
+	size_t n = src ? strnlen(src, RM_WIRE_TEXT - 1) : 0;
+
+	memset(dst, 0, RM_WIRE_TEXT);
+	if (n)
+		memcpy(dst, src, n);
+}
 
 static const char *const type_names[] = {
 	[RM_WIRE_INVALID] = "INVALID",
@@ -31,6 +56,7 @@ static const char *const refuse_names[] = {
 	[RM_REFUSE_LAYOUT] = "RAM layouts differ",
 	[RM_REFUSE_BUSY] = "destination busy",
 	[RM_REFUSE_MAGIC] = "not an rdmamig peer",
+	[RM_REFUSE_PARAMS] = "write size or credits out of range",
 };
 
 const char *rm_wire_refuse_name(unsigned reason)

@@ -4,15 +4,20 @@
  * Every message starts with a fixed 16-byte little-endian header followed by a
  * body whose size is fixed per type (WRITE and CTRL then carry `len` payload
  * bytes).  Type 0 is reserved as invalid, so a zeroed buffer means nothing.
- * Multi-byte fields are little-endian on the wire; rm_wire_* helpers convert.
+ * Multi-byte fields are little-endian on the wire and typed __le16/__le32/
+ * __le64, so sparse sees a missed conversion; rm_wire_put*() and rm_wire_get*()
+ * convert.  Every reserved field is zero, and receivers check it.
  *
  * Roles: the destination listens, the source connects.  A connection is
  * `nchan` channels (TCP connections or RC QPs); channel 0 also carries control.
  *
  *   source (connect)                         destination (listen)
  *   1. HELLO {version range, caps, nchan,
- *      chan, session} on every channel   ->  checks magic, version, caps, nchan
- *                                        <-  HELLO_ACK {version, caps, credits}
+ *      chan, session, max_write, credits}
+ *      on every channel                  ->  checks magic, version, caps, nchan,
+ *                                            max_write, credits
+ *                                        <-  HELLO_ACK {version, caps, credits,
+ *                                            ctrl_buf}, checked by the source
  *                                            or REFUSE {reason, text}; close
  *      (RDMA: HELLO rides in the rdma_cm connect private data, HELLO_ACK in
  *       the accept's, REFUSE in the reject's.)
@@ -21,17 +26,23 @@
  *      source checks every region id and size against its own RAM; on a
  *      mismatch it sends REFUSE {RM_REFUSE_LAYOUT} and fails.
  *   3. WRITE {region, offset, length} + data   (TCP only; RDMA uses one-sided
- *      RDMA WRITEs that never show on the wire as messages)
+ *      RDMA WRITEs that never show on the wire as messages).  length is at
+ *      most the max_write of the source's HELLO.
  *      ... on any channel, any number ...
  *   4. MARKER {epoch} on every channel       (fence: after that channel's writes)
  *   5. CTRL {type, total, epoch} + fragment  (either direction, channel 0;
- *      a message of `total` bytes is split into fragments, reassembled in
- *      order; the destination delivers a CTRL tagged with epoch e only after
- *      MARKER e arrived on every channel)
- *   6. CREDIT {credits}                      (RDMA control ring: receive
- *      buffers reposted since the last grant; every header also piggybacks)
+ *      a message of `total` bytes is split into fragments of at most
+ *      RM_WIRE_MAX_FRAG bytes, reassembled in order; the destination delivers
+ *      a CTRL tagged with epoch e only after MARKER e arrived on every channel)
+ *   6. CREDIT {}                             (RDMA control ring: carries a
+ *      header whose credits field grants receive buffers reposted since the
+ *      last grant, when no other message does; every header piggybacks)
  *   7. ABORT {reason, text}                  (either side, any time; final)
  *      BYE                                   (orderly close; final)
+ *
+ * A receiver holds at most RM_WIRE_MAX_QUEUED control messages (and
+ * 2 * RM_WIRE_MAX_CTRL bytes) that its engine has not read yet; a peer that
+ * sends more breaks the protocol.
  *
  * Type ranges (16 bits):
  *   0x0000            invalid
@@ -43,22 +54,33 @@
  * Every field from the peer is hostile until checked: region ids against the
  * layout, offset + length against the region size without overflow, counts
  * and lengths against the RM_WIRE_MAX_* bounds below.
+ *
+ * Version 2 (this one) differs from 1: LAYOUT's page_size, REFUSE's detail and
+ * the ODP capability, which no receiver read, are gone (reserved, zero);
+ * HELLO's max_write and credits and HELLO_ACK's fields are checked; CTRL
+ * fragments are bounded.  Version 1 peers are refused.
  */
 #ifndef RDMAMIG_TRANSPORT_WIRE_H
 #define RDMAMIG_TRANSPORT_WIRE_H
 
 #include <endian.h>
+#include <linux/types.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define RM_WIRE_MAGIC 0x474d4452u	/* "RDMG" read as little-endian bytes */
-#define RM_WIRE_VERSION 1		/* the version this build speaks */
-#define RM_WIRE_VERSION_MIN 1		/* the oldest version it accepts */
+#define RM_WIRE_VERSION 2		/* the version this build speaks */
+#define RM_WIRE_VERSION_MIN 2		/* the oldest version it accepts */
 
 /* Bounds every receiver checks before using a peer's number. */
 #define RM_WIRE_MAX_REGIONS 64
 #define RM_WIRE_MAX_CHANNELS 16
 #define RM_WIRE_MAX_CTRL (64u << 20)	/* largest control message, bytes */
-#define RM_WIRE_MAX_WRITE (64u << 20)	/* largest TCP WRITE frame payload */
+#define RM_WIRE_MAX_WRITE (64u << 20)	/* largest HELLO max_write */
+#define RM_WIRE_MIN_WRITE 4096u		/* smallest HELLO max_write */
+#define RM_WIRE_MAX_FRAG (1u << 20)	/* largest CTRL fragment payload */
+#define RM_WIRE_MAX_QUEUED 1024		/* control messages a receiver holds unread */
+#define RM_WIRE_MAX_CREDITS 4096	/* RDMA control buffers one side may grant */
 #define RM_WIRE_TEXT 48			/* REFUSE / ABORT text, NUL-padded */
 
 enum rm_wire_type {
@@ -84,10 +106,10 @@ enum rm_wire_type {
 enum rm_wire_cap {
 	RM_CAP_MULTICHAN = 1u << 0,	/* more than one channel */
 	RM_CAP_FENCE_EPOCH = 1u << 1,	/* CTRL held until its fence epoch: required */
-	RM_CAP_ODP = 1u << 2,		/* destination RAM registered on-demand */
+	/* 1u << 2 was RM_CAP_ODP in version 1: never offered, now unused. */
 };
 #define RM_CAP_REQUIRED RM_CAP_FENCE_EPOCH
-#define RM_CAP_KNOWN (RM_CAP_MULTICHAN | RM_CAP_FENCE_EPOCH | RM_CAP_ODP)
+#define RM_CAP_KNOWN (RM_CAP_MULTICHAN | RM_CAP_FENCE_EPOCH)
 
 /* Reasons carried by REFUSE. */
 enum rm_wire_refuse {
@@ -97,6 +119,7 @@ enum rm_wire_refuse {
 	RM_REFUSE_LAYOUT = 4,	/* RAM layouts differ */
 	RM_REFUSE_BUSY = 5,	/* already serving a migration */
 	RM_REFUSE_MAGIC = 6,	/* not an rdmamig peer */
+	RM_REFUSE_PARAMS = 7,	/* max_write or credits out of range */
 };
 
 /* Flags in rm_wire_hdr.flags. */
@@ -108,81 +131,84 @@ enum rm_wire_refuse {
  * payload); `credits` piggybacks control-ring credits on RDMA (0 on TCP).
  */
 struct rm_wire_hdr {
-	uint16_t type;
-	uint16_t flags;
-	uint32_t len;
-	uint32_t credits;
-	uint32_t reserved;	/* zero */
+	__le16 type;
+	__le16 flags;
+	__le32 len;
+	__le32 credits;
+	__le32 reserved;
 };
 
 struct rm_wire_hello {		/* RDMA: header + body <= 56 B of private data */
-	uint32_t magic;
-	uint16_t version_min;
-	uint16_t version_max;
-	uint32_t caps;
-	uint16_t nchan;
-	uint16_t chan;
-	uint64_t session;	/* random; ties a source's channels together */
-	uint32_t max_write;	/* source's largest single write */
-	uint32_t credits;	/* RDMA: control receive buffers the source posted */
+	__le32 magic;
+	__le16 version_min;
+	__le16 version_max;
+	__le32 caps;
+	__le16 nchan;
+	__le16 chan;
+	__le64 session;		/* random; ties a source's channels together */
+	__le32 max_write;	/* source's largest single write: a power of two in
+				 * [RM_WIRE_MIN_WRITE, RM_WIRE_MAX_WRITE]; a TCP
+				 * destination refuses a WRITE frame larger */
+	__le32 credits;		/* RDMA: control receive buffers the source posted
+				 * (1..RM_WIRE_MAX_CREDITS); TCP: 0 */
 };
 
 struct rm_wire_hello_ack {
-	uint16_t version;
-	uint16_t nchan;
-	uint32_t caps;
-	uint32_t credits;	/* control receive buffers the destination posted */
-	uint32_t ctrl_buf;	/* size of each, bytes, header included */
+	__le16 version;		/* the highest both speak */
+	__le16 nchan;		/* the source's */
+	__le32 caps;		/* offered & known: includes RM_CAP_REQUIRED */
+	__le32 credits;		/* RDMA: control receive buffers the destination
+				 * posted (1..RM_WIRE_MAX_CREDITS); TCP: 0 */
+	__le32 ctrl_buf;	/* RDMA: size of each, header included; TCP: 0 */
 };
 
 struct rm_wire_refuse_body {
-	uint32_t reason;	/* enum rm_wire_refuse */
-	uint32_t detail;	/* e.g. the offending region id or version */
+	__le32 reason;		/* enum rm_wire_refuse */
+	__le32 reserved;
 	char text[RM_WIRE_TEXT];
 };
 
 struct rm_wire_abort_body {
-	uint32_t reason;	/* positive errno or -RDMAMIG_E_* of the aborting side */
-	uint32_t reserved;
+	__le32 reason;		/* positive errno or -RDMAMIG_E_* of the aborting side */
+	__le32 reserved;
 	char text[RM_WIRE_TEXT];
 };
 
 struct rm_wire_region {
-	uint32_t id;
-	uint32_t rkey;		/* RDMA: remote key of the region; TCP: 0 */
-	uint64_t size;
-	uint64_t addr;		/* RDMA: remote virtual address; TCP: 0 */
+	__le32 id;
+	__le32 rkey;		/* RDMA: remote key of the region; TCP: 0 */
+	__le64 size;
+	__le64 addr;		/* RDMA: remote virtual address; TCP: 0 */
 };
 
 struct rm_wire_layout {		/* followed by count rm_wire_region entries */
-	uint32_t count;
-	uint32_t page_size;
+	__le32 count;
+	__le32 reserved;
 };
 
 struct rm_wire_write {		/* TCP: followed by length bytes of RAM */
-	uint32_t region;
-	uint32_t reserved;
-	uint64_t offset;
-	uint64_t length;
+	__le32 region;
+	__le32 reserved;
+	__le64 offset;
+	__le64 length;
 };
 
 struct rm_wire_marker {
-	uint64_t epoch;
-	uint32_t chan;
-	uint32_t reserved;
+	__le64 epoch;
+	__le32 chan;
+	__le32 reserved;
 };
 
 struct rm_wire_ctrl {		/* followed by this fragment's bytes */
-	uint16_t type;		/* RM_WIRE_ENGINE_FIRST..LAST */
-	uint16_t reserved;
-	uint32_t frag_len;
-	uint64_t total_len;	/* <= RM_WIRE_MAX_CTRL */
-	uint64_t epoch;		/* source's fence count when it was sent */
+	__le16 type;		/* RM_WIRE_ENGINE_FIRST..LAST */
+	__le16 reserved;
+	__le32 frag_len;	/* <= RM_WIRE_MAX_FRAG */
+	__le64 total_len;	/* <= RM_WIRE_MAX_CTRL */
+	__le64 epoch;		/* source's fence count when it was sent */
 };
 
-struct rm_wire_credit {
-	uint32_t credits;
-	uint32_t reserved;
+struct rm_wire_credit {		/* the grant rides in the header's credits */
+	__le32 reserved[2];
 };
 
 _Static_assert(sizeof(struct rm_wire_hdr) == 16, "wire header is 16 bytes");
@@ -190,6 +216,29 @@ _Static_assert(sizeof(struct rm_wire_hdr) + sizeof(struct rm_wire_hello) <= 56,
 	       "HELLO must fit rdma_cm's RC connect private data");
 _Static_assert(sizeof(struct rm_wire_region) == 24, "region entry is 24 bytes");
 _Static_assert(sizeof(struct rm_wire_ctrl) == 24, "ctrl body is 24 bytes");
+
+/*
+ * Host <-> wire conversions.  The casts are where sparse's __bitwise checking
+ * is told a conversion happens on purpose.
+ */
+#ifdef __CHECKER__
+#define RM_WIRE_FORCE __attribute__((force))
+#else
+#define RM_WIRE_FORCE
+#endif
+static inline __le16 rm_wire_put16(uint16_t v) { return (RM_WIRE_FORCE __le16)htole16(v); }
+static inline __le32 rm_wire_put32(uint32_t v) { return (RM_WIRE_FORCE __le32)htole32(v); }
+static inline __le64 rm_wire_put64(uint64_t v) { return (RM_WIRE_FORCE __le64)htole64(v); }
+static inline uint16_t rm_wire_get16(__le16 v) { return le16toh((RM_WIRE_FORCE uint16_t)v); }
+static inline uint32_t rm_wire_get32(__le32 v) { return le32toh((RM_WIRE_FORCE uint32_t)v); }
+static inline uint64_t rm_wire_get64(__le64 v) { return le64toh((RM_WIRE_FORCE uint64_t)v); }
+
+/* Fill a header; len is the bytes after it, credits 0 except on RDMA. */
+void rm_wire_hdr_init(struct rm_wire_hdr *h, uint16_t type, uint16_t flags, size_t len,
+		      uint32_t credits);
+
+/* Copy text into a NUL-padded wire text field (cut to RM_WIRE_TEXT - 1). */
+void rm_wire_text(char *dst, const char *src);
 
 /* Name of a header type for logs ("HELLO", "ENGINE(0x105)" is up to callers). */
 const char *rm_wire_type_name(unsigned type);

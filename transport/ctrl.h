@@ -1,0 +1,195 @@
+/*
+ * transport/ctrl.h — the control protocol of wire.h, written once for every
+ * backend: the queue of received control messages and its bound, fragmenting
+ * send and reassembly, the fence epochs that hold a CTRL back, HELLO and
+ * HELLO_ACK bodies and their checks, the LAYOUT exchange, and REFUSE, ABORT
+ * and BYE.
+ *
+ * A backend only moves bytes: it frames one message onto a channel (the
+ * `post` op: a TCP write, an RDMA SEND) and hands each message it receives to
+ * rm_ctrl_rx() (or, streaming a CTRL payload, to rm_ctrl_rx_begin() and
+ * rm_ctrl_rx_end()).  It keeps its own connection management.  Nothing here
+ * touches a socket or a verbs object, so tests/test-transport-ctrl.c drives it
+ * with a fake backend.
+ *
+ * Threads: the receive functions may run on backend threads (TCP runs one per
+ * channel) while the owner sends and receives; the queue, epochs and flags are
+ * under ctrl.lock, and ctrl.cond is broadcast on every change and on failure
+ * (rm_tr_fail).  No function here may be called with ctrl.lock held.
+ */
+#ifndef RDMAMIG_TRANSPORT_CTRL_H
+#define RDMAMIG_TRANSPORT_CTRL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "transport/wire.h"
+
+struct rm_transport;
+struct rm_transport_opts;
+struct rm_region;
+struct rm_msg;
+
+/* Default bounds on what a peer can make a receiver hold unread. */
+#define RM_CTRL_QUEUE_MSGS RM_WIRE_MAX_QUEUED
+#define RM_CTRL_QUEUE_BYTES (2 * (size_t)RM_WIRE_MAX_CTRL)
+
+/* rm_ctrl_rx() after a BYE: the peer sends nothing more on that channel. */
+#define RM_CTRL_END 1
+
+/* The destination's RAM as the source sees it, by local region index. */
+struct rm_ctrl_peer_region {
+	uint64_t addr;		/* RDMA: remote virtual address */
+	uint32_t rkey;		/* RDMA: remote key */
+};
+
+struct rm_ctrl_msg;		/* one received message; private to ctrl.c */
+
+struct rm_ctrl {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	size_t frag_max;		/* largest fragment this side sends */
+	unsigned max_msgs;		/* bounds on the queue plus the message */
+	size_t max_bytes;		/* being reassembled (tests lower them) */
+
+	/* Complete messages, oldest first, waiting for rm_tr_recv(). */
+	struct rm_ctrl_msg *head, *tail;
+	unsigned queued;
+	size_t queued_bytes;		/* their data, plus asm_cap */
+
+	/* The message being reassembled from channel 0's fragments. */
+	struct rm_ctrl_msg *asm_msg;
+	size_t asm_got, asm_cap, asm_frag;
+	uint16_t asm_flags;
+
+	uint64_t epoch[RM_WIRE_MAX_CHANNELS];	/* destination: last MARKER seen */
+	bool peer_bye;			/* BYE arrived on channel 0 */
+
+	/* Source: the destination's LAYOUT, as received, then matched. */
+	bool have_layout;
+	unsigned peer_nregions;
+	struct rm_wire_region peer_regions[RM_WIRE_MAX_REGIONS];
+	struct rm_ctrl_peer_region peer[RM_WIRE_MAX_REGIONS];
+};
+
+/* A LAYOUT body as sent. */
+struct rm_ctrl_layout_msg {
+	struct rm_wire_layout l;
+	struct rm_wire_region r[RM_WIRE_MAX_REGIONS];
+};
+
+/* Largest body of a message other than CTRL and WRITE (a full LAYOUT). */
+#define RM_CTRL_BODY_MAX sizeof(struct rm_ctrl_layout_msg)
+
+/* Set up and tear down.  frag_max: the largest fragment payload this side
+ * sends (at most RM_WIRE_MAX_FRAG).  0 or -errno. */
+int rm_ctrl_init(struct rm_ctrl *q, size_t frag_max);
+void rm_ctrl_destroy(struct rm_ctrl *q);
+
+/* ---- receiving (backend receive paths) ---- */
+
+/*
+ * One whole message of `type` with its body (header already taken off) from
+ * channel chan: MARKER, CTRL, LAYOUT, ABORT, REFUSE or BYE.  Returns 0;
+ * RM_CTRL_END after a BYE; RDMAMIG_E_PROTO when the peer broke the protocol;
+ * RDMAMIG_E_ABORTED or RDMAMIG_E_REFUSED when it said so (its text is
+ * logged here); -ENOMEM.  On an error *why says what happened, for the
+ * backend's rm_tr_fail() and, on a protocol error, its ABORT to the peer.
+ */
+int rm_ctrl_rx(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t flags,
+	       const void *body, size_t len, const char **why);
+
+/*
+ * A CTRL fragment read from a stream: b is its body header, len the header's
+ * length (body header plus fragment).  On 0, *dst has room for the fragment's
+ * bytes, which the caller reads there and then commits with rm_ctrl_rx_end().
+ * Same errors as rm_ctrl_rx().
+ */
+int rm_ctrl_rx_begin(struct rm_transport *t, unsigned chan, uint16_t flags,
+		     const struct rm_wire_ctrl *b, size_t len, void **dst, const char **why);
+int rm_ctrl_rx_end(struct rm_transport *t, const char **why);
+
+/* Destination: has every channel reached MARKER epoch (under ctrl.lock)? */
+bool rm_ctrl_epoch_reached(const struct rm_transport *t, uint64_t epoch);
+
+/* ---- the owner's ops ---- */
+
+/* Send one engine message, in fragments of frag_max.  0 or error. */
+int rm_ctrl_send(struct rm_transport *t, uint16_t type, const void *buf, size_t len);
+
+/* The next deliverable message: 1, 0 when timeout_ms passed, or error. */
+int rm_ctrl_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms);
+
+/*
+ * The LAYOUT exchange after the backend's own layout op (registration).
+ * Destination: sends LAYOUT.  Source: waits for it, matches it with t's
+ * regions and fills ctrl.peer; on a mismatch sends REFUSE and returns
+ * RDMAMIG_E_REFUSED (or RDMAMIG_E_PROTO for a malformed one).
+ */
+int rm_ctrl_layout(struct rm_transport *t, const struct rm_region *r, unsigned n);
+
+/* Match a received LAYOUT with t's regions: 0, or RDMAMIG_E_REFUSED /
+ * RDMAMIG_E_PROTO with why filled.  Fills ctrl.peer on success. */
+int rm_ctrl_layout_match(struct rm_transport *t, char *why, size_t why_len);
+
+/* ---- handshake bodies ---- */
+
+/* A source's HELLO for channel chan; credits: RDMA receive buffers, TCP 0. */
+void rm_ctrl_hello(struct rm_wire_hello *h, const struct rm_transport_opts *o, unsigned chan,
+		   uint64_t session, uint32_t credits);
+
+/*
+ * A destination's checks of a HELLO.  rdma: credits must be granted (TCP: 0).
+ * 0 when acceptable, else an RM_REFUSE_* reason with why filled.
+ */
+uint32_t rm_ctrl_hello_check(const struct rm_wire_hello *h, bool rdma, char *why, size_t n);
+
+/* The first message on a channel, of type and blen bytes: a HELLO that
+ * passes rm_ctrl_hello_check, copied to *h; else a reason with why. */
+uint32_t rm_ctrl_hello_parse(uint16_t type, const void *body, size_t blen, bool rdma,
+			     struct rm_wire_hello *h, char *why, size_t n);
+
+/*
+ * A HELLO for a migration being accepted: t is NULL for the first channel,
+ * else the connection so far (session, nchan, max_write must match).
+ * chan_taken: that channel index is connected already.  0 or a reason.
+ */
+uint32_t rm_ctrl_hello_join(const struct rm_wire_hello *h, const struct rm_transport *t,
+			    uint64_t session, bool chan_taken, char *why, size_t n);
+
+/* The destination's reply to an accepted HELLO (credits, ctrl_buf: RDMA). */
+void rm_ctrl_hello_ack(struct rm_wire_hello_ack *a, const struct rm_wire_hello *h,
+		       uint32_t credits, uint32_t ctrl_buf);
+
+/*
+ * The source's reading of the destination's reply (type, body of blen bytes)
+ * to HELLO h on channel chan.  ctrl_buf: the buffer size an RDMA source needs
+ * (0 on TCP, where credits and ctrl_buf must be 0).  0 with *ack filled;
+ * RDMAMIG_E_REFUSED or RDMAMIG_E_PROTO, logged with what the destination said
+ * or what was wrong.
+ */
+int rm_ctrl_hello_reply(const char *backend, unsigned chan, uint16_t type, const void *body,
+			size_t blen, const struct rm_wire_hello *h, uint32_t ctrl_buf,
+			struct rm_wire_hello_ack *ack);
+
+/* ---- REFUSE, ABORT ---- */
+
+void rm_ctrl_refuse_body(struct rm_wire_refuse_body *b, uint32_t reason, const char *text);
+
+/* reason: a negative errno or RDMAMIG_E_* (any int: INT_MIN included). */
+void rm_ctrl_abort_body(struct rm_wire_abort_body *b, int reason, const char *text);
+
+/* The error code an ABORT's wire reason stands for (the negated errno or
+ * RDMAMIG_E_*), or 0 when the number is no code at all. */
+int rm_ctrl_abort_reason(uint32_t wire);
+
+/*
+ * A received frame in one buffer (rdma_cm private data): the header's type,
+ * and the body, which must lie inside len (trailing padding allowed).
+ * 0, or -EPROTO when the buffer holds no whole message.
+ */
+int rm_ctrl_unframe(const void *buf, size_t len, uint16_t *type, const void **body, size_t *blen);
+
+#endif

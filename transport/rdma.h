@@ -1,0 +1,88 @@
+/*
+ * transport/rdma.h — what the RDMA backend's two files share: the connection
+ * object, its constants and the functions rdma-cm.c (connections) and rdma.c
+ * (data path, completions, control ring) call in each other.  Private to the
+ * RDMA backend.
+ */
+#ifndef RDMAMIG_TRANSPORT_RDMA_H
+#define RDMAMIG_TRANSPORT_RDMA_H
+
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+
+#include "transport/priv.h"
+#include "transport/register.h"
+
+#define RD_SLICE_MS 100
+#define CTRL_BUF (64u << 10)	/* control buffer, header included */
+#define RX_CTRL 32		/* control receive buffers on QP 0 */
+#define RX_DATA 64		/* receive buffers on the other QPs */
+#define DATA_BUF 256
+#define TX_N 32			/* control send slots */
+#define SQ_DEPTH 512
+#define SIG_EVERY 64
+#define CHAIN 32		/* WRs per ibv_post_send */
+#define CQ_DEPTH (SQ_DEPTH + RX_DATA + 64)
+#define CREDIT_BATCH 8		/* return grants on their own at this count */
+/* The largest CTRL fragment that fits one control buffer. */
+#define FRAG_MAX (CTRL_BUF - sizeof(struct rm_wire_hdr) - sizeof(struct rm_wire_ctrl))
+
+enum { WR_WRITE = 1, WR_SEND = 2, WR_RECV = 3 };
+
+static inline uint64_t mk_wr_id(unsigned kind, unsigned chan, unsigned slot, uint64_t seq)
+{
+	return (uint64_t)kind << 56 | (uint64_t)chan << 48 | (uint64_t)(slot & 0xffff) << 32 |
+	       (seq & 0xffffffffu);
+}
+
+struct rd_qp {
+	struct rdma_cm_id *id;
+	struct ibv_cq *cq;
+	struct ibv_qp *qp;
+	bool established;
+	uint64_t posted, retired;	/* send sequence numbers */
+	unsigned unsig;			/* WRITEs since the last signalled WR */
+	struct ibv_send_wr chain[CHAIN];
+	struct ibv_sge sge[CHAIN];
+	unsigned nchain;
+	char *rx_buf;
+	struct ibv_mr *rx_mr;
+	unsigned rx_n;
+	size_t rx_size;
+};
+
+struct rd_conn {
+	struct rm_transport base;	/* first */
+	struct rdma_event_channel *ec;
+	struct ibv_context *verbs;
+	struct ibv_pd *pd;
+	struct ibv_comp_channel *comp;
+	struct rd_qp q[RM_WIRE_MAX_CHANNELS];
+	char *tx_buf;
+	struct ibv_mr *tx_mr;
+	uint64_t tx_free;		/* bitmap of free tx slots */
+	unsigned credits;		/* peer's QP 0 buffers we may send into */
+	unsigned peer_rx;		/* how many it posted: credits never exceed */
+	unsigned grant;			/* our reposted buffers not yet reported */
+	bool in_progress;		/* guards re-entry from the receive path */
+	struct rm_reg *reg;
+	unsigned next_chan;
+};
+
+extern const struct rm_transport_ops rm_transport_rdma_ops;
+
+/* rdma-cm.c */
+int rd_listen(const struct rm_transport_opts *in, struct rm_listener **out);
+int rd_accept(struct rm_listener *lp, struct rm_transport **out);
+void rd_listener_close(struct rm_listener *lp);
+int rd_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t deadline,
+	       struct rm_transport **out);
+/* Best effort, keeps going, reports the first error; frees c. */
+int rd_teardown(struct rd_conn *c);
+
+/* rdma.c */
+int rd_post_recv(struct rd_conn *c, unsigned i, unsigned slot);
+/* Handle completions and cm events, waiting at most a slice: 0 or error. */
+int rd_progress(struct rd_conn *c, uint64_t deadline);
+
+#endif

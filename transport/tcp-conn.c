@@ -1,0 +1,355 @@
+/*
+ * transport/tcp-conn.c — the TCP backend's connections: listen, accept and
+ * connect `nchan` sockets, the HELLO / HELLO_ACK / REFUSE exchange on each
+ * (bodies and checks from ctrl.c), and teardown.  tcp.c moves the bytes.
+ */
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "transport/tcp.h"
+
+struct tcp_listener {
+	struct rm_listener base;	/* first */
+	int fd;
+};
+
+static void tune_socket(int fd, int timeout_ms)
+{
+	int one = 1, idle = timeout_ms / 2000 + 1, cnt = 3;
+	unsigned utmo = (unsigned)timeout_ms;
+	int buf = 4 << 20;
+
+	/* Best effort: the defaults still work, only slower or less bounded. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &utmo, sizeof(utmo));
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+}
+
+/* ---- handshake frames on a bare socket (no connection object yet) ---- */
+
+static int send_bare(int fd, uint16_t type, const void *body, size_t blen, uint64_t deadline)
+{
+	struct rm_wire_hdr h;
+	struct iovec iov[2] = {
+		{ .iov_base = &h, .iov_len = sizeof(h) },
+		{ .iov_base = (void *)body, .iov_len = blen },
+	};
+
+	rm_wire_hdr_init(&h, type, 0, blen, 0);
+	return tcp_send_iov(NULL, fd, iov, 2, deadline);
+}
+
+static void send_refuse(int fd, uint32_t reason, const char *why)
+{
+	struct rm_wire_refuse_body r;
+
+	rm_warn("transport tcp: refusing a peer: %s: %s", rm_wire_refuse_name(reason), why);
+	rm_ctrl_refuse_body(&r, reason, why);
+	send_bare(fd, RM_WIRE_REFUSE, &r, sizeof(r), rm_deadline(1000));
+}
+
+/* Receive one handshake frame of at most cap body bytes. */
+static int recv_bare(int fd, uint16_t *type, void *body, size_t cap, size_t *blen, int timeout_ms)
+{
+	struct rm_wire_hdr h;
+	int err = tcp_recv_all(NULL, fd, &h, sizeof(h), timeout_ms, false);
+	size_t len;
+
+	if (err)
+		return err;
+	*type = rm_wire_get16(h.type);
+	len = rm_wire_get32(h.len);
+	if (len > cap || h.flags || h.credits || h.reserved) {
+		rm_err("transport tcp: handshake frame %s of %zu bytes with flags %#x, expected at most %zu bytes and no flags",
+		       rm_wire_type_name(*type), len, rm_wire_get16(h.flags), cap);
+		return RDMAMIG_E_PROTO;
+	}
+	*blen = len;
+	return tcp_recv_all(NULL, fd, body, len, timeout_ms, false);
+}
+
+/* ---- the connection object ---- */
+
+struct tcp_conn *tcp_conn_new(const struct rm_transport_opts *o, enum rm_role role, unsigned nchan)
+{
+	struct tcp_conn *c = rm_tr_new(sizeof(*c), &rm_transport_tcp_ops, o, role, nchan,
+				       RM_WIRE_MAX_FRAG);
+
+	for (unsigned i = 0; c && i < RM_WIRE_MAX_CHANNELS; i++) {
+		c->ch[i].fd = -1;
+		pthread_mutex_init(&c->ch[i].tx_lock, NULL);
+	}
+	return c;
+}
+
+int tcp_close(struct rm_transport *t)
+{
+	struct tcp_conn *c = (struct tcp_conn *)t;
+	int first = 0;
+
+	if (!c)
+		return 0;
+	if (!atomic_load(&c->base.error)) {
+		for (unsigned i = 0; i < c->base.nchan; i++)
+			if (c->ch[i].fd >= 0)
+				t->ops->post(t, i, RM_WIRE_BYE, 0, NULL, 0, NULL, 0, rm_deadline(1000));
+	}
+	atomic_store(&c->stopping, true);
+	for (unsigned i = 0; i < RM_WIRE_MAX_CHANNELS; i++) {
+		if (c->ch[i].rx_started) {
+			int err = pthread_join(c->ch[i].rx, NULL);
+
+			if (err && !first)
+				first = -err;
+		}
+		if (c->ch[i].fd >= 0 && close(c->ch[i].fd) < 0 && !first)
+			first = -errno;
+		pthread_mutex_destroy(&c->ch[i].tx_lock);
+	}
+	rm_tr_destroy(&c->base);
+	free(c);
+	return first;
+}
+
+/* ---- listen / accept ---- */
+
+int tcp_listen(const struct rm_transport_opts *in, struct rm_listener **out)
+{
+	struct tcp_listener *l;
+	struct addrinfo *res, *ai;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int err, one = 1;
+
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->fd = -1;
+	err = rm_tr_listener_init(&l->base, &rm_transport_tcp_ops, in, &res);
+	if (err)
+		goto free_l;
+	err = -EADDRNOTAVAIL;
+	for (ai = res; ai; ai = ai->ai_next) {
+		l->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+		if (l->fd < 0)
+			continue;
+		setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(l->fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(l->fd, 64) == 0)
+			break;
+		err = -errno;
+		close(l->fd);
+		l->fd = -1;
+	}
+	freeaddrinfo(res);
+	if (l->fd < 0) {
+		rm_err("transport tcp: cannot listen on port %s: %s", in->port, rdmamig_strerror(err));
+		goto free_l;
+	}
+	err = rm_set_nonblock(l->fd);
+	if (err)
+		goto close_fd;
+	if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0) {
+		err = -errno;
+		goto close_fd;
+	}
+	l->base.port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+						 : ((struct sockaddr_in *)&ss)->sin_port);
+	*out = (struct rm_listener *)l;
+	return 0;
+
+close_fd:
+	close(l->fd);
+free_l:
+	free(l);
+	return err;
+}
+
+void tcp_listener_close(struct rm_listener *lp)
+{
+	struct tcp_listener *l = (struct tcp_listener *)lp;
+
+	if (l->fd >= 0)
+		close(l->fd);
+	free(l);
+}
+
+int tcp_accept(struct rm_listener *lp, struct rm_transport **out)
+{
+	struct tcp_listener *l = (struct tcp_listener *)lp;
+	uint64_t deadline = rm_deadline(l->base.opts.timeout_ms);
+	struct tcp_conn *c = NULL;
+	uint64_t session = 0;
+	unsigned have = 0;
+	int err;
+
+	while (!c || have < c->base.nchan) {
+		union {
+			struct rm_wire_hello h;
+			char slack[64];		/* room to name a wrong length */
+		} u;
+		struct rm_wire_hello h;
+		struct rm_wire_hello_ack ack;
+		uint16_t type;
+		size_t blen;
+		char why[96];
+		uint32_t reason;
+		unsigned chan;
+		int fd;
+
+		err = tcp_wait_fd(NULL, l->fd, POLLIN, deadline);
+		if (err)
+			goto fail;
+		fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0)
+			continue;
+		tune_socket(fd, l->base.opts.timeout_ms);
+		err = recv_bare(fd, &type, &u, sizeof(u), &blen, rm_ms_left(deadline) ?: 1);
+		if (err) {
+			rm_warn("transport tcp: dropping a peer that sent no HELLO: %s",
+				rdmamig_strerror(err));
+			close(fd);
+			continue;
+		}
+		reason = rm_ctrl_hello_parse(type, &u, blen, false, &h, why, sizeof(why));
+		if (!reason) {
+			chan = rm_wire_get16(h.chan);	/* < nchan <= RM_WIRE_MAX_CHANNELS */
+			reason = rm_ctrl_hello_join(&h, c ? &c->base : NULL, session,
+						    c && c->ch[chan].fd >= 0, why, sizeof(why));
+		}
+		if (reason) {
+			send_refuse(fd, reason, why);
+			close(fd);
+			continue;
+		}
+		if (!c) {
+			c = tcp_conn_new(&l->base.opts, RM_ROLE_DEST, rm_wire_get16(h.nchan));
+			if (!c) {
+				close(fd);
+				err = -ENOMEM;
+				goto fail;
+			}
+			session = rm_wire_get64(h.session);
+			c->base.peer_max_write = rm_wire_get32(h.max_write);
+		}
+		rm_ctrl_hello_ack(&ack, &h, 0, 0);
+		err = send_bare(fd, RM_WIRE_HELLO_ACK, &ack, sizeof(ack), rm_deadline(1000));
+		if (err) {
+			close(fd);
+			continue;
+		}
+		c->ch[chan].fd = fd;
+		have++;
+	}
+	err = tcp_start_rx(c);
+	if (err)
+		goto fail;
+	rm_info("transport tcp: accepted a source with %u channels", c->base.nchan);
+	*out = &c->base;
+	return 0;
+
+fail:
+	if (c)
+		rm_info("transport tcp: %u of %u channels connected", have, c->base.nchan);
+	return rm_tr_abandon(c ? &c->base : NULL, err);
+}
+
+/* ---- connect ---- */
+
+static int connect_one(const struct rm_transport_opts *o, uint64_t deadline, int *out)
+{
+	struct addrinfo *res, *ai;
+	int err, fd = -1;
+
+	err = rm_resolve("tcp", o->addr, o->port, false, &res);
+	if (err)
+		return err;
+	err = -ECONNREFUSED;
+	for (ai = res; ai; ai = ai->ai_next) {
+		socklen_t sl = sizeof(err);
+		int soerr = 0;
+
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fd < 0) {
+			err = -errno;
+			continue;
+		}
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			break;
+		if (errno == EINPROGRESS) {
+			err = tcp_wait_fd(NULL, fd, POLLOUT, deadline);
+			if (!err && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && !soerr)
+				break;
+			if (!err)
+				err = -soerr;
+		} else {
+			err = -errno;
+		}
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return err;
+	tune_socket(fd, o->timeout_ms);
+	*out = fd;
+	return 0;
+}
+
+int tcp_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t deadline,
+		struct rm_transport **out)
+{
+	struct tcp_conn *c = tcp_conn_new(o, RM_ROLE_SOURCE, o->nchan);
+	int err;
+
+	if (!c)
+		return -ENOMEM;
+	for (unsigned i = 0; i < o->nchan; i++) {
+		struct rm_wire_hello h;
+		struct rm_wire_hello_ack ack;
+		union {
+			struct rm_wire_hello_ack ack;
+			struct rm_wire_refuse_body rf;
+		} u;
+		uint16_t type;
+		size_t blen;
+
+		rm_ctrl_hello(&h, o, i, session, 0);
+		err = connect_one(o, deadline, &c->ch[i].fd);
+		if (err) {
+			rm_err("transport tcp: cannot connect channel %u to [%s]:%s: %s", i, o->addr,
+			       o->port, rdmamig_strerror(err));
+			goto fail;
+		}
+		err = send_bare(c->ch[i].fd, RM_WIRE_HELLO, &h, sizeof(h), deadline);
+		if (!err)
+			err = recv_bare(c->ch[i].fd, &type, &u, sizeof(u), &blen,
+					rm_ms_left(deadline) ?: 1);
+		if (err) {
+			rm_err("transport tcp: handshake on channel %u: %s", i, rdmamig_strerror(err));
+			goto fail;
+		}
+		err = rm_ctrl_hello_reply("tcp", i, type, &u, blen, &h, 0, &ack);
+		if (err)
+			goto fail;
+	}
+	err = tcp_start_rx(c);
+	if (err)
+		goto fail;
+	*out = &c->base;
+	return 0;
+
+fail:
+	return rm_tr_abandon(&c->base, err);
+}

@@ -1,0 +1,58 @@
+/*
+ * transport/tcp.h — what the TCP backend's two files share: the connection
+ * object, and the socket helpers tcp.c provides to tcp-conn.c.  Private to
+ * the TCP backend.
+ */
+#ifndef RDMAMIG_TRANSPORT_TCP_H
+#define RDMAMIG_TRANSPORT_TCP_H
+
+#include <pthread.h>
+#include <sys/uio.h>
+
+#include "transport/priv.h"
+
+#define TCP_SLICE_MS 100
+#define TCP_TX_FRAMES 128	/* WRITE frames batched per writev */
+
+struct tcp_chan {
+	int fd;
+	pthread_t rx;
+	bool rx_started;
+	pthread_mutex_t tx_lock;	/* frames from the owner and the rx thread */
+	/* source write batching */
+	struct rm_wire_hdr hdr[TCP_TX_FRAMES];
+	struct rm_wire_write body[TCP_TX_FRAMES];
+	struct iovec iov[TCP_TX_FRAMES * 3];
+	unsigned nframes;		/* frames queued in iov */
+	unsigned iov_next;		/* first iovec not yet sent */
+	int iov_left;			/* iovecs not yet sent */
+};
+
+struct tcp_conn {
+	struct rm_transport base;	/* first */
+	struct tcp_chan ch[RM_WIRE_MAX_CHANNELS];
+	atomic_bool stopping;
+	atomic_bool ram_ready;		/* destination: WRITE frames accepted */
+	unsigned next_chan;
+	atomic_uint_fast64_t rx_bytes, rx_writes;
+};
+
+extern const struct rm_transport_ops rm_transport_tcp_ops;
+
+/* tcp.c: socket I/O, bounded by deadlines; c may be NULL (handshake). */
+int tcp_wait_fd(struct tcp_conn *c, int fd, short events, uint64_t deadline);
+int tcp_send_iov(struct tcp_conn *c, int fd, struct iovec *iov, int cnt, uint64_t deadline);
+int tcp_recv_all(struct tcp_conn *c, int fd, void *buf, size_t len, int timeout_ms, bool idle_ok);
+/* tcp.c: one receiver thread per channel. */
+int tcp_start_rx(struct tcp_conn *c);
+
+/* tcp-conn.c: the connection object and its teardown. */
+struct tcp_conn *tcp_conn_new(const struct rm_transport_opts *o, enum rm_role role, unsigned nchan);
+int tcp_close(struct rm_transport *t);
+int tcp_listen(const struct rm_transport_opts *in, struct rm_listener **out);
+int tcp_accept(struct rm_listener *lp, struct rm_transport **out);
+void tcp_listener_close(struct rm_listener *lp);
+int tcp_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t deadline,
+		struct rm_transport **out);
+
+#endif
