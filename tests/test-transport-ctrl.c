@@ -59,10 +59,40 @@ static int fake_layout(struct rm_transport *t, const struct rm_region *r, unsign
 	return 0;
 }
 
+/* Writes: each piece recorded; a piece longer than `shorten` is cut to it,
+ * as RDMA cuts at a lazy-registration chunk end. */
+struct piece {
+	unsigned idx;
+	uint64_t off, len;
+};
+
+static struct piece pieces[64];
+static unsigned npieces, nflushes;
+static uint64_t shorten;
+
+static int fake_write(struct rm_transport *t, unsigned idx, uint64_t off, uint64_t len,
+		      uint64_t *took, uint64_t deadline)
+{
+	cr_assert_lt(npieces, ARRAY_SIZE(pieces));
+	if (shorten && len > shorten)
+		len = shorten;
+	pieces[npieces++] = (struct piece){ idx, off, len };
+	*took = len;
+	return 0;
+}
+
+static int fake_flush(struct rm_transport *t, uint64_t deadline)
+{
+	nflushes++;
+	return 0;
+}
+
 static const struct rm_transport_ops fake_ops = {
 	.name = "fake",
 	.post = fake_post,
 	.layout = fake_layout,
+	.write = fake_write,
+	.flush = fake_flush,
 };
 
 static struct fake *fake_new(enum rm_role role, unsigned nchan, size_t frag_max)
@@ -615,6 +645,57 @@ Test(ctrl, region_map_resolves_every_id)
 	cr_assert_eq(rm_tr_set_regions(&k->base, r, RM_WIRE_MAX_REGIONS), -EINVAL, "duplicate id");
 	cr_assert_eq(rm_tr_region_index(&k->base, r[1].id), -1, "a refused layout left a map");
 	cr_assert_eq(rm_tr_set_regions(&k->base, r, 0), -EINVAL);
+	fake_free(k);
+}
+
+/* ---- rm_tr_write: ids resolved once, ranges as given, pow2 pieces ---- */
+
+Test(ctrl, write_cuts_ranges_but_never_merges_them)
+{
+	struct fake *k = fake_new(RM_ROLE_SOURCE, 1, 100);
+	struct rm_region r[2];
+	static char mem[2];
+	const struct rm_range w[] = {
+		{ .region = 7, .offset = 0, .length = 12 << 10 },
+		{ .region = 7, .offset = 12 << 10, .length = 4 << 10 },	/* adjacent: kept apart */
+		{ .region = 99, .offset = 4 << 10, .length = 40 << 10 },
+	};
+	const struct piece want[] = {
+		{ 0, 0, 8 << 10 }, { 0, 8 << 10, 4 << 10 }, { 0, 12 << 10, 4 << 10 },
+		{ 1, 4 << 10, 16 << 10 }, { 1, 20 << 10, 16 << 10 }, { 1, 36 << 10, 8 << 10 },
+	};
+	const struct rm_range outside = { .region = 99, .offset = 60 << 10, .length = 8 << 10 };
+	const struct rm_range unknown = { .region = 8, .offset = 0, .length = 4 << 10 };
+
+	r[0] = (struct rm_region){ .id = 7, .addr = &mem[0], .size = 1 << 20 };
+	r[1] = (struct rm_region){ .id = 99, .addr = &mem[1], .size = 64 << 10 };
+	k->base.opts.max_write = 16 << 10;
+	cr_assert_eq(rm_tr_set_regions(&k->base, r, 2), 0);
+	k->base.laid_out = true;
+	npieces = nflushes = 0;
+	shorten = 0;
+	cr_assert_eq(rm_tr_write(&k->base, w, ARRAY_SIZE(w)), 0);
+	cr_assert_eq(npieces, ARRAY_SIZE(want));
+	for (unsigned i = 0; i < npieces; i++)
+		cr_assert(pieces[i].idx == want[i].idx && pieces[i].off == want[i].off &&
+			  pieces[i].len == want[i].len, "piece %u: {%u, %llu, %llu}", i, pieces[i].idx,
+			  (unsigned long long)pieces[i].off, (unsigned long long)pieces[i].len);
+	cr_assert_eq(nflushes, 1);
+	cr_assert_eq(k->base.st.ranges, ARRAY_SIZE(w));
+
+	/* A backend that takes less gets the rest next, still powers of two. */
+	npieces = 0;
+	shorten = 4 << 10;
+	cr_assert_eq(rm_tr_write(&k->base, &w[2], 1), 0);
+	cr_assert_eq(npieces, 10);
+	for (unsigned i = 0; i < npieces; i++)
+		cr_assert(pieces[i].off == (4u << 10) * (i + 1) && pieces[i].len == 4 << 10);
+
+	/* Outside a region or an unknown id: -EINVAL, nothing written. */
+	npieces = 0;
+	cr_assert_eq(rm_tr_write(&k->base, (const struct rm_range[]){ w[0], outside }, 2), -EINVAL);
+	cr_assert_eq(rm_tr_write(&k->base, (const struct rm_range[]){ w[0], unknown }, 2), -EINVAL);
+	cr_assert_eq(npieces, 0, "a write was queued before the check failed");
 	fake_free(k);
 }
 
