@@ -372,6 +372,9 @@ Test(ctrl, fragment_length_must_match_and_be_bounded)
 		     RDMAMIG_E_PROTO);
 	cr_assert_eq(rm_ctrl_rx(&d->base, 0, RM_WIRE_CTRL, RM_WIRE_F_FIRST, &b, sizeof(b) - 1, &why),
 		     RDMAMIG_E_PROTO, "a CTRL shorter than its body header");
+	b.frag_len = rm_wire_put32((uint32_t)-1);
+	cr_assert_eq(rm_ctrl_rx_begin(&d->base, 0, RM_WIRE_F_FIRST, &b, sizeof(b) - 1, &dst, &why),
+		     RDMAMIG_E_PROTO, "a streamed CTRL shorter than its body header");
 	fake_free(d);
 }
 

@@ -94,7 +94,8 @@ static int frag_begin(struct rm_transport *t, unsigned chan, uint16_t flags,
 		*why = "CTRL of a type outside the engine range";
 		return RDMAMIG_E_PROTO;
 	}
-	if (frag != len - sizeof(*b) || frag > RM_WIRE_MAX_FRAG || total > RM_WIRE_MAX_CTRL) {
+	if (len < sizeof(*b) || frag != len - sizeof(*b) || frag > RM_WIRE_MAX_FRAG ||
+	    total > RM_WIRE_MAX_CTRL) {
 		*why = "CTRL fragment or total length out of range";
 		return RDMAMIG_E_PROTO;
 	}
