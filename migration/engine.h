@@ -52,6 +52,9 @@ int rm_ram_alloc_bitmaps(struct rdmamig *m);
 void rm_ram_free_bitmaps(struct rdmamig *m);
 void rm_ram_mark_all(struct rdmamig *m);
 uint64_t rm_ram_count_dirty(const struct rdmamig *m);
+/* Ask the VMM what was dirtied since the last sync (dirty_sync) into the
+ * bitmaps; returns the number of dirty pages, or -errno (logged). */
+long rm_ram_sync(struct rdmamig *m);
 /* Send every page set in the bitmaps, clearing the bits; skip_zero: leave
  * pages that read as all zeroes (the bulk pass: destination RAM starts
  * zeroed).  Ends with a fence.  0 or error. */

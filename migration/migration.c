@@ -265,15 +265,6 @@ static void record_iteration(struct rdmamig *m, unsigned idx, const struct rm_pa
 	pthread_mutex_unlock(&m->lock);
 }
 
-static long sync_dirty(struct rdmamig *m)
-{
-	long n = m->ops->dirty_sync(m->vmm, m->bitmaps);
-
-	if (n < 0)
-		rm_err("migration: dirty log sync failed: %s", rdmamig_strerror((int)n));
-	return n < 0 ? n : (long)rm_ram_count_dirty(m);
-}
-
 static int source_handshake(struct rdmamig *m)
 {
 	struct rm_transport *t;
@@ -329,7 +320,7 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	pthread_mutex_lock(&m->lock);
 	m->stats.pause_ns = t0 - t_pause;
 	pthread_mutex_unlock(&m->lock);
-	dirty = sync_dirty(m);
+	dirty = rm_ram_sync(m);
 	if (dirty < 0)
 		return (int)dirty;
 	pthread_mutex_lock(&m->lock);
@@ -442,7 +433,7 @@ static int run_source(struct rdmamig *m)
 		err = rm_ram_send_pass(m, it == 0, &pass);
 		if (err)
 			goto fail;
-		dirty = sync_dirty(m);
+		dirty = rm_ram_sync(m);
 		if (dirty < 0) {
 			err = (int)dirty;
 			goto fail;

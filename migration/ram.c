@@ -61,6 +61,15 @@ uint64_t rm_ram_count_dirty(const struct rdmamig *m)
 	return n;
 }
 
+long rm_ram_sync(struct rdmamig *m)
+{
+	long n = m->ops->dirty_sync(m->vmm, m->bitmaps);
+
+	if (n < 0)
+		rm_err("migration: dirty log sync failed: %s", rdmamig_strerror((int)n));
+	return n < 0 ? n : (long)rm_ram_count_dirty(m);
+}
+
 static bool page_is_zero(const uint8_t *p, size_t len)
 {
 	const uint64_t *q = (const uint64_t *)p;
