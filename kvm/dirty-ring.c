@@ -92,8 +92,12 @@ static int ring_sync(struct rm_dirty_tracker *t)
 	for (unsigned i = 0; i < vm->nr_vcpus; i++)
 		n += harvest(vm, &vm->vcpus[i], t);
 	ret = n ? reset_rings(vm) : 0;
+	/* The harvest becomes the report by a swap, not a copy. */
 	for (unsigned r = 0; r < vm->nr_regions; r++) {
-		memcpy(t->bitmap[r], t->pending[r], t->words[r] * sizeof(uint64_t));
+		uint64_t *report = t->pending[r];
+
+		t->pending[r] = t->bitmap[r];
+		t->bitmap[r] = report;
 		memset(t->pending[r], 0, t->words[r] * sizeof(uint64_t));
 	}
 	pthread_mutex_unlock(&vm->ring_lock);

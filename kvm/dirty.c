@@ -99,13 +99,9 @@ static int clear_range(struct rm_dirty_tracker *t, unsigned r, uint64_t first, u
 		.dirty_bitmap = t->bitmap[r] + first / 64,
 	};
 
-	uint64_t any = 0;
-
-	/* Each call write-protects and flushes TLBs on every vCPU: skip chunks
-	 * in which nothing was reported. */
-	for (uint64_t w = first / 64; w < (first + n + 63) / 64; w++)
-		any |= t->bitmap[r][w];
-	return any ? kvm_ioctl(t->vm->vm_fd, KVM_CLEAR_DIRTY_LOG, &c) : 0;
+	/* No look for reported pages first: the caller names only ranges it
+	 * found some in (rm_dirty_clear()), and the kernel skips zero words. */
+	return kvm_ioctl(t->vm->vm_fd, KVM_CLEAR_DIRTY_LOG, &c);
 }
 
 static void clear_stop(struct rm_dirty_tracker *t)
@@ -177,8 +173,10 @@ struct rm_dirty_tracker *rm_dirty_start(struct rm_kvm_vm *vm, enum rm_dirty_kind
 	for (unsigned r = 0; r < vm->nr_regions; r++) {
 		t->words[r] = (region_pages(vm, r) + 63) / 64;
 		t->bitmap[r] = calloc(t->words[r], sizeof(uint64_t));
-		t->pending[r] = calloc(t->words[r], sizeof(uint64_t));
-		if (!t->bitmap[r] || !t->pending[r]) {
+		/* Only the ring harvests between syncs, into a second bitmap. */
+		if (kind == RM_DIRTY_RING)
+			t->pending[r] = calloc(t->words[r], sizeof(uint64_t));
+		if (!t->bitmap[r] || (kind == RM_DIRTY_RING && !t->pending[r])) {
 			tracker_free(t);
 			errno = ENOMEM;
 			return NULL;

@@ -11,10 +11,12 @@
  *           The VM must be created with dirty_ring_entries.
  *
  * The caller asks "which pages were dirtied since the last call" with
- * rm_dirty_sync(), then reads one bitmap per region (bit i = page i of
- * rm_kvm_vm_region()).  With the clear tracker the caller must call
- * rm_dirty_clear() on a range before reading those pages' contents; the other
- * trackers accept the call and do nothing.  All calls from one thread.
+ * rm_dirty_sync(), which counts them, then reads one bitmap per region (bit i
+ * = page i of rm_kvm_vm_region()) in place: the tracker's own, valid until
+ * the next sync or stop, never to be written by the caller.  With the clear
+ * tracker the caller must call rm_dirty_clear() on a range before reading
+ * those pages' contents; the other trackers accept the call and do nothing.
+ * All calls from one thread.
  */
 #ifndef RDMAMIG_KVM_DIRTY_H
 #define RDMAMIG_KVM_DIRTY_H
@@ -47,6 +49,8 @@ const uint64_t *rm_dirty_bitmap(const struct rm_dirty_tracker *t, unsigned regio
  * Re-protect the pages of region [first_page, first_page + npages) that the
  * last sync reported, so writes from now on are caught again.  first_page
  * must be a multiple of 64, npages too unless the range ends the region.
+ * It does not look for reported pages first (the caller has, while reading
+ * the bitmap): a range without any still costs an ioctl.
  */
 int rm_dirty_clear(struct rm_dirty_tracker *t, unsigned region, uint64_t first_page, uint64_t npages);
 /* Turn logging off and free.  NULL-safe.  Call before rm_kvm_vm_destroy():
