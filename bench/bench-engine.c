@@ -33,6 +33,8 @@
  *
  * Options: --gib 16 (guest size)  --region-gib 1 (kvm/'s slot size)
  *          --reps 9  --patterns all,half,rand10,sparse,runs16  --clear  --wall
+ *          --check (compare the pages sent with the pattern, page by page:
+ *          slow, for testing the engine rather than timing it)
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -86,34 +88,28 @@ static int mem_describe(void *o, struct rdmamig_vm_desc *d)
 }
 
 /* What kvm/vmm.c's dirty_sync does after the ioctl: count the report
- * (rm_dirty_sync), then OR it into the engine's bitmaps. */
-static long mem_dirty_sync(void *o, uint64_t *const *bitmaps)
+ * (rm_dirty_sync) and hand the engine the tracker's bitmaps. */
+static long mem_dirty_sync(void *o, const uint64_t **bitmaps)
 {
 	struct memvmm *v = o;
 	long n = 0;
 
-	for (unsigned r = 0; r < v->nregions; r++)
+	for (unsigned r = 0; r < v->nregions; r++) {
 		for (uint64_t w = 0; w < vmm_words(v); w++)
 			n += __builtin_popcountll(v->log[r][w]);
-	for (unsigned r = 0; r < v->nregions; r++)
-		for (uint64_t w = 0; w < vmm_words(v); w++)
-			bitmaps[r][w] |= v->log[r][w];
+		bitmaps[r] = v->log[r];
+	}
 	return n;
 }
 
-/* What kvm/dirty.c's clear tracker does before its ioctl: look for a
- * reported page in the range, to skip the ioctl when there is none. */
+/* What kvm/dirty.c's clear tracker does before its ioctl: nothing, since
+ * the engine names only ranges holding reported pages. */
 static int mem_dirty_clear(void *o, unsigned r, uint64_t first, uint64_t n)
 {
 	struct memvmm *v = o;
-	uint64_t any = 0;
 
-	for (uint64_t w = first / 64; w < (first + n + 63) / 64; w++)
-		any |= v->log[r][w];
-	if (any) {
-		v->clear_calls++;
-		v->clear_pages += n;
-	}
+	v->clear_calls++;
+	v->clear_pages += n;
 	return 0;
 }
 
@@ -212,6 +208,7 @@ static uint64_t pattern_pages(const struct memvmm *v)
 struct null_tr {
 	struct rm_transport base;	/* first: the wrappers see this */
 	uint64_t writes, ranges, bytes;
+	uint64_t *seen[RDMAMIG_MAX_REGIONS];	/* --check: pages written, by region index */
 };
 
 static int null_write(struct rm_transport *t, const struct rm_range *r, size_t n)
@@ -220,8 +217,12 @@ static int null_write(struct rm_transport *t, const struct rm_range *r, size_t n
 
 	nt->writes++;
 	nt->ranges += n;
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		nt->bytes += r[i].length;
+		if (nt->seen[r[i].region])
+			for (uint64_t p = r[i].offset / PAGE; p < (r[i].offset + r[i].length) / PAGE; p++)
+				nt->seen[r[i].region][p / 64] |= 1ull << (p % 64);
+	}
 	return 0;
 }
 
@@ -319,7 +320,7 @@ static int bench_pattern(struct rdmamig *m, struct memvmm *v, struct null_tr *nt
 		t1 = now_ns();
 		if (n < 0)
 			return (int)n;
-		err = rm_ram_send_pass(m, false, &pass);
+		err = rm_ram_send_pass(m, false, true, &pass);
 		t2 = now_ns();
 		if (err)
 			return err;
@@ -328,6 +329,17 @@ static int bench_pattern(struct rdmamig *m, struct memvmm *v, struct null_tr *nt
 				"sent %llu, the transport saw %llu bytes\n", name, (unsigned long long)want, n,
 				(unsigned long long)pass.pages, (unsigned long long)(nt->bytes - b0));
 			return -EIO;
+		}
+		for (unsigned r = 0; nt->seen[0] && r < v->nregions; r++) {
+			for (uint64_t w = 0; w < vmm_words(v); w++) {
+				if (nt->seen[r][w] != v->log[r][w]) {
+					fprintf(stderr, "bench-engine: %s: region %u word %llu: sent %#llx, dirty %#llx\n",
+						name, r, (unsigned long long)w, (unsigned long long)nt->seen[r][w],
+						(unsigned long long)v->log[r][w]);
+					return -EIO;
+				}
+			}
+			memset(nt->seen[r], 0, vmm_words(v) * 8);
 		}
 		ranges = nt->ranges - r0;
 		sync_ms[i] = (double)(t1 - t0) / 1e6;
@@ -359,12 +371,14 @@ int main(int argc, char **argv)
 		{ "patterns", required_argument, NULL, 'p' },
 		{ "clear", no_argument, NULL, 'c' },
 		{ "wall", no_argument, NULL, 'w' },
+		{ "check", no_argument, NULL, 'k' },
 		{ 0 },
 	};
 	unsigned gib = 16, region_gib = 1, reps = 9;
 	char patterns[256] = "all,half,rand10,sparse,runs16";
 	struct rdmamig_opts mo = { .role = RDMAMIG_SOURCE, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "null" };
 	struct memvmm v = { 0 };
+	bool check = false;
 	struct null_tr nt;
 	struct rdmamig *m;
 	int c, err = 0;
@@ -377,8 +391,9 @@ int main(int argc, char **argv)
 		case 'p': snprintf(patterns, sizeof(patterns), "%s", optarg); break;
 		case 'c': mem_ops.dirty_clear = mem_dirty_clear; break;
 		case 'w': wall_clock = true; break;
+		case 'k': check = true; break;
 		default:
-			fprintf(stderr, "usage: %s [--gib N] [--region-gib N] [--reps N] [--patterns a,b] [--clear] [--wall]\n",
+			fprintf(stderr, "usage: %s [--gib N] [--region-gib N] [--reps N] [--patterns a,b] [--clear] [--wall] [--check]\n",
 				argv[0]);
 			return 2;
 		}
@@ -410,12 +425,19 @@ int main(int argc, char **argv)
 		return 1;
 	err = m->ops->describe(m->vmm, &m->desc);
 	if (!err)
-		err = rm_ram_alloc_bitmaps(m);
+		err = rm_ram_setup(m);
 	if (err) {
 		fprintf(stderr, "bench-engine: setup: %s\n", rdmamig_strerror(err));
 		return 1;
 	}
 	null_init(&nt, &m->desc);
+	for (unsigned r = 0; check && r < v.nregions; r++) {
+		nt.seen[r] = calloc(vmm_words(&v), 8);
+		if (!nt.seen[r]) {
+			perror("calloc");
+			return 1;
+		}
+	}
 	m->t = &nt.base;
 	m->progress.stage = 1;	/* iterating: heartbeats go out as in a migration */
 
@@ -427,8 +449,10 @@ int main(int argc, char **argv)
 
 	m->t = NULL;
 	rdmamig_free(m);
-	for (unsigned r = 0; r < v.nregions; r++)
+	for (unsigned r = 0; r < v.nregions; r++) {
 		free(v.log[r]);
+		free(nt.seen[r]);
+	}
 	munmap(v.ram, (size_t)gib << 30);
 	if (err)
 		fprintf(stderr, "bench-engine: %s\n", rdmamig_strerror(err));

@@ -64,7 +64,7 @@ enum rdmamig_error {
 /* The VMM ops table: what an embedding VMM gives the engine.               */
 /* ------------------------------------------------------------------------ */
 
-#define RDMAMIG_VMM_OPS_VERSION 1
+#define RDMAMIG_VMM_OPS_VERSION 2
 #define RDMAMIG_MAX_REGIONS 64
 #define RDMAMIG_CPU_MODEL_LEN 48
 
@@ -96,52 +96,77 @@ struct rdmamig_vm_desc {
  * start and return.  Return values: 0 (or a count where said) on success,
  * a negative errno on failure — the engine then ends the migration, and on
  * the source resumes the guest.  Optional callbacks may be NULL.
+ *
+ * Version 2 changed the dirty log contract: the VMM hands the engine its own
+ * bitmaps (version 1 had it OR them into bitmaps the engine owned), and
+ * dirty_sync()'s count is trusted.  A version 1 table is refused.
  */
 struct rdmamig_vmm_ops {
 	int version;		/* RDMAMIG_VMM_OPS_VERSION */
 
-	/* Both sides.  Describe the VM: its layout and identity.  On the
-	 * destination this is called after prepare(). */
+	/* Both sides, migration thread.  Describe the VM: its layout and
+	 * identity.  On the destination this is called after prepare().
+	 * 0 or -errno. */
 	int (*describe)(void *opaque, struct rdmamig_vm_desc *desc);
 
-	/* Destination, optional.  The source's description arrives: create or
-	 * check the VM so that describe() then matches it, with RAM zeroed.
-	 * Return -EINVAL and log why (rdmamig_log) to refuse; the source is told
-	 * the reason. */
+	/* Destination, migration thread, optional.  The source's description
+	 * arrives: create or check the VM so that describe() then matches it,
+	 * with RAM zeroed.  Return -EINVAL and log why (rdmamig_log) to
+	 * refuse; the source is told the reason. */
 	int (*prepare)(void *opaque, const struct rdmamig_vm_desc *src);
 
-	/* Source.  Start dirty logging: from now on every guest write is
-	 * reported by a later dirty_sync(). */
+	/* Source, migration thread.  Start dirty logging: from now on every
+	 * guest write is reported by a later dirty_sync().  The engine's bulk
+	 * pass that follows sends every page.  0 or -errno. */
 	int (*dirty_start)(void *opaque);
-	/* Source.  Set in bitmaps[r] (one bit per page of region r, the r-th
-	 * region of describe()) every page dirtied since the last call (or
-	 * dirty_start); existing bits are left set.  Returns the number of pages
-	 * it reported, or -errno. */
-	long (*dirty_sync)(void *opaque, uint64_t *const *bitmaps);
-	/* Source, optional.  Called just before pages [first, first + n) of
-	 * region r, reported by the last dirty_sync(), are read for sending:
-	 * re-arm tracking for them (KVM_CLEAR_DIRTY_LOG).  first and n are
-	 * multiples of 64 unless the range ends the region. */
+	/*
+	 * Source, migration thread.  Report the pages dirtied since the last
+	 * call (or since dirty_start): point bitmaps[r], for each region r of
+	 * describe(), at a bitmap of that region in which exactly those pages
+	 * are set — bit i % 64 of word i / 64 for page i, no bit set past the
+	 * region's last page.  The bitmaps are the VMM's: the engine only reads
+	 * them, and only until the next dirty_sync() or dirty_stop(); it keeps
+	 * no bitmap of its own and never copies them, and it sends all of a
+	 * report before it asks for the next.  Returns the number of
+	 * pages set, exactly (the engine decides convergence on it without
+	 * counting again), or -errno.
+	 */
+	long (*dirty_sync)(void *opaque, const uint64_t **bitmaps);
+	/*
+	 * Source, migration thread, optional.  Pages [first, first + n) of
+	 * region r are about to be read for sending: re-arm tracking for them
+	 * (KVM_CLEAR_DIRTY_LOG of what the last dirty_sync() reported there;
+	 * in the bulk pass, before any dirty_sync(), of whatever dirty_start
+	 * left unprotected).  The engine names only ranges that hold pages it
+	 * will send, each range once per pass, in ascending order, so the VMM
+	 * need not look for reported pages itself.  first is a multiple of 64,
+	 * n too unless the range ends the region.  0 or -errno.
+	 */
 	int (*dirty_clear)(void *opaque, unsigned r, uint64_t first, uint64_t n);
-	/* Source.  Stop dirty logging.  Also called on failure paths. */
+	/* Source, migration thread.  Stop dirty logging; the bitmaps of the
+	 * last dirty_sync() may be freed.  Also called on failure paths. */
 	void (*dirty_stop)(void *opaque);
 
-	/* Source: stop every vCPU (returns once none runs).  Destination:
-	 * never called. */
+	/* Source, migration thread: stop every vCPU (returns once none runs).
+	 * Destination: never called.  0 or -errno. */
 	int (*pause)(void *opaque);
-	/* Source: run the guest again (after a failed or cancelled migration).
-	 * Destination: start the migrated guest. */
+	/* Migration thread.  Source: run the guest again (after a failed or
+	 * cancelled migration).  Destination: start the migrated guest.
+	 * 0 or -errno. */
 	int (*resume)(void *opaque);
 
-	/* Source, paused.  Save all vCPU and device state into a buffer the
-	 * VMM allocates with malloc(); the engine frees it.  0 or -errno. */
+	/* Source, migration thread, paused.  Save all vCPU and device state
+	 * into a buffer the VMM allocates with malloc(); the engine frees it.
+	 * 0 or -errno. */
 	int (*save_state)(void *opaque, void **buf, size_t *len);
-	/* Destination.  Load state saved by the source's save_state().  The
-	 * bytes come from the network: check everything; -EINVAL refuses. */
+	/* Destination, migration thread.  Load state saved by the source's
+	 * save_state().  The bytes come from the network: check everything;
+	 * -EINVAL refuses. */
 	int (*load_state)(void *opaque, const void *buf, size_t len);
 
-	/* Source, optional.  Slow the vCPUs to run at most (100 - percent)% of
-	 * the time (autoconverge).  0 lifts the throttle. */
+	/* Source, migration thread, optional.  Slow the vCPUs to run at most
+	 * (100 - percent)% of the time (autoconverge).  0 lifts the throttle.
+	 * 0 or -errno. */
 	int (*throttle)(void *opaque, unsigned percent);
 };
 

@@ -239,20 +239,17 @@ static int vmm_dirty_start(void *opaque)
 	return 0;
 }
 
-static long vmm_dirty_sync(void *opaque, uint64_t *const *bitmaps)
+/* The tracker's own bitmaps go to the engine as they are: it reads them
+ * until the next sync, and rm_dirty_sync() has counted them. */
+static long vmm_dirty_sync(void *opaque, const uint64_t **bitmaps)
 {
 	struct rm_kvm_vmm *v = opaque;
 	long n = rm_dirty_sync(v->dirty);
 
 	if (n < 0)
 		return n;
-	for (unsigned r = 0; r < rm_kvm_vm_nr_regions(v->vm); r++) {
-		const uint64_t *bm = rm_dirty_bitmap(v->dirty, r);
-		uint64_t words = (rm_kvm_vm_region(v->vm, r)->size / RM_GUEST_PAGE + 63) / 64;
-
-		for (uint64_t w = 0; w < words; w++)
-			bitmaps[r][w] |= bm[w];
-	}
+	for (unsigned r = 0; r < rm_kvm_vm_nr_regions(v->vm); r++)
+		bitmaps[r] = rm_dirty_bitmap(v->dirty, r);
 	return n;
 }
 

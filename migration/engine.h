@@ -27,7 +27,10 @@ struct rdmamig {
 	atomic_int listen_port;
 
 	struct rdmamig_vm_desc desc;	/* this side's VM */
-	uint64_t *bitmaps[RDMAMIG_MAX_REGIONS];
+	/* Source: the VMM's dirty bitmaps from the last dirty_sync(), read
+	 * only, valid until the next sync or dirty_stop; and their count. */
+	const uint64_t *bitmaps[RDMAMIG_MAX_REGIONS];
+	uint64_t reported;
 	uint64_t npages[RDMAMIG_MAX_REGIONS];
 
 	uint64_t start_ns;
@@ -48,17 +51,19 @@ struct rm_pass {
 };
 
 /* ram.c */
-int rm_ram_alloc_bitmaps(struct rdmamig *m);
-void rm_ram_free_bitmaps(struct rdmamig *m);
-void rm_ram_mark_all(struct rdmamig *m);
-uint64_t rm_ram_count_dirty(const struct rdmamig *m);
-/* Ask the VMM what was dirtied since the last sync (dirty_sync) into the
- * bitmaps; returns the number of dirty pages, or -errno (logged). */
+/* Source, after describe(): check the layout and size the pass.  Allocates
+ * nothing.  0 or -EINVAL (logged). */
+int rm_ram_setup(struct rdmamig *m);
+/* Ask the VMM what was dirtied since the last sync (dirty_sync): keeps its
+ * bitmaps for the next pass and returns their count, or -errno (logged). */
 long rm_ram_sync(struct rdmamig *m);
-/* Send every page set in the bitmaps, clearing the bits; skip_zero: leave
- * pages that read as all zeroes (the bulk pass: destination RAM starts
- * zeroed).  Ends with a fence.  0 or error. */
-int rm_ram_send_pass(struct rdmamig *m, bool skip_zero, struct rm_pass *out);
+/* Stop dirty logging (dirty_stop) and forget the VMM's bitmaps. */
+void rm_ram_dirty_stop(struct rdmamig *m);
+/* Send pages, then fence if asked.  bulk: every page but those that read as
+ * all zeroes (the first pass: destination RAM starts zeroed); otherwise the
+ * pages the last rm_ram_sync() reported — each report must be sent before
+ * the next sync, which replaces it.  0 or error. */
+int rm_ram_send_pass(struct rdmamig *m, bool bulk, bool fence, struct rm_pass *out);
 /* A digest of all guest RAM, the same on both sides for the same bytes. */
 uint64_t rm_ram_digest(const struct rdmamig_vm_desc *desc);
 

@@ -112,7 +112,6 @@ RM_EXPORT void rdmamig_free(rdmamig_t *m)
 {
 	if (!m)
 		return;
-	rm_ram_free_bitmaps(m);
 	pthread_mutex_destroy(&m->lock);
 	free(m);
 }
@@ -299,7 +298,7 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 {
 	struct rm_mig_commit commit = { 0 };
 	struct rm_mig_resumed resumed = { 0 };
-	struct rm_pass pass;
+	struct rm_pass pending, pass;
 	struct rm_msg msg;
 	void *state = NULL;
 	size_t state_len = 0;
@@ -320,6 +319,13 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	pthread_mutex_lock(&m->lock);
 	m->stats.pause_ns = t0 - t_pause;
 	pthread_mutex_unlock(&m->lock);
+	/* The last iteration's report is still to go, and the final sync
+	 * replaces it with the VMM's next one: send it first.  The guest is
+	 * paused, so these pages are read in their final state. */
+	err = rm_ram_send_pass(m, false, false, &pending);
+	if (err)
+		return err;
+	t0 = rm_now_ns();
 	dirty = rm_ram_sync(m);
 	if (dirty < 0)
 		return (int)dirty;
@@ -327,9 +333,12 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	m->stats.final_sync_ns = rm_now_ns() - t0;
 	pthread_mutex_unlock(&m->lock);
 
-	err = rm_ram_send_pass(m, false, &pass);
+	err = rm_ram_send_pass(m, false, true, &pass);
 	if (err)
 		return err;
+	pass.pages += pending.pages;
+	pass.bytes += pending.bytes;
+	pass.ns += pending.ns;
 	record_iteration(m, m->progress.iteration + 1, &pass, 0, m->progress.throttle);
 	pthread_mutex_lock(&m->lock);
 	m->stats.final_send_ns = pass.ns;
@@ -406,7 +415,7 @@ static int run_source(struct rdmamig *m)
 	for (uint32_t r = 0; r < m->desc.nr_regions; r++)
 		m->stats.ram_bytes += m->desc.regions[r].size;
 	pthread_mutex_unlock(&m->lock);
-	err = rm_ram_alloc_bitmaps(m);
+	err = rm_ram_setup(m);
 	if (err)
 		return err;
 
@@ -424,13 +433,12 @@ static int run_source(struct rdmamig *m)
 	}
 	logging = true;
 	set_stage(m, 1);
-	rm_ram_mark_all(m);
 
 	for (unsigned it = 0;; it++) {
 		struct rm_pass pass;
 		long dirty;
 
-		err = rm_ram_send_pass(m, it == 0, &pass);
+		err = rm_ram_send_pass(m, it == 0, true, &pass);
 		if (err)
 			goto fail;
 		dirty = rm_ram_sync(m);
@@ -485,7 +493,7 @@ static int run_source(struct rdmamig *m)
 		goto fail;
 	if (throttle && m->ops->throttle)
 		m->ops->throttle(m->vmm, 0);
-	m->ops->dirty_stop(m->vmm);
+	rm_ram_dirty_stop(m);
 	set_stage(m, 3);
 	rm_mig_tick(m, true);
 	close_transport(m);
@@ -502,7 +510,7 @@ fail:
 	if (logging) {
 		if (throttle && m->ops->throttle)
 			m->ops->throttle(m->vmm, 0);
-		m->ops->dirty_stop(m->vmm);
+		rm_ram_dirty_stop(m);
 	}
 	if (paused) {
 		int rerr = m->ops->resume(m->vmm);

@@ -1,9 +1,25 @@
 /*
- * migration/ram.c — which guest RAM to send, and sending it: dirty bitmaps
- * (one bit per page, per region, owned here and filled by the VMM's
- * dirty_sync), runs of dirty pages turned into transport ranges, zero pages
- * skipped in the bulk pass, bandwidth capping, and the RAM digest for
- * --verify.
+ * migration/ram.c — which guest RAM to send, and sending it: the VMM's dirty
+ * bitmaps read a word at a time into runs of dirty pages, the runs turned
+ * into transport ranges, zero pages skipped in the bulk pass, bandwidth
+ * capping, and the RAM digest for --verify.
+ *
+ * One pass per iteration, over one bitmap, with one count.  dirty_sync()
+ * hands over the VMM's own bitmaps with their exact count (the engine copies
+ * nothing and counts nothing); the pass reads each word once, finds runs with
+ * ctz of the word and of its inverse, names each 16 MiB chunk it will read to
+ * dirty_clear() once, from its first dirty word on, and merges adjacent pages
+ * into one range.  This is the only layer that merges: the transport gets
+ * maximal runs and only splits them into writes.
+ *
+ * Memory: nothing per page.  Whatever the guest's size the engine holds a
+ * pointer per region to the VMM's bitmap and one batch of BATCH_RANGES
+ * ranges (6 KiB, on the stack).  The VMM's bitmap is one bit per page:
+ * 32 MiB per TiB of 4 KiB pages (64 MiB for KVM's ring tracker, which keeps
+ * a second one to harvest into).
+ *
+ * This file reads the VMM's bitmaps and never writes them; it reaches the
+ * transport only through rm_tr_write() and rm_tr_fence().
  */
 #include <stdlib.h>
 #include <string.h>
@@ -13,61 +29,63 @@
 #include "migration/engine.h"
 
 #define BATCH_RANGES 256
-/* Re-arm dirty tracking (dirty_clear) in chunks of this many pages, just
- * before the chunk is read: 4096 pages = 16 MiB of 4 KiB pages. */
-#define CLEAR_CHUNK_PAGES 4096ull
+/* The pass works in chunks of this many pages (64 bitmap words, 16 MiB of
+ * 4 KiB pages): dirty_clear() is called at most once per chunk, just before
+ * the chunk's first page is read, and progress, heartbeats, cancellation and
+ * the bandwidth cap are looked after between chunks. */
+#define CHUNK_PAGES 4096ull
+/* The longest range handed to the transport (64 MiB of 4 KiB pages): bounds
+ * one rm_tr_write(), so heartbeats keep going out on an all-dirty TiB. */
+#define RANGE_MAX_PAGES (4 * CHUNK_PAGES)
+/* The batch goes to the transport once it holds this many bytes, or is full. */
+#define FLUSH_BYTES (16ull << 20)
 
-int rm_ram_alloc_bitmaps(struct rdmamig *m)
+int rm_ram_setup(struct rdmamig *m)
 {
-	for (uint32_t r = 0; r < m->desc.nr_regions; r++) {
-		uint64_t pages = m->desc.regions[r].size / m->desc.page_size;
+	uint64_t ps = m->desc.page_size;
 
-		m->npages[r] = pages;
-		m->bitmaps[r] = calloc((pages + 63) / 64, sizeof(uint64_t));
-		if (!m->bitmaps[r]) {
-			rm_ram_free_bitmaps(m);
-			return -ENOMEM;
+	/* page_is_zero() reads a page 32 bytes at a time. */
+	if (ps < 64 || ps & (ps - 1)) {
+		rm_err("migration: the VMM's page size %llu is not a power of two of at least 64 bytes",
+		       (unsigned long long)ps);
+		return -EINVAL;
+	}
+	for (uint32_t r = 0; r < m->desc.nr_regions; r++) {
+		if (!m->desc.regions[r].size || m->desc.regions[r].size % ps) {
+			rm_err("migration: region %u of %llu bytes is not a whole number of pages", r,
+			       (unsigned long long)m->desc.regions[r].size);
+			return -EINVAL;
 		}
+		m->npages[r] = m->desc.regions[r].size / ps;
 	}
 	return 0;
 }
 
-void rm_ram_free_bitmaps(struct rdmamig *m)
+long rm_ram_sync(struct rdmamig *m)
 {
-	for (unsigned r = 0; r < RDMAMIG_MAX_REGIONS; r++) {
-		free(m->bitmaps[r]);
-		m->bitmaps[r] = NULL;
-	}
-}
+	const uint64_t *bm[RDMAMIG_MAX_REGIONS] = { 0 };
+	long n = m->ops->dirty_sync(m->vmm, bm);
 
-void rm_ram_mark_all(struct rdmamig *m)
-{
+	if (n < 0) {
+		rm_err("migration: dirty log sync failed: %s", rdmamig_strerror((int)n));
+		return n;
+	}
 	for (uint32_t r = 0; r < m->desc.nr_regions; r++) {
-		uint64_t words = (m->npages[r] + 63) / 64;
-
-		memset(m->bitmaps[r], 0xff, words * 8);
-		if (m->npages[r] % 64)
-			m->bitmaps[r][words - 1] = (1ull << (m->npages[r] % 64)) - 1;
+		if (!bm[r]) {
+			rm_err("migration: the VMM's dirty_sync gave no bitmap for region %u", r);
+			return -EINVAL;
+		}
 	}
-}
-
-uint64_t rm_ram_count_dirty(const struct rdmamig *m)
-{
-	uint64_t n = 0;
-
-	for (uint32_t r = 0; r < m->desc.nr_regions; r++)
-		for (uint64_t w = 0; w < (m->npages[r] + 63) / 64; w++)
-			n += (uint64_t)__builtin_popcountll(m->bitmaps[r][w]);
+	memcpy(m->bitmaps, bm, sizeof(m->bitmaps));
+	m->reported = (uint64_t)n;
 	return n;
 }
 
-long rm_ram_sync(struct rdmamig *m)
+void rm_ram_dirty_stop(struct rdmamig *m)
 {
-	long n = m->ops->dirty_sync(m->vmm, m->bitmaps);
-
-	if (n < 0)
-		rm_err("migration: dirty log sync failed: %s", rdmamig_strerror((int)n));
-	return n < 0 ? n : (long)rm_ram_count_dirty(m);
+	m->ops->dirty_stop(m->vmm);
+	/* The VMM may free the bitmaps now. */
+	memset(m->bitmaps, 0, sizeof(m->bitmaps));
 }
 
 static bool page_is_zero(const uint8_t *p, size_t len)
@@ -98,125 +116,187 @@ static void pace(struct rdmamig *m, uint64_t start_ns, uint64_t bytes)
 	}
 }
 
-struct batch {
-	struct rm_range r[BATCH_RANGES];
+/* One pass's sending state: the run being grown and the batch of ranges
+ * not yet handed to the transport. */
+struct sender {
+	struct rdmamig *m;
+	uint32_t id;			/* the current region's id */
+	uint64_t run_first, run_len;	/* the open run, in pages; 0: none */
 	size_t n;
+	uint64_t batch_bytes;
+	uint64_t pages;			/* pages in ranges made so far */
+	struct rm_range r[BATCH_RANGES];
 };
 
-static int flush(struct rdmamig *m, struct batch *b)
+static int flush(struct sender *s)
 {
 	int err;
 
-	if (!b->n)
+	if (!s->n)
 		return 0;
-	err = rm_tr_write(m->t, b->r, b->n);
-	b->n = 0;
+	err = rm_tr_write(s->m->t, s->r, s->n);
+	s->n = 0;
+	s->batch_bytes = 0;
 	return err;
 }
 
-/* Append pages [first, first + n) of region r, merging with the last range. */
-static int add_run(struct rdmamig *m, struct batch *b, uint32_t r, uint64_t first, uint64_t n)
+/* Close the open run: it becomes one range. */
+static int emit(struct sender *s)
 {
-	uint64_t ps = m->desc.page_size;
-	struct rm_range *last = b->n ? &b->r[b->n - 1] : NULL;
+	uint64_t ps = s->m->desc.page_size;
 
-	if (last && last->region == m->desc.regions[r].id && last->offset + last->length == first * ps) {
-		last->length += n * ps;
+	if (!s->run_len)
 		return 0;
-	}
-	if (b->n == BATCH_RANGES) {
-		int err = flush(m, b);
+	if (s->n == BATCH_RANGES) {
+		int err = flush(s);
 
 		if (err)
 			return err;
 	}
-	b->r[b->n++] = (struct rm_range){
-		.region = m->desc.regions[r].id, .offset = first * ps, .length = n * ps,
+	s->r[s->n++] = (struct rm_range){
+		.region = s->id, .offset = s->run_first * ps, .length = s->run_len * ps,
 	};
+	s->batch_bytes += s->run_len * ps;
+	s->pages += s->run_len;
+	s->run_len = 0;
 	return 0;
 }
 
-int rm_ram_send_pass(struct rdmamig *m, bool skip_zero, struct rm_pass *out)
+/* Pages [first, first + n) go: grow the open run, or close it and open one. */
+static inline int add(struct sender *s, uint64_t first, uint64_t n)
+{
+	int err;
+
+	if (s->run_len && s->run_first + s->run_len == first) {
+		s->run_len += n;
+		return 0;
+	}
+	err = emit(s);
+	s->run_first = first;
+	s->run_len = n;
+	return err;
+}
+
+static int clear(struct rdmamig *m, uint32_t r, uint64_t first, uint64_t n)
+{
+	int err;
+
+	if (!m->ops->dirty_clear)
+		return 0;
+	err = m->ops->dirty_clear(m->vmm, r, first, n);
+	if (err)
+		rm_err("migration: dirty_clear of region %u pages %llu+%llu: %s", r, (unsigned long long)first,
+		       (unsigned long long)n, rdmamig_strerror(err));
+	return err;
+}
+
+/* The bulk pass: every page of [first, end) but those that read as zero. */
+static int bulk_chunk(struct sender *s, uint32_t r, uint64_t first, uint64_t end, uint64_t *zero)
+{
+	uint64_t ps = s->m->desc.page_size;
+	const uint8_t *base = s->m->desc.regions[r].host_addr;
+	int err = clear(s->m, r, first, end - first);
+
+	for (uint64_t p = first; p < end && !err; p++) {
+		if (page_is_zero(base + p * ps, ps))
+			(*zero)++;
+		else
+			err = add(s, p, 1);
+	}
+	return err;
+}
+
+/* An iterate pass: the pages of [first, end) set in bm, a word at a time. */
+static int dirty_chunk(struct sender *s, uint32_t r, const uint64_t *bm, uint64_t first, uint64_t end)
+{
+	uint64_t last = (s->m->npages[r] - 1) / 64;
+	/* The VMM promises no bit past the region's end; a wrong one would
+	 * make a range outside RAM, so mask it rather than trust it. */
+	uint64_t tail = s->m->npages[r] % 64 ? (1ull << (s->m->npages[r] % 64)) - 1 : ~0ull;
+	bool cleared = false;
+	int err = 0;
+
+	for (uint64_t w = first / 64; w < (end + 63) / 64 && !err; w++) {
+		uint64_t x = w == last ? bm[w] & tail : bm[w];
+
+		if (!x)
+			continue;
+		if (!cleared) {
+			err = clear(s->m, r, w * 64, end - w * 64);
+			cleared = true;
+		}
+		/* Each run: its first page is the lowest set bit, its length
+		 * the number of ones from there (the trailing zeroes of the
+		 * inverse).  Then drop every bit up to the run's end. */
+		while (!err) {
+			unsigned b = (unsigned)__builtin_ctzll(x);
+			uint64_t inv = ~(x >> b);
+			unsigned len = inv ? (unsigned)__builtin_ctzll(inv) : 64;
+
+			err = add(s, w * 64 + b, len);
+			if (b + len == 64)
+				break;
+			x &= ~0ull << (b + len);
+			if (!x)
+				break;
+		}
+	}
+	return err;
+}
+
+int rm_ram_send_pass(struct rdmamig *m, bool bulk, bool fence, struct rm_pass *out)
 {
 	uint64_t ps = m->desc.page_size, t0 = rm_now_ns();
-	struct batch *b = malloc(sizeof(*b));
+	struct sender s = { .m = m };
 	int err = 0;
 
 	memset(out, 0, sizeof(*out));
-	if (!b)
-		return -ENOMEM;
-	b->n = 0;
 	for (uint32_t r = 0; r < m->desc.nr_regions && !err; r++) {
-		const uint8_t *base = m->desc.regions[r].host_addr;
-		uint64_t *bm = m->bitmaps[r], npages = m->npages[r];
+		const uint64_t *bm = m->bitmaps[r];
+		uint64_t npages = m->npages[r];
 
-		for (uint64_t c = 0; c < npages && !err; c += CLEAR_CHUNK_PAGES) {
-			uint64_t end = c + CLEAR_CHUNK_PAGES < npages ? c + CLEAR_CHUNK_PAGES : npages;
-			bool any = false;
+		if (!bulk && !bm) {
+			rm_err("migration: an iterate pass with no dirty bitmap for region %u", r);
+			err = -EINVAL;
+			break;
+		}
+		s.id = m->desc.regions[r].id;
+		for (uint64_t c = 0; c < npages && !err; c += CHUNK_PAGES) {
+			uint64_t end = c + CHUNK_PAGES < npages ? c + CHUNK_PAGES : npages;
+			uint64_t before = s.pages + s.run_len;
 
-			for (uint64_t w = c / 64; w < (end + 63) / 64; w++)
-				any |= bm[w] != 0;
-			if (!any)
-				continue;
-			if (m->ops->dirty_clear) {
-				err = m->ops->dirty_clear(m->vmm, r, c, end - c);
-				if (err) {
-					rm_err("migration: dirty_clear of region %u pages %llu+%llu: %s", r,
-					       (unsigned long long)c, (unsigned long long)(end - c),
-					       rdmamig_strerror(err));
-					break;
-				}
-			}
-			for (uint64_t p = c; p < end && !err;) {
-				uint64_t word = bm[p / 64] >> (p % 64);
-
-				if (!word) {
-					p = (p / 64 + 1) * 64;
-					continue;
-				}
-				p += (uint64_t)__builtin_ctzll(word);
-				if (p >= end)
-					break;
-				/* A run of set bits from p. */
-				uint64_t q = p;
-				while (q < end && (bm[q / 64] >> (q % 64)) & 1) {
-					bm[q / 64] &= ~(1ull << (q % 64));
-					q++;
-				}
-				if (!skip_zero) {
-					err = add_run(m, b, r, p, q - p);
-					out->pages += q - p;
-				} else {
-					for (uint64_t i = p; i < q && !err; i++) {
-						if (page_is_zero(base + i * ps, ps)) {
-							out->zero_pages++;
-							continue;
-						}
-						err = add_run(m, b, r, i, 1);
-						out->pages++;
-					}
-				}
-				p = q;
-			}
-			if (!err)
-				err = flush(m, b);
+			err = bulk ? bulk_chunk(&s, r, c, end, &out->zero_pages) : dirty_chunk(&s, r, bm, c, end);
+			if (!err && s.run_len >= RANGE_MAX_PAGES)
+				err = emit(&s);
+			if (!err && s.batch_bytes >= FLUSH_BYTES)
+				err = flush(&s);
 			if (!err)
 				err = rm_mig_tick(m, false);
 			if (!err && rm_mig_cancelled(m))
 				err = RDMAMIG_E_ABORTED;
-			pace(m, t0, out->pages * ps);
+			if (err || s.pages + s.run_len == before)
+				continue;
+			pace(m, t0, s.pages * ps);
 			pthread_mutex_lock(&m->lock);
-			m->progress.sent_bytes = m->stats.bytes + out->pages * ps;
+			m->progress.sent_bytes = m->stats.bytes + s.pages * ps;
 			pthread_mutex_unlock(&m->lock);
 		}
+		/* A run never crosses regions. */
+		if (!err)
+			err = emit(&s);
 	}
 	if (!err)
-		err = flush(m, b);
-	if (!err)
+		err = flush(&s);
+	if (!err && fence)
 		err = rm_tr_fence(m->t);
-	free(b);
-	out->bytes = out->pages * ps;
+	out->pages = s.pages;
+	out->bytes = s.pages * ps;
 	out->ns = rm_now_ns() - t0;
+	/* A wrong count misleads only the convergence decision (every set
+	 * bit is sent): say so, and go on. */
+	if (!err && !bulk && out->pages != m->reported)
+		rm_warn("migration: the VMM's dirty_sync counted %llu pages, its bitmaps held %llu",
+			(unsigned long long)m->reported, (unsigned long long)out->pages);
 	return err;
 }
 

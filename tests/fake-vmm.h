@@ -41,7 +41,8 @@ struct fake_vmm {
 
 	pthread_mutex_t lock;
 	bool logging;
-	uint64_t *dirty[FAKE_MAX_REGIONS];
+	uint64_t *dirty[FAKE_MAX_REGIONS];	/* marked since the last sync */
+	uint64_t *reported[FAKE_MAX_REGIONS];	/* the last sync's, the engine reads */
 
 	/* Pages the "guest" is guaranteed to have written by each dirty_sync
 	 * while it runs (written and marked there): makes a guest that cannot
@@ -128,7 +129,8 @@ static inline int fake_vmm_init(struct fake_vmm *v, unsigned nregions, uint64_t 
 		if (v->ram[r] == MAP_FAILED)
 			return -errno;
 		v->dirty[r] = calloc(fake_pages(v) / 64 + 1, 8);
-		if (!v->dirty[r])
+		v->reported[r] = calloc(fake_pages(v) / 64 + 1, 8);
+		if (!v->dirty[r] || !v->reported[r])
 			return -ENOMEM;
 	}
 	return 0;
@@ -153,6 +155,7 @@ static inline void fake_vmm_destroy(struct fake_vmm *v)
 		if (v->ram[r] && v->ram[r] != MAP_FAILED)
 			munmap(v->ram[r], v->region_size);
 		free(v->dirty[r]);
+		free(v->reported[r]);
 	}
 	pthread_mutex_destroy(&v->lock);
 }
@@ -185,7 +188,9 @@ static int fake_dirty_start(void *o)
 	return 0;
 }
 
-static long fake_dirty_sync(void *o, uint64_t *const *bitmaps)
+/* As a VMM must: the marks since the last sync become the report by a swap,
+ * counted exactly, handed to the engine in place. */
+static long fake_dirty_sync(void *o, const uint64_t **bitmaps)
 {
 	struct fake_vmm *v = o;
 	long n = 0;
@@ -201,13 +206,19 @@ static long fake_dirty_sync(void *o, uint64_t *const *bitmaps)
 		}
 	}
 	pthread_mutex_lock(&v->lock);
-	for (unsigned r = 0; r < v->nregions; r++)
-		for (uint64_t w = 0; w < fake_pages(v) / 64; w++) {
-			n += __builtin_popcountll(v->dirty[r][w]);
-			bitmaps[r][w] |= v->dirty[r][w];
-			v->dirty[r][w] = 0;
-		}
+	for (unsigned r = 0; r < v->nregions; r++) {
+		uint64_t *report = v->dirty[r];
+
+		v->dirty[r] = v->reported[r];
+		v->reported[r] = report;
+		memset(v->dirty[r], 0, (fake_pages(v) / 64 + 1) * 8);
+	}
 	pthread_mutex_unlock(&v->lock);
+	for (unsigned r = 0; r < v->nregions; r++) {
+		for (uint64_t w = 0; w < fake_pages(v) / 64 + 1; w++)
+			n += __builtin_popcountll(v->reported[r][w]);
+		bitmaps[r] = v->reported[r];
+	}
 	return n;
 }
 
