@@ -276,6 +276,9 @@ int rm_ram_send_pass(struct rdmamig *m, bool bulk, bool fence, struct rm_pass *o
 				err = RDMAMIG_E_ABORTED;
 			if (err || s.pages + s.run_len == before)
 				continue;
+			/* Under a cap, what is ready goes out before the nap. */
+			if (m->opts.max_bandwidth && (err = flush(&s)))
+				continue;
 			pace(m, t0, s.pages * ps);
 			pthread_mutex_lock(&m->lock);
 			m->progress.sent_bytes = m->stats.bytes + s.pages * ps;
