@@ -34,10 +34,11 @@
  * the chunk's first page is read, and progress, heartbeats, cancellation and
  * the bandwidth cap are looked after between chunks. */
 #define CHUNK_PAGES 4096ull
-/* The longest range handed to the transport (64 MiB of 4 KiB pages): bounds
- * one rm_tr_write(), so heartbeats keep going out on an all-dirty TiB. */
-#define RANGE_MAX_PAGES (4 * CHUNK_PAGES)
-/* The batch goes to the transport once it holds this many bytes, or is full. */
+/* What is ready (the batch and the open run) goes to the transport once it
+ * holds this many bytes, or the batch is full: one rm_tr_write() then moves
+ * at most 16 MiB, and between two chunks there is at most one, so progress
+ * and heartbeats (the destination's only sign of life from a slow link)
+ * keep flowing.  It also caps a range at 16 MiB. */
 #define FLUSH_BYTES (16ull << 20)
 
 int rm_ram_setup(struct rdmamig *m)
@@ -123,7 +124,8 @@ struct sender {
 	uint32_t id;			/* the current region's id */
 	uint64_t run_first, run_len;	/* the open run, in pages; 0: none */
 	size_t n;
-	uint64_t batch_bytes;
+	uint64_t batch_pages;		/* pages in r[0..n) */
+	uint64_t flush_pages;		/* FLUSH_BYTES in pages */
 	uint64_t pages;			/* pages in ranges made so far */
 	struct rm_range r[BATCH_RANGES];
 };
@@ -136,7 +138,7 @@ static int flush(struct sender *s)
 		return 0;
 	err = rm_tr_write(s->m->t, s->r, s->n);
 	s->n = 0;
-	s->batch_bytes = 0;
+	s->batch_pages = 0;
 	return err;
 }
 
@@ -156,24 +158,38 @@ static int emit(struct sender *s)
 	s->r[s->n++] = (struct rm_range){
 		.region = s->id, .offset = s->run_first * ps, .length = s->run_len * ps,
 	};
-	s->batch_bytes += s->run_len * ps;
+	s->batch_pages += s->run_len;
 	s->pages += s->run_len;
 	s->run_len = 0;
 	return 0;
 }
 
-/* Pages [first, first + n) go: grow the open run, or close it and open one. */
+/* Pages [first, first + n) go: grow the open run, or close it and open one;
+ * hand what is ready to the transport once there is FLUSH_BYTES of it. */
 static inline int add(struct sender *s, uint64_t first, uint64_t n)
 {
-	int err;
+	int err = 0;
 
 	if (s->run_len && s->run_first + s->run_len == first) {
 		s->run_len += n;
-		return 0;
+	} else {
+		err = emit(s);
+		s->run_first = first;
+		s->run_len = n;
 	}
-	err = emit(s);
-	s->run_first = first;
-	s->run_len = n;
+	if (!err && s->batch_pages + s->run_len >= s->flush_pages) {
+		/* Cut the run where FLUSH_BYTES is reached; the rest stays
+		 * open.  (Before this add less than that was ready, so the cut
+		 * falls inside the pages just added.) */
+		uint64_t over = s->batch_pages + s->run_len - s->flush_pages;
+
+		s->run_len -= over;
+		err = emit(s);
+		if (!err)
+			err = flush(s);
+		s->run_first = first + n - over;
+		s->run_len = over;
+	}
 	return err;
 }
 
@@ -247,7 +263,7 @@ static int dirty_chunk(struct sender *s, uint32_t r, const uint64_t *bm, uint64_
 int rm_ram_send_pass(struct rdmamig *m, bool bulk, bool fence, struct rm_pass *out)
 {
 	uint64_t ps = m->desc.page_size, t0 = rm_now_ns();
-	struct sender s = { .m = m };
+	struct sender s = { .m = m, .flush_pages = FLUSH_BYTES / ps ? FLUSH_BYTES / ps : 1 };
 	int err = 0;
 
 	memset(out, 0, sizeof(*out));
@@ -266,10 +282,6 @@ int rm_ram_send_pass(struct rdmamig *m, bool bulk, bool fence, struct rm_pass *o
 			uint64_t before = s.pages + s.run_len;
 
 			err = bulk ? bulk_chunk(&s, r, c, end, &out->zero_pages) : dirty_chunk(&s, r, bm, c, end);
-			if (!err && s.run_len >= RANGE_MAX_PAGES)
-				err = emit(&s);
-			if (!err && s.batch_bytes >= FLUSH_BYTES)
-				err = flush(&s);
 			if (!err)
 				err = rm_mig_tick(m, false);
 			if (!err && rm_mig_cancelled(m))
