@@ -13,9 +13,10 @@
  * tracker (everything but the ioctl), so the figures are the engine plus
  * the VMM's share of the contract, never the kernel's.
  *
- * The transport is a null backend behind the real rm_tr_* wrappers (built
- * here from transport/priv.h, so transport/ is untouched): it counts ranges
- * and bytes and moves nothing.  The engine runs its own functions — the
+ * The transport is a null backend behind the real rm_tr_write() (built here
+ * from transport/priv.h, so transport/ is untouched): it counts writes and
+ * bytes and moves nothing; the wrapper counts the ranges, resolves their
+ * region ids and cuts them by max_write, as it does for every backend.  The engine runs its own functions — the
  * sync (rm_ram_sync) and the pass (rm_ram_send_pass) of migration/ram.c —
  * on a real struct rdmamig, as run_source() does for each iteration.
  *
@@ -207,31 +208,30 @@ static uint64_t pattern_pages(const struct memvmm *v)
 
 struct null_tr {
 	struct rm_transport base;	/* first: the wrappers see this */
-	uint64_t writes, ranges, bytes;
+	uint64_t writes, bytes;
 	uint64_t *seen[RDMAMIG_MAX_REGIONS];	/* --check: pages written, by region index */
 };
 
-static int null_write(struct rm_transport *t, const struct rm_range *r, size_t n)
+static int null_write(struct rm_transport *t, unsigned idx, uint64_t off, uint64_t len, uint64_t *took,
+		      uint64_t deadline)
 {
 	struct null_tr *nt = (struct null_tr *)t;
 
 	nt->writes++;
-	nt->ranges += n;
-	for (size_t i = 0; i < n; i++) {
-		nt->bytes += r[i].length;
-		if (nt->seen[r[i].region])
-			for (uint64_t p = r[i].offset / PAGE; p < (r[i].offset + r[i].length) / PAGE; p++)
-				nt->seen[r[i].region][p / 64] |= 1ull << (p % 64);
-	}
+	nt->bytes += len;
+	*took = len;
+	if (nt->seen[idx])
+		for (uint64_t p = off / PAGE; p < (off + len) / PAGE; p++)
+			nt->seen[idx][p / 64] |= 1ull << (p % 64);
 	return 0;
 }
 
-static int null_fence(struct rm_transport *t)
+static int null_flush(struct rm_transport *t, uint64_t deadline)
 {
 	return 0;
 }
 
-static int null_send(struct rm_transport *t, uint16_t type, const void *buf, size_t len)
+static int null_fence(struct rm_transport *t)
 {
 	return 0;
 }
@@ -244,23 +244,31 @@ static void null_stats(struct rm_transport *t, struct rm_transport_stats *out)
 static const struct rm_transport_ops null_ops = {
 	.name = "null",
 	.write = null_write,
+	.flush = null_flush,
 	.fence = null_fence,
-	.send = null_send,
 	.stats = null_stats,
 };
 
-static void null_init(struct null_tr *nt, const struct rdmamig_vm_desc *d)
+/* A source connection laid out over d's regions, as rm_tr_layout() leaves
+ * one, with the default max_write (the wrappers cut ranges by it). */
+static int null_init(struct null_tr *nt, const struct rdmamig_vm_desc *d)
 {
-	memset(nt, 0, sizeof(*nt));
+	struct rm_transport_opts defaults = { 0 };
+	struct rm_region regions[RDMAMIG_MAX_REGIONS];
+	int err;
+
 	nt->base.ops = &null_ops;
 	nt->base.role = RM_ROLE_SOURCE;
 	nt->base.nchan = 1;
-	nt->base.laid_out = true;
-	nt->base.nregions = d->nr_regions;
+	err = rm_tr_opts_fill(&nt->base.opts, &defaults);
 	for (unsigned r = 0; r < d->nr_regions; r++)
-		nt->base.regions[r] = (struct rm_region){
+		regions[r] = (struct rm_region){
 			.id = d->regions[r].id, .addr = d->regions[r].host_addr, .size = d->regions[r].size,
 		};
+	if (!err)
+		err = rm_tr_set_regions(&nt->base, regions, d->nr_regions);
+	nt->base.laid_out = !err;
+	return err;
 }
 
 /* ---- measuring ---- */
@@ -310,7 +318,7 @@ static int bench_pattern(struct rdmamig *m, struct memvmm *v, struct null_tr *nt
 	fill_pattern(v, name);
 	want = pattern_pages(v);
 	for (unsigned i = 0; i < reps; i++) {
-		uint64_t r0 = nt->ranges, b0 = nt->bytes, t0, t1, t2;
+		uint64_t r0 = nt->base.st.ranges, b0 = nt->bytes, t0, t1, t2;
 		struct rm_pass pass;
 		long n;
 		int err;
@@ -341,7 +349,7 @@ static int bench_pattern(struct rdmamig *m, struct memvmm *v, struct null_tr *nt
 			}
 			memset(nt->seen[r], 0, vmm_words(v) * 8);
 		}
-		ranges = nt->ranges - r0;
+		ranges = nt->base.st.ranges - r0;
 		sync_ms[i] = (double)(t1 - t0) / 1e6;
 		pass_ms[i] = (double)(t2 - t1) / 1e6;
 		gibs[i] = guest_gib / ((double)(t2 - t0) / 1e9);
@@ -379,7 +387,7 @@ int main(int argc, char **argv)
 	struct rdmamig_opts mo = { .role = RDMAMIG_SOURCE, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "null" };
 	struct memvmm v = { 0 };
 	bool check = false;
-	struct null_tr nt;
+	struct null_tr *ntp = calloc(1, sizeof(*ntp));
 	struct rdmamig *m;
 	int c, err = 0;
 
@@ -430,29 +438,35 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench-engine: setup: %s\n", rdmamig_strerror(err));
 		return 1;
 	}
-	null_init(&nt, &m->desc);
+	if (!ntp || null_init(ntp, &m->desc)) {
+		fprintf(stderr, "bench-engine: the null transport: %s\n", ntp ? "bad layout" : "no memory");
+		return 1;
+	}
 	for (unsigned r = 0; check && r < v.nregions; r++) {
-		nt.seen[r] = calloc(vmm_words(&v), 8);
-		if (!nt.seen[r]) {
+		ntp->seen[r] = calloc(vmm_words(&v), 8);
+		if (!ntp->seen[r]) {
 			perror("calloc");
 			return 1;
 		}
 	}
-	m->t = &nt.base;
-	m->progress.stage = 1;	/* iterating: heartbeats go out as in a migration */
+	/* Stage 0, so no heartbeat: the null transport has no control channel
+	 * (in a migration one goes out per second, nothing at this scale). */
+	m->t = &ntp->base;
 
 	printf("bench-engine: %u GiB guest in %u regions, %u iterate passes per pattern, dirty_clear %s, "
 	       "%s time; median [min .. max]\n", gib, v.nregions, reps, mem_ops.dirty_clear ? "on" : "off",
 	       wall_clock ? "wall" : "CPU");
 	for (char *save = NULL, *p = strtok_r(patterns, ",", &save); p && !err; p = strtok_r(NULL, ",", &save))
-		err = bench_pattern(m, &v, &nt, p, reps);
+		err = bench_pattern(m, &v, ntp, p, reps);
 
 	m->t = NULL;
 	rdmamig_free(m);
+	free(ntp->base.widx);	/* rm_tr_write()'s scratch */
 	for (unsigned r = 0; r < v.nregions; r++) {
 		free(v.log[r]);
-		free(nt.seen[r]);
+		free(ntp->seen[r]);
 	}
+	free(ntp);
 	munmap(v.ram, (size_t)gib << 30);
 	if (err)
 		fprintf(stderr, "bench-engine: %s\n", rdmamig_strerror(err));
