@@ -5,7 +5,8 @@
 # shows full commands.  -Werror unless WERROR=0.  SANITIZE=1 builds with
 # AddressSanitizer + UBSan (into build-asan/, so it never mixes with build/).
 #
-#   make            librdmamig.a, librdmamig.so and the rdmamig binary
+#   make            librdmamig.a and .so (the engine), librmvmm.a (the built-in
+#                   VMM) and the rdmamig binary
 #   make test       install what is missing, run host suites, then test-bed suites
 #   make demo       a live migration of a busy guest over soft-RoCE
 #   make check-asan the host suites under AddressSanitizer + UBSan
@@ -56,27 +57,35 @@ Q := @
 quiet = @printf '  %-7s %s\n'
 endif
 
+# Two archives.  librdmamig is what an embedder loads: the engine, the
+# transports with RDMA registration, and common/ — nothing of our VMM.
+# librmvmm.a is the built-in VMM (kvm/ and the RAM backing of pinning/) that
+# the CLI, the tests and the benches link beside it; it may call common/, so
+# it comes first on their link lines.
 LIB_A    := $(O)/librdmamig.a
 LIB_SO   := $(O)/librdmamig.so
+VMM_A    := $(O)/librmvmm.a
 BIN      := $(O)/rdmamig
 
 # Filled by the Build.mk files.
 LIB_OBJS   :=
+VMM_OBJS   :=
 CLI_OBJS   :=
 HOST_TESTS :=
 BED_TESTS  :=
 BENCH_BINS :=
 
 include include/Build.mk
-include pinning/Build.mk
+include common/Build.mk
 include transport/Build.mk
-include kvm/Build.mk
 include migration/Build.mk
+include pinning/Build.mk
+include kvm/Build.mk
 include cli/Build.mk
 include tests/Build.mk
 include bench/Build.mk
 
-all: $(LIB_A) $(LIB_SO) $(BIN)
+all: $(LIB_A) $(LIB_SO) $(VMM_A) $(BIN)
 
 $(O)/%.o: %.c
 	$(quiet) CC $@
@@ -92,23 +101,30 @@ $(LIB_A): $(addprefix $(O)/,$(LIB_OBJS))
 	$(quiet) AR $@
 	$(Q)rm -f $@ && ar rcs $@ $^
 
+# --no-undefined: every symbol the library uses must come from its own
+# objects or the libraries named here, so an engine call into kvm/ (which is
+# not in LIB_OBJS) fails this link instead of waiting for the embedder.
 $(LIB_SO): $(addprefix $(O)/,$(LIB_OBJS)) include/librdmamig.map
 	$(quiet) LINK $@
-	$(Q)$(CC) -shared -o $@ $(addprefix $(O)/,$(LIB_OBJS)) \
+	$(Q)$(CC) -shared -o $@ $(addprefix $(O)/,$(LIB_OBJS)) -Wl,--no-undefined \
 		-Wl,--version-script=include/librdmamig.map -Wl,-soname,librdmamig.so.0 $(LDFLAGS) $(LIBS)
 	$(Q)ln -sf librdmamig.so $@.0
 
-$(BIN): $(addprefix $(O)/,$(CLI_OBJS)) $(LIB_A)
+$(VMM_A): $(addprefix $(O)/,$(VMM_OBJS))
+	$(quiet) AR $@
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BIN): $(addprefix $(O)/,$(CLI_OBJS)) $(VMM_A) $(LIB_A)
 	$(quiet) LINK $@
 	$(Q)$(CC) -o $@ $^ $(LDFLAGS) $(LIBS)
 
-# Test and bench binaries link the static library, so they can reach
+# Test and bench binaries link the static libraries, so they can reach
 # internal (non-exported) functions of each layer.
-$(O)/tests/%: $(O)/tests/%.o $(LIB_A)
+$(O)/tests/%: $(O)/tests/%.o $(VMM_A) $(LIB_A)
 	$(quiet) LINK $@
 	$(Q)$(CC) -o $@ $^ $(LDFLAGS) -lcriterion $(LIBS)
 
-$(O)/bench/%: $(O)/bench/%.o $(LIB_A)
+$(O)/bench/%: $(O)/bench/%.o $(VMM_A) $(LIB_A)
 	$(quiet) LINK $@
 	$(Q)$(CC) -o $@ $^ $(LDFLAGS) $(LIBS) -lm
 

@@ -1,5 +1,4 @@
-# include/ — rdmamig.h, the one public header, and the symbol map that keeps
-# everything else out of librdmamig.so.  No code lives here; common/ holds the
+# include/ — rdmamig.h, the one public header, and librdmamig.map, the symbol
+# map that names every function librdmamig.so exports.  No code lives here and
+# nothing here includes a header from another folder; common/ holds the
 # private helpers every layer shares.
-LIB_OBJS += common/log.o
-LIB_OBJS += common/error.o

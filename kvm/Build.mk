@@ -1,14 +1,16 @@
 # kvm/ — the built-in VMM: KVM VM + vCPUs, guest payloads, dirty trackers,
-# vCPU and device state.  One implementation of the VMM ops table; never
-# includes transport/.
-LIB_OBJS += pinning/backing.o
-LIB_OBJS += kvm/payload.o
-LIB_OBJS += kvm/vmstate.o
-LIB_OBJS += kvm/vm.o
-LIB_OBJS += kvm/state.o
-LIB_OBJS += kvm/dirty.o
-LIB_OBJS += kvm/dirty-ring.o
-LIB_OBJS += kvm/snapshot.o
+# vCPU and device state, and vmm.c, its implementation of include/rdmamig.h's
+# VMM ops table.  Built into librmvmm.a, never into librdmamig: the engine
+# sees it only through that table.  Includes pinning/ (RAM backing), common/
+# and include/; never transport/, migration/ or cli/.
+VMM_OBJS += kvm/payload.o
+VMM_OBJS += kvm/vmstate.o
+VMM_OBJS += kvm/vm.o
+VMM_OBJS += kvm/state.o
+VMM_OBJS += kvm/dirty.o
+VMM_OBJS += kvm/dirty-ring.o
+VMM_OBJS += kvm/snapshot.o
+VMM_OBJS += kvm/vmm.o
 
 # The guest payload: freestanding C, linked flat at 1 MiB, embedded in the
 # library by kvm/payload.S.  Its own flags: no red zone (no interrupts, but the
@@ -51,4 +53,3 @@ HOST_TESTS += test-kvm-backing
 HOST_TESTS += test-kvm-snapshot
 BED_TESTS  += test-kvm-snapshot
 BENCH_BINS += bench-dirty-sync
-LIB_OBJS += kvm/vmm.o

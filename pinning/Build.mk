@@ -1,3 +1,5 @@
-# pinning/ — guest-RAM backing (anonymous, memfd, hugetlbfs 2M/1G, NUMA node).
-# Knows nothing of KVM or of the wire.  (RDMA memory registration lives in
-# transport/register.c: only the RDMA backend registers memory.)
+# pinning/ — guest-RAM backing (anonymous, memfd, hugetlbfs 2M/1G, NUMA node,
+# prefault).  Part of the built-in VMM's archive, librmvmm.a: the VMM maps
+# what it returns into its guest.  Includes only common/ and include/; knows
+# nothing of KVM, of the wire or of RDMA registration (transport/register.c).
+VMM_OBJS += pinning/backing.o
