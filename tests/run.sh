@@ -2,7 +2,9 @@
 # tests/run.sh — run the Criterion suites: host suites here, then the test-bed
 # suites on soft-RoCE (directly where setup.sh works, else inside vm.sh).
 # Prints each suite's Criterion synthesis line and its time, and at the end
-# one line "N passed, N failed, N skipped".  Called by `make test`, which sets
+# one line "N passed, N failed, N skipped".  Before the suites it runs the
+# build checks, tests/check-*.sh (layering, exports), each counted as one
+# test that passes or fails.  Called by `make test`, which sets
 # O, HOST_TESTS and BED_TESTS; `tests/run.sh --bed SUITE...` is the part that
 # runs on the bed.  Exit 0 only when nothing failed.  WRAP, if set, prefixes
 # every suite (make check-valgrind sets it to valgrind).
@@ -95,6 +97,11 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log" "$log.env"' EXIT
 rc=0
+# The build checks: what the tree and the built library must be.
+for c in tests/check-*.sh; do
+	O=$O "$c" 2>&1 | tee -a "$log"
+	[ "${PIPESTATUS[0]}" = 0 ] || rc=1
+done
 ensure_kvm_node
 run_suites host ${HOST_TESTS} 2>&1 | tee -a "$log" || rc=1
 
@@ -125,6 +132,8 @@ awk '
 		}
 		suites++
 	}
+	/^\[PASS\] check / { p++; suites++ }
+	/^\[FAIL\] check / { f++; suites++ }
 	/\[SKIP\]/ { s++ }
 	/^\[FAIL\] the test bed did not finish/ { f++; suites++ }
 	/FAILED once .*RETRYING/ { r++ }
