@@ -6,6 +6,8 @@
 VMM_OBJS += kvm/payload.o
 VMM_OBJS += kvm/vmstate.o
 VMM_OBJS += kvm/vm.o
+VMM_OBJS += kvm/vcpu.o
+VMM_OBJS += kvm/boot.o
 VMM_OBJS += kvm/state.o
 VMM_OBJS += kvm/dirty.o
 VMM_OBJS += kvm/dirty-ring.o

@@ -12,7 +12,7 @@
  */
 #include <stdlib.h>
 
-#include "kvm/kvm-internal.h"
+#include "kvm/dirty-internal.h"
 
 /* Harvest one vCPU's ring into t->pending (or drop it, t == NULL). */
 static unsigned harvest(struct rm_kvm_vm *vm, struct rm_kvm_vcpu *vcpu, struct rm_dirty_tracker *t)

@@ -5,7 +5,7 @@
  */
 #include <stdlib.h>
 
-#include "kvm/kvm-internal.h"
+#include "kvm/dirty-internal.h"
 
 static uint64_t region_pages(const struct rm_kvm_vm *vm, unsigned r)
 {

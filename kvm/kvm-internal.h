@@ -1,8 +1,10 @@
 /*
- * kvm/kvm-internal.h — what the files of kvm/ share and nobody else sees:
- * the VM and vCPU structs, the checked ioctl wrappers, and the hooks between
- * the vCPU loop (vm.c), the dirty ring (dirty-ring.c) and vCPU state
- * (cpu-state.c).
+ * kvm/kvm-internal.h — the VM and its vCPUs as the files of kvm/ see them:
+ * the structs, the checked ioctl wrappers, and the one function of vm.c that
+ * only kvm/ calls.  Outside kvm/ only the KVM suites look in here.  The
+ * other files' private interfaces sit above this header, each in its own:
+ * vcpu.h (vcpu.c), state.h (state.c), dirty-internal.h (dirty.c and
+ * dirty-ring.c); none of them is included from here.
  */
 #ifndef RDMAMIG_KVM_INTERNAL_H
 #define RDMAMIG_KVM_INTERNAL_H
@@ -14,7 +16,6 @@
 #include <sys/ioctl.h>
 
 #include "common/log.h"
-#include "kvm/dirty.h"
 #include "kvm/vm.h"
 
 /*
@@ -118,36 +119,6 @@ struct rm_kvm_vm {
 	atomic_int fault;
 	atomic_ulong integrity_errors;
 };
-
-/* A tracker: the generic part (dirty.c) and its mechanism (ops). */
-struct rm_dirty_ops {
-	const char *name;
-	bool (*supported)(struct rm_kvm_vm *vm);
-	int (*start)(struct rm_dirty_tracker *t);
-	/* Fill t->bitmap[] with what was dirtied since the last sync. */
-	int (*sync)(struct rm_dirty_tracker *t);
-	int (*clear)(struct rm_dirty_tracker *t, unsigned region, uint64_t first, uint64_t n); /* may be NULL */
-	void (*stop)(struct rm_dirty_tracker *t);
-};
-
-struct rm_dirty_tracker {
-	const struct rm_dirty_ops *ops;
-	struct rm_kvm_vm *vm;
-	uint64_t *bitmap[RM_KVM_MAX_REGIONS];	/* what the last sync reported */
-	uint64_t *pending[RM_KVM_MAX_REGIONS];	/* ring: harvested, not yet reported */
-	size_t words[RM_KVM_MAX_REGIONS];
-};
-
-extern const struct rm_dirty_ops rm_dirty_ring_ops;
-
-/* dirty-ring.c: a vCPU exited with KVM_EXIT_DIRTY_RING_FULL. */
-int rm_dirty_ring_full(struct rm_kvm_vm *vm, struct rm_kvm_vcpu *vcpu);
-
-/* cpu-state.c: probe what a vCPU's state consists of (after vCPU 0 exists),
- * and the state sections. */
-int rm_cpu_state_probe(struct rm_kvm_vm *vm);
-int rm_cpu_state_save(struct rm_kvm_vm *vm, struct rm_vms_buf *buf);
-int rm_cpu_state_load(struct rm_kvm_vm *vm, struct rm_vms_reader *r);
 
 /* vm.c: set memslot dirty logging on or off for every region. */
 int rm_kvm_vm_set_dirty_logging(struct rm_kvm_vm *vm, bool on);

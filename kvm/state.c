@@ -12,6 +12,7 @@
 #include <stdlib.h>
 
 #include "kvm/kvm-internal.h"
+#include "kvm/state.h"
 
 #define CPU_MAX_MSRS	512
 #define CPU_MAX_XSAVE	(64 * 1024)
