@@ -1,5 +1,6 @@
 # bench/ — benchmark harness, model and plots.  Prints figures and ratios;
-# never part of `make test`.
+# never part of `make test`.  Benches link librmvmm.a and librdmamig.a and may
+# include any layer's headers, never cli/'s; no layer includes bench/.
 # bench/model: the pre-copy model; it asks migration/policy.c what to do.
 BENCH_BINS += model
 # bench/bench-engine: the engine's iterate pass alone, over a memory-only VMM

@@ -1,5 +1,6 @@
-# cli/ — the rdmamig binary: flags, progress, JSON stats.  Uses only
-# include/rdmamig.h (plus kvm/ as the built-in VMM).
+# cli/ — the rdmamig binary: flags, progress, JSON stats.  Includes only
+# include/rdmamig.h and kvm/vmm.h (the built-in VMM); links librmvmm.a and
+# librdmamig.a.  Nothing includes cli/.
 CLI_OBJS += cli/main.o
 HOST_TESTS += test-e2e
 BED_TESTS  += test-e2e

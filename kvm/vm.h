@@ -26,7 +26,7 @@
 #include "pinning/backing.h"
 
 #define RM_KVM_KICK_SIGNAL	(SIGRTMIN + 4)
-#define RM_KVM_MAX_SLOT_SIZE	(1ull << 30)	/* one 4 GiB slot failed here; see design.md */
+#define RM_KVM_MAX_SLOT_SIZE	(1ull << 30)	/* a single 4 GiB slot failed on a test host */
 #define RM_KVM_MAX_REGIONS	(RM_GUEST_MAX_GIB)
 
 struct rm_kvm_vm;

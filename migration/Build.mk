@@ -1,6 +1,7 @@
 # migration/ — the engine, VMM-agnostic: stages, convergence policy, wire
-# protocol, stats.  Sees a VMM only through the ops table and a transport only
-# through transport.h.
+# protocol, stats.  Part of librdmamig.  Sees a VMM only through the ops table
+# of include/rdmamig.h and a transport only through transport/transport.h;
+# includes transport/, common/ and include/, never kvm/, pinning/ or cli/.
 LIB_OBJS += migration/protocol.o
 LIB_OBJS += migration/policy.o
 LIB_OBJS += migration/ram.o

@@ -179,8 +179,7 @@ static void refuse(struct rdmamig *m, int reason, const char *text)
 
 /* Wait for one message of type want; a REFUSE from the peer is reported as
  * RDMAMIG_E_REFUSED with its text; anything else unexpected is a protocol
- * error.  Source heartbeats (ITER) are consumed on the way by the
- * destination when skip_iter is set. */
+ * error. */
 static int expect(struct rdmamig *m, uint16_t want, struct rm_msg *msg, int timeout_ms)
 {
 	for (;;) {

@@ -1,7 +1,8 @@
 # transport/ — one ops table (transport.h), the control protocol both backends
 # speak (ctrl.c), and the backends: rdma (libibverbs + librdmacm, with RDMA
-# memory registration in register.c) and tcp.  Never includes kvm/,
-# migration/ or pinning/.
+# memory registration in register.c) and tcp.  Part of librdmamig.  Includes
+# common/ and include/ only: never migration/ (it sits above), kvm/ or
+# pinning/.
 LIB_OBJS += transport/wire.o
 LIB_OBJS += transport/transport.o
 LIB_OBJS += transport/ctrl.o
