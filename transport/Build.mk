@@ -13,6 +13,7 @@ LIB_OBJS += transport/tcp-conn.o
 LIB_OBJS += transport/rdma.o
 LIB_OBJS += transport/rdma-cm.o
 HOST_TESTS += test-transport-ctrl
+HOST_TESTS += test-transport-hello
 HOST_TESTS += test-transport-tcp
 BED_TESTS += test-transport-rdma
 BENCH_BINS += bench-transport
