@@ -38,5 +38,9 @@ extern const struct rm_dirty_ops rm_dirty_ring_ops;
 /* dirty-ring.c: a vCPU exited with KVM_EXIT_DIRTY_RING_FULL.  Called on that
  * vCPU's thread. */
 int rm_dirty_ring_full(struct rm_kvm_vm *vm, struct rm_kvm_vcpu *vcpu);
+/* Why this host's KVM cannot keep a dirty ring from overrunning, or NULL.
+ * Tests set rm_dirty_ring_allow_unsafe_host to watch the overrun checks. */
+const char *rm_dirty_ring_hazard(void);
+extern bool rm_dirty_ring_allow_unsafe_host;
 
 #endif

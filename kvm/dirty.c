@@ -151,6 +151,11 @@ struct rm_dirty_tracker *rm_dirty_start(struct rm_kvm_vm *vm, enum rm_dirty_kind
 	struct rm_dirty_tracker *t;
 	int ret;
 
+	if (kind == RM_DIRTY_RING && vm->opts.dirty_ring_entries && rm_dirty_ring_hazard()) {
+		rm_err("kvm: the ring dirty tracker is not available: %s; use bitmap or clear", rm_dirty_ring_hazard());
+		errno = ENOTSUP;
+		return NULL;
+	}
 	if (!rm_dirty_supported(vm, kind)) {
 		rm_err("kvm: the %s dirty tracker is not available on this VM%s", rm_dirty_name(kind),
 		       kind == RM_DIRTY_RING ? " (create it with dirty_ring_entries)"

@@ -114,6 +114,8 @@ struct rm_kvm_vm {
 	pthread_mutex_t ring_lock;
 	struct rm_dirty_tracker *ring_tracker;
 	bool tracking;
+	uint64_t ring_flagged;		/* harvested since the last reset (ring_lock) */
+	bool ring_overrun;		/* KVM overran a ring: the tracker fails for good */
 
 	atomic_ulong ring_full_exits;	/* for tests and stats */
 	atomic_int fault;
