@@ -136,7 +136,8 @@ static void vcpu_run(struct rm_kvm_vcpu *vcpu)
 				vcpu_fault(vcpu, ret, "dirty ring full and could not be harvested");
 			break;
 		case KVM_EXIT_SHUTDOWN:
-			vcpu_fault(vcpu, -EIO, "guest shut down (triple fault)");
+			/* On AMD, KVM resets the vCPU before it reports this. */
+			vcpu_fault(vcpu, -EIO, "guest shut down (triple fault; rip 0xfff0 is AMD KVM's reset, not the fault)");
 			break;
 		case KVM_EXIT_FAIL_ENTRY:
 			snprintf(what, sizeof(what), "entry failed, hardware reason %#llx",
@@ -291,7 +292,25 @@ int rm_kvm_vcpus_start(struct rm_kvm_vm *vm)
 	return 0;
 }
 
-void rm_kvm_vcpus_stop(struct rm_kvm_vm *vm)
+/* Join a vCPU thread that has been told to stop, kicking it again meanwhile
+ * (a kick is cheap and a second one costs nothing if the first arrived). */
+static int vcpu_join(struct rm_kvm_vcpu *vcpu, uint64_t timeout_ns)
+{
+	uint64_t end = rm_now_ns() + timeout_ns;
+
+	for (;;) {
+		struct timespec ts;
+
+		vcpu_kick(vcpu);
+		ts = rm_abstime_in(10000000ull);
+		if (pthread_timedjoin_np(vcpu->thread, NULL, &ts) == 0)
+			return 0;
+		if (rm_now_ns() > end)
+			return -ETIMEDOUT;
+	}
+}
+
+int rm_kvm_vcpus_stop(struct rm_kvm_vm *vm)
 {
 	pthread_mutex_lock(&vm->lock);
 	vm->stopping = true;
@@ -302,11 +321,15 @@ void rm_kvm_vcpus_stop(struct rm_kvm_vm *vm)
 
 		if (vcpu->thread_started) {
 			atomic_fetch_or(&vcpu->req, VCPU_REQ_STOP);
-			vcpu_kick(vcpu);
-			pthread_join(vcpu->thread, NULL);
+			if (vcpu_join(vcpu, 10000000000ull) < 0) {
+				rm_err("kvm: vCPU %u did not leave KVM_RUN within 10 s of being told to stop",
+				       vcpu->id);
+				return -ETIMEDOUT;
+			}
 			vcpu->thread_started = false;
 		}
 	}
+	return 0;
 }
 
 /* ---- pause / resume ---- */

@@ -16,7 +16,9 @@ void rm_kvm_vcpu_release(struct rm_kvm_vm *vm, struct rm_kvm_vcpu *vcpu);
 
 /* Start one thread per vCPU; returns once all are parked (the VM paused). */
 int rm_kvm_vcpus_start(struct rm_kvm_vm *vm);
-/* Stop and join every started vCPU thread.  Safe on a partly started VM. */
-void rm_kvm_vcpus_stop(struct rm_kvm_vm *vm);
+/* Stop and join every started vCPU thread.  Safe on a partly started VM.
+ * -ETIMEDOUT (logged) if a thread does not come back from KVM_RUN within
+ * 10 s: it still uses the VM, which must then not be freed. */
+int rm_kvm_vcpus_stop(struct rm_kvm_vm *vm);
 
 #endif

@@ -245,7 +245,12 @@ void rm_kvm_vm_destroy(struct rm_kvm_vm *vm)
 	if (!vm)
 		return;
 	if (vm->vcpus) {
-		rm_kvm_vcpus_stop(vm);
+		/* A thread stuck in KVM_RUN still uses the VM: leak it all
+		 * rather than free memory under it. */
+		if (rm_kvm_vcpus_stop(vm) < 0) {
+			rm_err("kvm: leaving the VM allocated");
+			return;
+		}
 		for (unsigned i = 0; i < vm->nr_vcpus; i++)
 			rm_kvm_vcpu_release(vm, &vm->vcpus[i]);
 		free(vm->vcpus);

@@ -73,14 +73,37 @@ Test(kvm_snapshot, guest_catches_corrupt_and_stale_pages, .timeout = 180)
 	struct rm_kvm_vm *vm = rm_kvm_snapshot_restore(path, NULL);
 	cr_assert_not_null(vm, "restore: %s", test_last_err);
 
-	/* Damage every written page: odd ones get a wrong tag, even ones go
-	 * back one generation, consistently (a page that missed its last copy). */
-	for (uint64_t p = 0; p < rm_kvm_vm_work_pages(vm); p++) {
-		struct rm_guest_page_head *h = rm_kvm_vm_gpa_to_hva(vm, rm_kvm_vm_work_page_gpa(vm, p));
+	/* What the guest runs on (GDT, page tables, code and its IDT) lies
+	 * below the first work page and must come out of this untouched. */
+	uint64_t npages = rm_kvm_vm_work_pages(vm), work_gpa = rm_kvm_vm_work_page_gpa(vm, 0);
+	cr_assert(work_gpa >= RM_GUEST_META_GPA + npages * 4 && work_gpa % (2u << 20) == 0,
+		  "work pages start at %#llx, inside the guest's own structures", (unsigned long long)work_gpa);
+	struct { uint64_t gpa, len; } keep[] = {
+		{ RM_GUEST_GDT_GPA, RM_GUEST_PAGE },		/* GDT */
+		{ RM_GUEST_PML4_GPA, 3 * RM_GUEST_PAGE },	/* PML4, PDPT, first PD */
+		{ RM_GUEST_IMAGE_GPA, RM_GUEST_PAGE },		/* code, and the IDT in its .bss */
+	};
+	uint8_t *before[3];
+	for (unsigned k = 0; k < 3; k++) {
+		before[k] = malloc(keep[k].len);
+		cr_assert_not_null(before[k]);
+		memcpy(before[k], rm_kvm_vm_gpa_to_hva(vm, keep[k].gpa), keep[k].len);
+	}
 
-		if (h->gen < 2)
+	/* Damage every written page: odd ones get a wrong tag, even ones go
+	 * back one generation, consistently (a page that missed its last copy).
+	 * The first and last work pages, next to the generation table and at
+	 * the end of RAM, get a wrong tag whatever their generation. */
+	for (uint64_t p = 0; p < npages; p++) {
+		uint64_t gpa = rm_kvm_vm_work_page_gpa(vm, p);
+		struct rm_guest_page_head *h = rm_kvm_vm_gpa_to_hva(vm, gpa);
+		bool edge = p == 0 || p == npages - 1;
+
+		cr_assert(gpa >= work_gpa && h, "work page %llu at %#llx", (unsigned long long)p,
+			  (unsigned long long)gpa);
+		if (h->gen < 2 && !edge)
 			continue;
-		if (p & 1) {
+		if ((p & 1) || edge) {
 			h->tag ^= 1;
 			corrupted++;
 		} else {
@@ -89,13 +112,24 @@ Test(kvm_snapshot, guest_catches_corrupt_and_stale_pages, .timeout = 180)
 			stale++;
 		}
 	}
-	cr_assert_gt(corrupted + stale, 0, "no page had been written twice before the snapshot");
+	cr_assert_gt(corrupted + stale, 2, "no page had been written twice before the snapshot");
 	cr_assert_eq(rm_kvm_vm_resume(vm), 0);
 	test_wait_progress(vm, saved, 4096, 120);
-	printf("damaged %llu pages (%llu corrupt, %llu stale): the guest reported %llu\n",
+	cr_assert_eq(rm_kvm_vm_pause(vm, 5000000000ull), 0);
+	printf("damaged %llu pages (%llu corrupt, %llu stale; work pages from %#llx): the guest reported %llu\n",
 	       (unsigned long long)(corrupted + stale), (unsigned long long)corrupted, (unsigned long long)stale,
-	       (unsigned long long)rm_kvm_vm_integrity_errors(vm));
+	       (unsigned long long)work_gpa, (unsigned long long)rm_kvm_vm_integrity_errors(vm));
 	cr_expect_gt(rm_kvm_vm_integrity_errors(vm), 0, "the guest did not notice damaged pages");
+	for (unsigned k = 0; k < 3; k++) {
+		const uint64_t *was = (const uint64_t *)before[k], *now = rm_kvm_vm_gpa_to_hva(vm, keep[k].gpa);
+
+		/* The CPU may set accessed and dirty bits in page-table
+		 * entries (and the GDT's are set already): ignore those. */
+		for (uint64_t w = 0; w < keep[k].len / 8; w++)
+			cr_expect_eq(was[w] & ~0x60ull, now[w] & ~0x60ull, "guest structure at %#llx changed",
+				     (unsigned long long)(keep[k].gpa + w * 8));
+		free(before[k]);
+	}
 	rm_kvm_vm_destroy(vm);
 	unlink(path);
 }
