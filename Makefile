@@ -47,7 +47,9 @@ ifeq ($(SANITIZE),1)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=address,undefined
 endif
-LIBS     += -lrdmacm -libverbs -lnuma -lpthread
+# libcrypto (OpenSSL): HMAC-SHA256, RAND_bytes and CRYPTO_memcmp for peer
+# authentication (transport/ctrl.c).
+LIBS     += -lrdmacm -libverbs -lnuma -lcrypto -lpthread
 
 ifeq ($(V),1)
 Q :=

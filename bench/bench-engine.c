@@ -253,7 +253,7 @@ static const struct rm_transport_ops null_ops = {
  * one, with the default max_write (the wrappers cut ranges by it). */
 static int null_init(struct null_tr *nt, const struct rdmamig_vm_desc *d)
 {
-	struct rm_transport_opts defaults = { 0 };
+	struct rm_transport_opts defaults = { .no_auth = true };	/* a null transport: no peer */
 	struct rm_region regions[RDMAMIG_MAX_REGIONS];
 	int err;
 
@@ -384,7 +384,8 @@ int main(int argc, char **argv)
 	};
 	unsigned gib = 16, region_gib = 1, reps = 9;
 	char patterns[256] = "all,half,rand10,sparse,runs16";
-	struct rdmamig_opts mo = { .role = RDMAMIG_SOURCE, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "null" };
+	struct rdmamig_opts mo = { .role = RDMAMIG_SOURCE, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "null",
+				   .no_auth = 1 };
 	struct memvmm v = { 0 };
 	bool check = false;
 	struct null_tr *ntp = calloc(1, sizeof(*ntp));

@@ -91,6 +91,7 @@ static int xfer(enum rm_transport_kind kind, const char *addr, uint64_t total, u
 		.kind = kind, .addr = addr, .port = "0", .nchan = chans,
 		.max_write = (uint32_t)(wsize > (64u << 20) ? (64u << 20) : wsize),
 		.timeout_ms = 60000,
+		.psk_len = 32,	/* authenticated, as deployed; the key's bytes don't matter */
 	};
 	struct dst_arg d = { 0 };
 	struct rm_transport *src = NULL;

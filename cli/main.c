@@ -27,11 +27,12 @@ enum exit_code {
 	EXIT_VERIFY = 4,	/* RAM digests differ */
 	EXIT_CANCELLED = 5,	/* SIGINT / SIGTERM */
 	EXIT_GUEST = 6,		/* the guest failed (setup, or integrity after migration) */
+	EXIT_AUTH = 7,		/* the peer did not prove the pre-shared key */
 };
 
 static const char usage_text[] =
-"usage: rdmamig --dst --listen [ADDR:]PORT [options]\n"
-"       rdmamig --src --connect ADDR:PORT [guest options] [options]\n"
+"usage: rdmamig --dst --listen [ADDR:]PORT --psk FILE [options]\n"
+"       rdmamig --src --connect ADDR:PORT --psk FILE [guest options] [options]\n"
 "\n"
 "Live-migrate a running KVM guest over RDMA (or TCP).  The destination waits\n"
 "for one source, creates a VM of the source's shape, receives its RAM and\n"
@@ -51,6 +52,17 @@ static const char usage_text[] =
 "  --no-prefault         don't populate guest RAM up front (populating it keeps\n"
 "                        RDMA registration from faulting in every page)\n"
 "  --warmup SECS         run the guest this long before migrating (default 2)\n"
+"\n"
+"Security:\n"
+"  --psk FILE            pre-shared key (16 to 64 bytes, e.g. from\n"
+"                        head -c 32 /dev/urandom > FILE): both sides must\n"
+"                        give the same; each proves it to the other before\n"
+"                        the destination creates or registers anything\n"
+"  --no-auth             run without a key: any host that reaches the port can\n"
+"                        write the destination's guest RAM, and any host that\n"
+"                        answers on its address receives the source's guest\n"
+"  --max-mem SIZE        destination: refuse a source whose guest RAM is larger\n"
+"                        (default: the host's MemAvailable)\n"
 "\n"
 "Migration:\n"
 "  --transport T         rdma | tcp (default rdma)\n"
@@ -75,12 +87,14 @@ static const char usage_text[] =
 "  -h, --help            this text       --version\n"
 "\n"
 "Examples:\n"
-"  rdmamig --dst --listen 10.0.0.2:7471\n"
-"  rdmamig --src --connect 10.0.0.2:7471 --mem 4G --vcpus 4 --workload hotset:20000\n"
-"  rdmamig --src --connect 10.0.0.2:7471 --transport tcp --deadline 5m --verify\n"
+"  head -c 32 /dev/urandom > key    (copy it to both hosts)\n"
+"  rdmamig --dst --listen 10.0.0.2:7471 --psk key\n"
+"  rdmamig --src --connect 10.0.0.2:7471 --psk key --mem 4G --vcpus 4 --workload hotset:20000\n"
+"  rdmamig --src --connect 10.0.0.2:7471 --psk key --transport tcp --deadline 5m --verify\n"
 "\n"
 "Exit codes: 0 migrated; 1 failed (source guest runs on); 2 usage; 3 refused\n"
-"by the destination; 4 RAM digests differ; 5 cancelled; 6 guest failure.\n";
+"by the destination; 4 RAM digests differ; 5 cancelled; 6 guest failure;\n"
+"7 the peer did not prove the pre-shared key.\n";
 
 struct cli {
 	bool src, dst;
@@ -93,6 +107,8 @@ struct cli {
 	unsigned warmup_s, run_after_s;
 	bool shape_given;	/* --mem or --vcpus given */
 	const char *json;
+	const char *psk_file;
+	unsigned char psk[RDMAMIG_PSK_MAX];
 	int verbosity;		/* 0 quiet, 1 normal, 2 debug */
 	struct rdmamig_opts opts;
 };
@@ -242,6 +258,8 @@ static int parse_endpoint(char *s, char **addr, char **port, bool need_addr)
 	return need_addr && !*addr ? -1 : 0;
 }
 
+static void read_psk(struct cli *c);
+
 #define USAGE_ERR(...) do { fprintf(stderr, "rdmamig: " __VA_ARGS__); \
 	fprintf(stderr, "\nTry 'rdmamig --help'.\n"); exit(EXIT_USAGE); } while (0)
 
@@ -251,7 +269,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		O_SRC = 256, O_DST, O_LISTEN, O_CONNECT, O_MEM, O_VCPUS, O_WORKLOAD, O_HOT, O_BACKING,
 		O_NUMA, O_WARMUP, O_TRANSPORT, O_QPS, O_MAXWRITE, O_REG, O_TRACKER, O_DOWNTIME,
 		O_MAXITER, O_DEADLINE, O_MAXBW, O_AUTOCONV, O_TIMEOUT, O_VERIFY, O_JSON, O_RUNAFTER,
-		O_VERSION, O_NOPREFAULT,
+		O_VERSION, O_NOPREFAULT, O_PSK, O_NOAUTH, O_MAXMEM,
 	};
 	static const struct option longopts[] = {
 		{ "src", no_argument, NULL, O_SRC },
@@ -279,6 +297,9 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "verify", no_argument, NULL, O_VERIFY },
 		{ "json", required_argument, NULL, O_JSON },
+		{ "psk", required_argument, NULL, O_PSK },
+		{ "no-auth", no_argument, NULL, O_NOAUTH },
+		{ "max-mem", required_argument, NULL, O_MAXMEM },
 		{ "run-after", required_argument, NULL, O_RUNAFTER },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -399,6 +420,12 @@ static void parse_args(struct cli *c, int argc, char **argv)
 			break;
 		case O_VERIFY: c->opts.verify = 1; break;
 		case O_JSON: c->json = optarg; break;
+		case O_PSK: c->psk_file = optarg; break;
+		case O_NOAUTH: c->opts.no_auth = 1; break;
+		case O_MAXMEM:
+			if (!(c->opts.max_mem = parse_size(optarg)))
+				USAGE_ERR("--max-mem %s: a size (e.g. 8G)", optarg);
+			break;
 		case O_RUNAFTER:
 			if (parse_uint(optarg, &c->run_after_s))
 				USAGE_ERR("--run-after %s: seconds", optarg);
@@ -421,6 +448,38 @@ static void parse_args(struct cli *c, int argc, char **argv)
 	c->opts.role = c->src ? RDMAMIG_SOURCE : RDMAMIG_DESTINATION;
 	c->opts.addr = c->addr;
 	c->opts.port = c->port;
+	if (c->psk_file && c->opts.no_auth)
+		USAGE_ERR("--psk and --no-auth: give one");
+	if (!c->psk_file && !c->opts.no_auth)
+		USAGE_ERR("%s needs --psk FILE (the same key on both sides; make one with "
+			  "'head -c 32 /dev/urandom > FILE'), or --no-auth to let %s",
+			  c->src ? "--src" : "--dst",
+			  c->src ? "any host that answers on the destination's address receive the guest"
+				 : "any host that reaches the port write guest RAM");
+	if (c->psk_file)
+		read_psk(c);
+}
+
+/* The key file's bytes, as they are (a trailing newline counts: both sides
+ * read the same file). */
+static void read_psk(struct cli *c)
+{
+	FILE *f = fopen(c->psk_file, "re");
+	unsigned char extra;
+	size_t n;
+
+	if (!f)
+		USAGE_ERR("--psk %s: %s", c->psk_file, strerror(errno));
+	n = fread(c->psk, 1, sizeof(c->psk), f);
+	if (n == sizeof(c->psk) && fread(&extra, 1, 1, f) == 1)
+		n = sizeof(c->psk) + 1;
+	fclose(f);
+	if (n < RDMAMIG_PSK_MIN || n > RDMAMIG_PSK_MAX)
+		USAGE_ERR("--psk %s: %zu%s bytes; a key is %d to %d bytes (head -c 32 /dev/urandom > FILE)",
+			  c->psk_file, n > RDMAMIG_PSK_MAX ? (size_t)RDMAMIG_PSK_MAX : n,
+			  n > RDMAMIG_PSK_MAX ? "+" : "", RDMAMIG_PSK_MIN, RDMAMIG_PSK_MAX);
+	c->opts.psk = c->psk;
+	c->opts.psk_len = n;
 }
 
 /* SIGINT/SIGTERM are blocked everywhere and taken here, off signal context. */
@@ -521,6 +580,7 @@ static int exit_for(int rc)
 	case 0: return EXIT_OK;
 	case RDMAMIG_E_REFUSED: return EXIT_REFUSED;
 	case RDMAMIG_E_VERIFY: return EXIT_VERIFY;
+	case RDMAMIG_E_AUTH: return EXIT_AUTH;
 	case RDMAMIG_E_ABORTED: return sigs.got ? EXIT_CANCELLED : EXIT_FAILED;
 	default: return EXIT_FAILED;
 	}
@@ -551,6 +611,10 @@ int main(int argc, char **argv)
 	rdmamig_set_log(log_hook, &c, c.verbosity >= 2 ? RDMAMIG_LOG_DEBUG : RDMAMIG_LOG_INFO);
 	c.opts.progress = progress;
 	c.opts.progress_opaque = &c;
+	if (c.opts.no_auth)
+		say("rdmamig: warning: --no-auth: %s\n",
+		    c.src ? "any host that answers on the destination's address receives this guest"
+			  : "any host that reaches this port can write guest RAM and run its guest here");
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);

@@ -26,6 +26,9 @@ RM_EXPORT const char *rdmamig_strerror(int err)
 		return "an RDMA work request failed";
 	case RDMAMIG_E_VERIFY:
 		return "guest RAM differs between source and destination";
+	case RDMAMIG_E_AUTH:
+		return "the peer did not prove the pre-shared key: wrong key or none; "
+		       "check --psk on both sides";
 	}
 	if (err < 0 && err > -4096)
 		return strerror(-err);

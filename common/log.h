@@ -7,6 +7,7 @@
 #define RDMAMIG_COMMON_LOG_H
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -17,6 +18,11 @@
 
 void rm_log(enum rdmamig_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+/* Keep the last error or warning this thread logs in buf (len bytes, cut),
+ * hook or no hook, until rm_log_capture(NULL, 0): how the engine tells a
+ * peer why a VMM callback refused. */
+void rm_log_capture(char *buf, size_t len);
 
 #define rm_err(...) rm_log(RDMAMIG_LOG_ERR, __VA_ARGS__)
 #define rm_warn(...) rm_log(RDMAMIG_LOG_WARN, __VA_ARGS__)

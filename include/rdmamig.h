@@ -57,6 +57,7 @@ enum rdmamig_error {
 	RDMAMIG_E_ABORTED = -1002,	/* the peer (or the user) aborted */
 	RDMAMIG_E_WC = -1003,		/* an RDMA work completion failed */
 	RDMAMIG_E_VERIFY = -1004,	/* RAM digests differ after migration */
+	RDMAMIG_E_AUTH = -1005,		/* the peer did not prove the pre-shared key */
 };
 
 
@@ -65,6 +66,8 @@ enum rdmamig_error {
 /* ------------------------------------------------------------------------ */
 
 #define RDMAMIG_VMM_OPS_VERSION 2
+#define RDMAMIG_PSK_MIN 16	/* pre-shared key bytes */
+#define RDMAMIG_PSK_MAX 64
 #define RDMAMIG_MAX_REGIONS 64
 #define RDMAMIG_CPU_MODEL_LEN 48
 
@@ -106,13 +109,18 @@ struct rdmamig_vmm_ops {
 
 	/* Both sides, migration thread.  Describe the VM: its layout and
 	 * identity.  On the destination this is called after prepare().
-	 * 0 or -errno. */
+	 * 0 or -errno.  The engine checks the answer (a power-of-two page
+	 * size of 4 KiB..1 GiB, 1..64 regions of whole pages with memory
+	 * behind them, unique ids) and fails with -EINVAL, logged, on
+	 * anything else. */
 	int (*describe)(void *opaque, struct rdmamig_vm_desc *desc);
 
 	/* Destination, migration thread, optional.  The source's description
-	 * arrives: create or check the VM so that describe() then matches it,
-	 * with RAM zeroed.  Return -EINVAL and log why (rdmamig_log) to
-	 * refuse; the source is told the reason. */
+	 * arrives (only from a source that proved the key, and within
+	 * max_mem): create or check the VM so that describe() then matches
+	 * it, with RAM zeroed.  Return a negative errno and log why
+	 * (rdmamig_log) to refuse; the source is told the last error logged
+	 * from this callback, or the errno's text. */
 	int (*prepare)(void *opaque, const struct rdmamig_vm_desc *src);
 
 	/* Source, migration thread.  Start dirty logging: from now on every
@@ -217,7 +225,28 @@ struct rdmamig_opts {
 	unsigned channels;		/* QPs / TCP connections; 0: default (2) */
 	uint32_t max_write;		/* largest single write, power of two; 0: 1 MiB */
 	enum rdmamig_registration registration;
-	int timeout_ms;			/* bound on every network wait; 0: 10000 */
+	int timeout_ms;			/* bound on every network wait; 0: 20000 */
+
+	/*
+	 * Peer authentication.  Both sides hold the same pre-shared key of
+	 * psk_len bytes (RDMAMIG_PSK_MIN..RDMAMIG_PSK_MAX; e.g. 32 bytes from
+	 * /dev/urandom) and each proves it to the other (HMAC-SHA256 over
+	 * fresh nonces from both) before the destination creates, populates
+	 * or registers anything for the source.  rdmamig_new() copies the
+	 * key.  Running without authentication must be asked for with
+	 * no_auth = 1: then any host that reaches the port can write the
+	 * destination's guest RAM, and any host that answers on the
+	 * destination's address receives the source's guest.  Options with
+	 * neither (a zeroed struct) are refused with EINVAL.
+	 */
+	const void *psk;
+	size_t psk_len;
+	int no_auth;
+
+	/* Destination: refuse a source whose guest RAM is larger, before
+	 * prepare() allocates anything.  0: the host's MemAvailable when the
+	 * source's description arrives. */
+	uint64_t max_mem;
 
 	unsigned downtime_ms;		/* switchover limit; 0: 300 */
 	unsigned max_iterations;	/* 0: 30 */
@@ -229,8 +258,9 @@ struct rdmamig_opts {
 	unsigned throttle_max;		/* percent; 0: 99 */
 	int verify;			/* digest guest RAM on both sides and compare */
 
-	/* Called from the migration thread after each iteration and during
-	 * long passes (at most every 100 ms).  Optional. */
+	/* Called from the migration thread at the end of each iteration and
+	 * at each stage change (however close together those are), and
+	 * between them at most every 100 ms during long passes.  Optional. */
 	void (*progress)(void *opaque, const struct rdmamig_progress *p);
 	void *progress_opaque;
 };
@@ -279,7 +309,9 @@ struct rdmamig_stats {
 
 typedef struct rdmamig rdmamig_t;
 
-/* NULL + errno (EINVAL for bad options or an ops table of another version). */
+/* NULL + errno (EINVAL for bad options, no key without no_auth, or an ops
+ * table of another version).  opts and the strings and key it points to
+ * are copied: the caller may free them on return. */
 rdmamig_t *rdmamig_new(const struct rdmamig_opts *opts, const struct rdmamig_vmm_ops *ops,
 		       void *vmm_opaque);
 

@@ -19,7 +19,8 @@ struct rdmamig {
 	const struct rdmamig_vmm_ops *ops;
 	void *vmm;
 
-	struct rm_transport_opts topts;
+	struct rm_transport_opts topts;	/* addr and port point at the copies: */
+	char *addr, *port;
 	struct rm_listener *listener;
 	struct rm_transport *t;
 	atomic_int cancelled;

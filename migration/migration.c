@@ -10,6 +10,8 @@
  * leaves the source guest running.  After RESUMED the source's guest is the
  * stale copy, and the caller releases it.
  */
+#include <inttypes.h>
+#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,23 +69,52 @@ RM_EXPORT rdmamig_t *rdmamig_new(const struct rdmamig_opts *opts, const struct r
 		errno = EINVAL;
 		return NULL;
 	}
+	if (!opts->no_auth == !opts->psk_len || (opts->psk_len && !opts->psk) ||
+	    (opts->psk_len && (opts->psk_len < RDMAMIG_PSK_MIN || opts->psk_len > RDMAMIG_PSK_MAX))) {
+		rm_err("rdmamig_new: %s", opts->psk_len && opts->no_auth
+			       ? "a pre-shared key and no_auth both given"
+			       : opts->psk_len ? "the pre-shared key must be 16 to 64 bytes"
+			       : "no pre-shared key: give one (psk, psk_len), or set no_auth = 1 to let "
+				 "any host that reaches the port write guest RAM or receive the guest");
+		errno = EINVAL;
+		return NULL;
+	}
+	_Static_assert(RDMAMIG_PSK_MIN == RM_TR_PSK_MIN && RDMAMIG_PSK_MAX == RM_TR_PSK_MAX,
+		       "the public key bounds are the transport's");
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return NULL;
+	/* The embedder may free its strings once we return: keep copies. */
+	m->addr = opts->addr ? strdup(opts->addr) : NULL;
+	m->port = strdup(opts->port ? opts->port : DEFAULT_PORT);
+	if ((opts->addr && !m->addr) || !m->port) {
+		free(m->addr);
+		free(m->port);
+		free(m);
+		errno = ENOMEM;
+		return NULL;
+	}
 	m->opts = *opts;
+	m->opts.addr = m->addr;
+	m->opts.port = m->port;
+	m->opts.psk = NULL;	/* the key lives in topts only */
 	m->ops = ops;
 	m->vmm = vmm_opaque;
 	pthread_mutex_init(&m->lock, NULL);
 	atomic_store(&m->listen_port, -ENOTCONN);
 	m->topts = (struct rm_transport_opts){
 		.kind = opts->transport == RDMAMIG_TRANSPORT_TCP ? RM_TRANSPORT_TCP : RM_TRANSPORT_RDMA,
-		.addr = opts->addr,
-		.port = opts->port ? opts->port : DEFAULT_PORT,
+		.addr = m->addr,
+		.port = m->port,
 		.nchan = opts->channels,
 		.max_write = opts->max_write,
 		.timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS,
 		.reg = (enum rm_reg_strategy)opts->registration,
+		.psk_len = (unsigned)opts->psk_len,
+		.no_auth = opts->no_auth != 0,
 	};
+	if (opts->psk_len)
+		memcpy(m->topts.psk, opts->psk, opts->psk_len);
 	return m;
 }
 
@@ -113,7 +144,41 @@ RM_EXPORT void rdmamig_free(rdmamig_t *m)
 	if (!m)
 		return;
 	pthread_mutex_destroy(&m->lock);
+	OPENSSL_cleanse(m->topts.psk, sizeof(m->topts.psk));
+	free(m->addr);
+	free(m->port);
 	free(m);
+}
+
+/*
+ * Check what the VMM's describe() said before anything divides by, loops
+ * over or sends it: 0, or -EINVAL with the reason logged.
+ */
+static int check_desc(const struct rdmamig_vm_desc *d)
+{
+	char why[160] = "";
+
+	if (d->page_size < 4096 || d->page_size > (1u << 30) || (d->page_size & (d->page_size - 1)))
+		snprintf(why, sizeof(why), "page size %u is not a power of two in 4 KiB..1 GiB",
+			 d->page_size);
+	else if (!d->nr_regions || d->nr_regions > RDMAMIG_MAX_REGIONS)
+		snprintf(why, sizeof(why), "%u RAM regions (1..%u allowed)", d->nr_regions,
+			 RDMAMIG_MAX_REGIONS);
+	for (uint32_t i = 0; !why[0] && i < d->nr_regions; i++) {
+		const struct rdmamig_ram_region *r = &d->regions[i];
+
+		if (!r->host_addr || !r->size || r->size % d->page_size)
+			snprintf(why, sizeof(why),
+				 "region %u (id %u): %" PRIu64 " bytes at %p, not whole pages of memory",
+				 i, r->id, r->size, r->host_addr);
+		for (uint32_t j = 0; !why[0] && j < i; j++)
+			if (d->regions[j].id == r->id)
+				snprintf(why, sizeof(why), "region id %u appears twice", r->id);
+	}
+	if (!why[0])
+		return 0;
+	rm_err("migration: the VMM's describe() is invalid: %s", why);
+	return -EINVAL;
 }
 
 static void set_transport(struct rdmamig *m, struct rm_transport *t)
@@ -405,11 +470,13 @@ static int run_source(struct rdmamig *m)
 
 	rm_policy_from_opts(&policy, &m->opts);
 	err = m->ops->describe(m->vmm, &m->desc);
-	if (err || !m->desc.nr_regions || m->desc.nr_regions > RDMAMIG_MAX_REGIONS) {
-		rm_err("migration: the VMM could not describe its VM (%s)",
-		       err ? rdmamig_strerror(err) : "no or too many RAM regions");
-		return err ? err : -EINVAL;
+	if (err) {
+		rm_err("migration: the VMM could not describe its VM: %s", rdmamig_strerror(err));
+		return err;
 	}
+	err = check_desc(&m->desc);
+	if (err)
+		return err;
 	pthread_mutex_lock(&m->lock);
 	for (uint32_t r = 0; r < m->desc.nr_regions; r++)
 		m->stats.ram_bytes += m->desc.regions[r].size;
@@ -553,11 +620,31 @@ static int dest_accept(struct rdmamig *m)
 	return 0;
 }
 
+/* The host's MemAvailable in bytes, or UINT64_MAX when /proc says nothing. */
+static uint64_t mem_available(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	unsigned long long kib;
+	char line[128];
+	uint64_t v = UINT64_MAX;
+
+	if (!f)
+		return v;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) {
+			v = (uint64_t)kib << 10;
+			break;
+		}
+	fclose(f);
+	return v;
+}
+
 static int dest_setup(struct rdmamig *m, uint32_t *flags)
 {
 	struct rdmamig_vm_desc src;
 	struct rm_msg msg;
 	char why[RM_MIG_TEXT] = "";
+	uint64_t ram = 0, cap;
 	int err;
 
 	err = expect(m, RM_MIG_SETUP, &msg, -1);
@@ -570,19 +657,41 @@ static int dest_setup(struct rdmamig *m, uint32_t *flags)
 		refuse(m, err, why);
 		return err;
 	}
+	cap = m->opts.max_mem ? m->opts.max_mem : mem_available();
+	for (uint32_t r = 0; r < src.nr_regions; r++)
+		ram += src.regions[r].size;	/* each <= 2^46: no overflow */
+	if (ram > cap) {
+		snprintf(why, sizeof(why),
+			 "the source's guest has %" PRIu64 " MiB of RAM; this destination takes at most "
+			 "%" PRIu64 " MiB (%s)", ram >> 20, cap >> 20,
+			 m->opts.max_mem ? "max_mem" : "MemAvailable");
+		rm_err("migration: refusing the source: %s", why);
+		refuse(m, -E2BIG, why);
+		return RDMAMIG_E_REFUSED;
+	}
 	if (m->ops->prepare) {
+		char said[RM_MIG_TEXT];
+
+		/* The VMM says why it refuses in its log: carry that to the
+		 * source, not only the errno. */
+		rm_log_capture(said, sizeof(said));
 		err = m->ops->prepare(m->vmm, &src);
+		rm_log_capture(NULL, 0);
 		if (err) {
-			snprintf(why, sizeof(why), "the destination VMM cannot host this VM: %s",
-				 rdmamig_strerror(err));
-			rm_err("migration: %s", why);
-			refuse(m, RDMAMIG_E_REFUSED, why);
+			snprintf(why, sizeof(why), "the destination VMM cannot host this VM: %.110s",
+				 said[0] ? said : rdmamig_strerror(err));
+			rm_err("migration: %s (%s)", why, rdmamig_strerror(err));
+			refuse(m, err, why);
 			return RDMAMIG_E_REFUSED;
 		}
 	}
 	err = m->ops->describe(m->vmm, &m->desc);
-	if (err)
+	if (!err)
+		err = check_desc(&m->desc);
+	if (err) {
+		refuse(m, err, "the destination VMM could not describe its VM");
 		return err;
+	}
 	if (rm_mig_desc_compare(&src, &m->desc, why, sizeof(why))) {
 		rm_err("migration: refusing the source, its VM does not match: %s", why);
 		refuse(m, RDMAMIG_E_REFUSED, why);

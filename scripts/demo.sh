@@ -21,12 +21,18 @@ fi
 addr=${RDMAMIG_RXE_ADDR:?no soft-RoCE address}
 port=7471
 json=${RDMAMIG_DEMO_JSON:-$O/demo-stats.json}
-echo "demo: destination: $O/rdmamig --dst --listen $addr:$port"
-echo "demo: source:      $O/rdmamig --src --connect $addr:$port --mem 128M --vcpus 2 --workload hotset:3000 --verify"
-"$O/rdmamig" --dst --listen "$addr:$port" --run-after 3 > >(sed -u 's/^/[dst] /') 2>&1 &
+# Both sides prove they hold the same key before the destination creates
+# anything; a real deployment copies the key file to both hosts.
+key=$(mktemp /tmp/rdmamig-demo-key.XXXXXX)
+trap 'rm -f "$key"' EXIT
+head -c 32 /dev/urandom > "$key"
+echo "demo: key:         head -c 32 /dev/urandom > $key"
+echo "demo: destination: $O/rdmamig --dst --listen $addr:$port --psk $key"
+echo "demo: source:      $O/rdmamig --src --connect $addr:$port --psk $key --mem 128M --vcpus 2 --workload hotset:3000 --verify"
+"$O/rdmamig" --dst --listen "$addr:$port" --psk "$key" --run-after 3 > >(sed -u 's/^/[dst] /') 2>&1 &
 dst=$!
 sleep 0.5
-"$O/rdmamig" --src --connect "$addr:$port" --mem 128M --vcpus 2 --workload hotset:3000 \
+"$O/rdmamig" --src --connect "$addr:$port" --psk "$key" --mem 128M --vcpus 2 --workload hotset:3000 \
 	--warmup 2 --verify --json "$json" 2>&1 | sed -u 's/^/[src] /'
 src_rc=${PIPESTATUS[0]}
 wait $dst

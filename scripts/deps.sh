@@ -9,6 +9,7 @@ pkgs=(
 	gcc make pkg-config
 	rdma-core libibverbs-dev librdmacm-dev ibverbs-providers ibverbs-utils rdmacm-utils perftest
 	libnuma-dev numactl libhugetlbfs-dev
+	libssl-dev
 	libcriterion-dev
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2
 	gnuplot-nox

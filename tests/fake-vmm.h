@@ -54,6 +54,13 @@ struct fake_vmm {
 	int pause_calls, resume_calls, dirty_stop_calls;
 	bool fail_load;			/* destination: refuse the state */
 	uint64_t loaded_counter;
+
+	/* What the engine asked of the VM's shape (destination: nothing may
+	 * be asked for a source that has not authenticated). */
+	atomic_int describe_calls, prepare_calls;
+	int prepare_err;		/* prepare() refuses with it, logging why */
+	bool bad_describe;		/* describe() reports bad_page_size */
+	uint32_t bad_page_size;
 };
 
 static inline uint64_t fake_pages(const struct fake_vmm *v)
@@ -165,8 +172,9 @@ static int fake_describe(void *o, struct rdmamig_vm_desc *d)
 {
 	struct fake_vmm *v = o;
 
+	atomic_fetch_add(&v->describe_calls, 1);
 	memset(d, 0, sizeof(*d));
-	d->page_size = FAKE_PAGE;
+	d->page_size = v->bad_describe ? v->bad_page_size : FAKE_PAGE;
 	d->nr_vcpus = v->nr_vcpus;
 	snprintf(d->cpu_model, sizeof(d->cpu_model), "%s", v->cpu_model);
 	d->payload_version = 1;
@@ -177,6 +185,17 @@ static int fake_describe(void *o, struct rdmamig_vm_desc *d)
 			.gpa = (uint64_t)r * v->region_size,
 		};
 	return 0;
+}
+
+/* The VM is made up front (fake_vmm_init): only count, or refuse. */
+static int fake_prepare(void *o, const struct rdmamig_vm_desc *src)
+{
+	struct fake_vmm *v = o;
+
+	atomic_fetch_add(&v->prepare_calls, 1);
+	if (v->prepare_err)
+		rdmamig_log(RDMAMIG_LOG_ERR, "fake: no room for %u vCPUs here", src->nr_vcpus);
+	return v->prepare_err;
 }
 
 static int fake_dirty_start(void *o)
@@ -295,6 +314,7 @@ static int fake_throttle(void *o, unsigned percent)
 static const struct rdmamig_vmm_ops fake_ops = {
 	.version = RDMAMIG_VMM_OPS_VERSION,
 	.describe = fake_describe,
+	.prepare = fake_prepare,
 	.dirty_start = fake_dirty_start,
 	.dirty_sync = fake_dirty_sync,
 	.dirty_stop = fake_dirty_stop,

@@ -129,6 +129,28 @@ static void expect_exit(struct proc *p, int secs, int code)
 	cr_assert_eq(rc, code, "%s exited %d, expected %d", p->log, rc, code);
 }
 
+/* A fresh 32-byte key file, once per test process (both sides read it). */
+static const char *key_file(const char *name)
+{
+	static char path[2][128];
+	unsigned i = strcmp(name, "key") != 0;
+
+	if (!path[i][0]) {
+		unsigned char k[32];
+		FILE *r = fopen("/dev/urandom", "r"), *w;
+
+		snprintf(path[i], sizeof(path[i]), "/tmp/rdmamig-e2e-%d-%s", getpid(), name);
+		cr_assert_not_null(r);
+		cr_assert_eq(fread(k, 1, sizeof(k), r), sizeof(k));
+		fclose(r);
+		w = fopen(path[i], "w");
+		cr_assert_not_null(w);
+		cr_assert_eq(fwrite(k, 1, sizeof(k), w), sizeof(k));
+		fclose(w);
+	}
+	return path[i];
+}
+
 static unsigned next_port(void)
 {
 	static unsigned port;
@@ -170,12 +192,14 @@ static void migrate(bool rdma, const char *workload, const char *const *extra, c
 	snprintf(port, sizeof(port), "%u", next_port());
 	snprintf(ep, sizeof(ep), "%s:%s", addr(rdma), port);
 	snprintf(json, sizeof(json), "/tmp/rdmamig-e2e-%d-src.json", getpid());
-	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "2", NULL };
+	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "2",
+				"--psk", key_file("key"), NULL };
 	start(&dst, "dst", dargs);
 	usleep(300000);
 	const char *sargs[24] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--vcpus", "2",
-				  "--workload", workload, "--warmup", "1", "--verify", "--json", json };
-	for (unsigned i = 0, n = 16; extra && extra[i] && i < 4; i++)
+				  "--workload", workload, "--warmup", "1", "--verify", "--json", json,
+				  "--psk", key_file("key") };
+	for (unsigned i = 0, n = 18; extra && extra[i] && i < 4; i++)
 		sargs[n++] = extra[i];
 	start(&src, "src", sargs);
 	int src_rc = wait_exit(&src, 240), dst_rc = wait_exit(&dst, 60);
@@ -239,7 +263,7 @@ static void start_busy_pair(bool rdma, struct proc *dst, struct proc *src, const
 	need_bed(rdma);
 	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), next_port());
 	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "1",
-				dst_mem ? "--mem" : NULL, dst_mem, NULL };
+				"--psk", key_file("key"), dst_mem ? "--mem" : NULL, dst_mem, NULL };
 	start(dst, "dst", dargs);
 	usleep(300000);
 	/* 2 x 4000 pages/s outruns rxe, and with a 1 ms downtime limit
@@ -248,7 +272,7 @@ static void start_busy_pair(bool rdma, struct proc *dst, struct proc *src, const
 	 * the nested test VM for seconds.) */
 	const char *sargs[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--workload",
 				"uniform:4000", "--downtime", "1", "--max-iterations", "1000",
-				"--warmup", "1", NULL };
+				"--warmup", "1", "--psk", key_file("key"), NULL };
 	start(src, "src", sargs);
 }
 
@@ -298,3 +322,61 @@ Test(e2e_rdma, sigint_cancels_source_runs_on, .timeout = 300) { sigint_source(tr
 Test(e2e_tcp, killed_destination_source_runs_on, .timeout = 300) { kill_destination(false); }
 Test(e2e_rdma, killed_destination_source_runs_on, .timeout = 300) { kill_destination(true); }
 Test(e2e_rdma, refused_handshake_source_runs_on, .timeout = 300) { refused(true); }
+
+/*
+ * Authentication as an operator meets it: neither side starts without
+ * --psk or --no-auth; a source with another key is refused (exit 7, the
+ * cause named) while its guest runs on, and the destination, which set up
+ * nothing for it, keeps waiting and then takes the source with the key.
+ */
+static void auth_cli(bool rdma)
+{
+	char ep[64];
+	const char *tr = rdma ? "rdma" : "tcp";
+	struct proc dst, src, bare;
+
+	need_bed(rdma);
+	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), next_port());
+	{
+		const char *a[] = { "--dst", "--listen", ep, "--transport", tr, NULL };
+
+		start(&bare, "bare-dst", a);
+		expect_exit(&bare, 10, 2);
+		cr_assert(log_has(&bare, "--dst needs --psk FILE") &&
+			  log_has(&bare, "--no-auth to let any host that reaches the port write guest RAM"),
+			  "%s", slurp(bare.log));
+	}
+	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "1",
+				"--psk", key_file("key"), NULL };
+	start(&dst, "dst", dargs);
+	usleep(300000);
+	{
+		const char *a[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", NULL };
+
+		start(&bare, "bare-src", a);
+		expect_exit(&bare, 10, 2);
+		cr_assert(log_has(&bare, "--src needs --psk FILE"), "%s", slurp(bare.log));
+	}
+	const char *wrong[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--workload",
+				"uniform:300", "--warmup", "1", "--psk", key_file("other"), NULL };
+	start(&src, "src-wrong", wrong);
+	expect_exit(&src, 60, 7);
+	cr_assert(log_has(&src, "the peer did not prove the pre-shared key: wrong key or none; "
+				"check --psk on both sides"), "%s", slurp(src.log));
+	source_ran_on(&src);
+	cr_assert_eq(waitpid(dst.pid, &dst.status, WNOHANG), 0, "the destination gave up: %s",
+		     slurp(dst.log));
+	cr_assert(log_has(&dst, "refusing a source"), "%s", slurp(dst.log));
+	cr_assert(!log_has(&dst, "registered") && !log_has(&dst, "received"),
+		  "the destination set something up for the refused source: %s", slurp(dst.log));
+
+	const char *good[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--workload",
+			       "uniform:300", "--warmup", "1", "--verify", "--psk", key_file("key"), NULL };
+	start(&src, "src", good);
+	expect_exit(&src, 240, 0);
+	expect_exit(&dst, 60, 0);
+	cr_assert(log_has(&src, "matches on both sides"), "%s", slurp(src.log));
+}
+
+Test(e2e_tcp, auth_no_key_wrong_key_then_right_key, .timeout = 300) { auth_cli(false); }
+Test(e2e_rdma, auth_no_key_wrong_key_then_right_key, .timeout = 300) { auth_cli(true); }

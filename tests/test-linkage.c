@@ -70,6 +70,7 @@ Test(linkage, every_public_function_works)
 	struct rdmamig_opts dst = {
 		.role = RDMAMIG_DESTINATION, .transport = RDMAMIG_TRANSPORT_TCP,
 		.addr = "127.0.0.1", .port = "0", .timeout_ms = 2000,
+		.psk = "linkage test key", .psk_len = 16,
 	};
 	struct rdmamig_stats st;
 	struct fake_vmm vmm;

@@ -12,6 +12,8 @@
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "fake-vmm.h"
@@ -21,6 +23,7 @@
 #include "transport/priv.h"
 
 #define MiB (1ull << 20)
+#define KEY "test-migration's pre-shared key"
 
 struct side {
 	struct fake_vmm vmm;
@@ -58,6 +61,9 @@ static const char *bed_addr(enum rdmamig_transport t)
 	return t == RDMAMIG_TRANSPORT_RDMA ? getenv("RDMAMIG_RXE_ADDR") : "127.0.0.1";
 }
 
+/* The next pair_setup()'s destination cap on guest RAM (0: the default). */
+static uint64_t next_max_mem;
+
 /* Destination listening on an ephemeral port; source options ready. */
 static void pair_setup(struct side *src, struct side *dst, enum rdmamig_transport tr,
 		       uint64_t region_size, uint64_t rate)
@@ -71,8 +77,9 @@ static void pair_setup(struct side *src, struct side *dst, enum rdmamig_transpor
 
 	dst->opts = (struct rdmamig_opts){
 		.role = RDMAMIG_DESTINATION, .transport = tr, .addr = bed_addr(tr), .port = "0",
-		.timeout_ms = 5000,
+		.timeout_ms = 5000, .psk = KEY, .psk_len = sizeof(KEY) - 1, .max_mem = next_max_mem,
 	};
+	next_max_mem = 0;
 	dst->m = rdmamig_new(&dst->opts, &fake_ops, &dst->vmm);
 	cr_assert_not_null(dst->m);
 	cr_assert_eq(pthread_create(&dst->thread, NULL, run_side, dst), 0);
@@ -83,7 +90,7 @@ static void pair_setup(struct side *src, struct side *dst, enum rdmamig_transpor
 	snprintf(port, sizeof(port), "%d", p);
 	src->opts = (struct rdmamig_opts){
 		.role = RDMAMIG_SOURCE, .transport = tr, .addr = bed_addr(tr), .port = port,
-		.timeout_ms = 5000, .channels = 2,
+		.timeout_ms = 5000, .channels = 2, .psk = KEY, .psk_len = sizeof(KEY) - 1,
 	};
 }
 
@@ -283,6 +290,185 @@ static void bandwidth_cap(enum rdmamig_transport tr)
 	pair_free(&src, &dst);
 }
 
+/* ---- authentication, bounds, and what the engine checks of the VMM ---- */
+
+static char elog[16384];
+static size_t elog_len;
+static pthread_mutex_t elog_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void log_keep(void *o, enum rdmamig_log_level l, const char *msg)
+{
+	size_t n = strlen(msg);
+
+	log_to_stderr(o, l, msg);
+	pthread_mutex_lock(&elog_lock);
+	if (elog_len + n + 2 < sizeof(elog)) {
+		memcpy(elog + elog_len, msg, n);
+		elog_len += n;
+		elog[elog_len++] = '\n';
+		elog[elog_len] = 0;
+	}
+	pthread_mutex_unlock(&elog_lock);
+}
+
+static void elog_start(void)
+{
+	pthread_mutex_lock(&elog_lock);
+	elog_len = 0;
+	elog[0] = 0;
+	pthread_mutex_unlock(&elog_lock);
+	rdmamig_set_log(log_keep, "engine", RDMAMIG_LOG_DEBUG);
+}
+
+/* Run one source to its end against the destination in dst. */
+static int run_source_with(struct side *src, const char *key, int no_auth)
+{
+	src->opts.psk = key;
+	src->opts.psk_len = key ? strlen(key) : 0;
+	src->opts.no_auth = no_auth;
+	start_source(src);
+	pthread_join(src->thread, NULL);
+	rdmamig_free(src->m);
+	src->m = NULL;
+	return src->rc;
+}
+
+/*
+ * A destination with a key: a source without one and a source with a wrong
+ * one are refused with RDMAMIG_E_AUTH, their guests run on, and the
+ * destination's VMM is never asked anything for them (no prepare(), no
+ * describe(): no VM created, no RAM registered).  A source with the key,
+ * after them, migrates as before.
+ */
+static void auth_refuses_then_migrates(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+	int rc;
+
+	pair_setup(&src, &dst, want_transport(tr), 4 * MiB, 2000);
+	dst.opts.timeout_ms = 20000;
+	elog_start();
+	rc = run_source_with(&src, NULL, 1);
+	cr_assert_eq(rc, RDMAMIG_E_AUTH, "source without a key: %s", rdmamig_strerror(rc));
+	rc = run_source_with(&src, "not the key, but 16+ bytes", 0);
+	cr_assert_eq(rc, RDMAMIG_E_AUTH, "source with a wrong key: %s", rdmamig_strerror(rc));
+	cr_assert_eq(atomic_load(&dst.vmm.prepare_calls), 0, "prepare() for an unauthenticated source");
+	cr_assert_eq(atomic_load(&dst.vmm.describe_calls), 0, "describe() for an unauthenticated source");
+	cr_assert(strstr(elog, "the peer did not prove the pre-shared key: wrong key or none; "
+			       "check --psk on both sides"), "log: %s", elog);
+	cr_assert_eq(src.vmm.pause_calls, 0);
+	cr_assert_eq(src.vmm.dirty_stop_calls, 0, "dirty logging started before authentication");
+	{
+		uint64_t c0 = atomic_load(&src.vmm.counter);
+
+		for (int i = 0; i < 200 && atomic_load(&src.vmm.counter) == c0; i++)
+			usleep(5000);
+		cr_assert_gt(atomic_load(&src.vmm.counter), c0, "source guest does not run");
+	}
+
+	rc = run_source_with(&src, KEY, 0);
+	pthread_join(dst.thread, NULL);
+	cr_assert_eq(rc, 0, "source with the key: %s", rdmamig_strerror(rc));
+	cr_assert_eq(dst.rc, 0, "destination: %s", rdmamig_strerror(dst.rc));
+	cr_assert_eq(atomic_load(&dst.vmm.prepare_calls), 1);
+	cr_assert_eq(dst.vmm.resume_calls, 1);
+	for (unsigned r = 0; r < 2; r++)
+		cr_assert_eq(memcmp(src.vmm.ram[r], dst.vmm.ram[r], src.vmm.region_size), 0,
+			     "region %u differs", r);
+	pair_free(&src, &dst);
+}
+
+/* A guest larger than the destination's cap is refused before prepare(). */
+static void max_mem_refuses_before_prepare(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+
+	next_max_mem = 6 * MiB;
+	pair_setup(&src, &dst, want_transport(tr), 4 * MiB, 2000);
+	elog_start();
+	start_source(&src);
+	pair_join(&src, &dst);
+	cr_assert_eq(src.rc, RDMAMIG_E_REFUSED, "source: %s", rdmamig_strerror(src.rc));
+	cr_assert_eq(atomic_load(&dst.vmm.prepare_calls), 0, "prepare() for a guest over the cap");
+	cr_assert(strstr(elog, "the destination refused: the source's guest has 8 MiB of RAM; "
+			       "this destination takes at most 6 MiB"), "log: %s", elog);
+	cr_assert_eq(src.vmm.pause_calls, 0);
+	pair_free(&src, &dst);
+}
+
+/* prepare()'s own words reach the source, not only "Invalid argument". */
+static void prepare_reason_reaches_the_source(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+
+	pair_setup(&src, &dst, want_transport(tr), 4 * MiB, 0);
+	dst.vmm.prepare_err = -EINVAL;
+	elog_start();
+	start_source(&src);
+	pair_join(&src, &dst);
+	cr_assert_eq(src.rc, RDMAMIG_E_REFUSED, "source: %s", rdmamig_strerror(src.rc));
+	cr_assert(strstr(elog, "the destination refused: the destination VMM cannot host this VM: "
+			       "fake: no room for 2 vCPUs here"), "log: %s", elog);
+	pair_free(&src, &dst);
+}
+
+/* The options' strings are copied: the embedder may free them at once. */
+static void options_are_copied(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+	char *addr, *port, *key;
+
+	pair_setup(&src, &dst, want_transport(tr), 4 * MiB, 0);
+	addr = strdup(src.opts.addr);
+	port = strdup(src.opts.port);
+	key = strdup(KEY);
+	src.opts.addr = addr;
+	src.opts.port = port;
+	src.opts.psk = key;
+	src.m = rdmamig_new(&src.opts, &fake_ops, &src.vmm);
+	cr_assert_not_null(src.m);
+	/* Spoil, then free: a kept pointer would connect elsewhere or read
+	 * freed memory (AddressSanitizer names it). */
+	memset(addr, 'x', strlen(addr));
+	memset(port, '9', strlen(port));
+	memset(key, 0, strlen(KEY));
+	free(addr);
+	free(port);
+	free(key);
+	cr_assert_eq(pthread_create(&src.thread, NULL, run_side, &src), 0);
+	pair_join(&src, &dst);
+	cr_assert_eq(src.rc, 0, "source: %s", rdmamig_strerror(src.rc));
+	cr_assert_eq(dst.rc, 0, "destination: %s", rdmamig_strerror(dst.rc));
+	pair_free(&src, &dst);
+}
+
+/* A describe() with page size 0 (or not a power of two) fails the
+ * migration with -EINVAL; it used to divide by zero. */
+static void bad_describe_is_refused(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+	const uint32_t bad[] = { 0, 3000, 4096 * 3 };
+
+	want_transport(tr);
+	rdmamig_set_log(log_to_stderr, "engine", RDMAMIG_LOG_DEBUG);
+	cr_assert_eq(fake_vmm_init(&src.vmm, 2, 4 * MiB, 0), 0);
+	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		src.vmm.bad_describe = true;
+		src.vmm.bad_page_size = bad[i];
+		src.opts = (struct rdmamig_opts){
+			.role = RDMAMIG_SOURCE, .transport = tr, .addr = bed_addr(tr), .port = "1",
+			.timeout_ms = 1000, .no_auth = 1,
+		};
+		src.m = rdmamig_new(&src.opts, &fake_ops, &src.vmm);
+		cr_assert_not_null(src.m);
+		cr_assert_eq(rdmamig_run(src.m), -EINVAL, "page size %u", bad[i]);
+		rdmamig_free(src.m);
+	}
+	fake_vmm_destroy(&src.vmm);
+	(void)dst;
+	rdmamig_set_log(NULL, NULL, RDMAMIG_LOG_ERR);
+}
+
 #define BOTH(name, ...)                                                                    \
 	Test(migration_tcp, name, .timeout = 240) { __VA_ARGS__(RDMAMIG_TRANSPORT_TCP); }   \
 	Test(migration_rdma, name, .timeout = 120) { __VA_ARGS__(RDMAMIG_TRANSPORT_RDMA); }
@@ -300,6 +486,39 @@ BOTH(failed_state_load_resumes_source, load_failure_resumes_source)
 BOTH(nonconverging_hits_deadline_with_throttle, deadline_case)
 BOTH(nonconverging_hits_iteration_cap, cap_case)
 BOTH(bandwidth_cap_holds, bandwidth_cap)
+BOTH(auth_refuses_no_key_and_wrong_key_then_migrates, auth_refuses_then_migrates)
+BOTH(max_mem_refuses_before_prepare, max_mem_refuses_before_prepare)
+BOTH(prepare_reason_reaches_the_source, prepare_reason_reaches_the_source)
+BOTH(options_are_copied, options_are_copied)
+
+Test(migration, bad_describe_is_refused) { bad_describe_is_refused(RDMAMIG_TRANSPORT_TCP); }
+
+/* Zeroed options mean no key and no no_auth: refused, as are both. */
+Test(migration, options_must_choose_authentication)
+{
+	struct fake_vmm v;
+	struct rdmamig_opts o = { .role = RDMAMIG_DESTINATION, .transport = RDMAMIG_TRANSPORT_TCP };
+
+	cr_assert_eq(fake_vmm_init(&v, 1, 4 * MiB, 0), 0);
+	errno = 0;
+	cr_assert_null(rdmamig_new(&o, &fake_ops, &v), "no key and no no_auth accepted");
+	cr_assert_eq(errno, EINVAL);
+	o.psk = KEY;
+	o.psk_len = sizeof(KEY) - 1;
+	o.no_auth = 1;
+	cr_assert_null(rdmamig_new(&o, &fake_ops, &v), "a key and no_auth accepted");
+	o.no_auth = 0;
+	o.psk_len = 8;
+	cr_assert_null(rdmamig_new(&o, &fake_ops, &v), "an 8-byte key accepted");
+	o.psk_len = sizeof(KEY) - 1;
+	{
+		rdmamig_t *m = rdmamig_new(&o, &fake_ops, &v);
+
+		cr_assert_not_null(m);
+		rdmamig_free(m);
+	}
+	fake_vmm_destroy(&v);
+}
 
 /* ---- pure parts: policy and SETUP decoding ---- */
 
@@ -531,7 +750,8 @@ Test(ram, iterate_pass_sends_exactly_the_reported_pages_in_maximal_ranges)
 	 * page, the last. */
 	struct ram_rig g = { .pages = { 2 * 4096 + 37, 40000, 64 * 3 + 1 },
 			     .clear_order_ok = true, .clear_align_ok = true };
-	struct rdmamig_opts o = { .role = RDMAMIG_SOURCE, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "rig" };
+	struct rdmamig_opts o = { .role = RDMAMIG_SOURCE, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "rig",
+				  .no_auth = 1 };
 	uint64_t total = 0, x = 88172645463325252ull, want = 0;
 	struct rm_pass pass;
 	rdmamig_t *m;
@@ -568,7 +788,7 @@ Test(ram, iterate_pass_sends_exactly_the_reported_pages_in_maximal_ranges)
 	/* A source connection as rm_tr_layout() leaves one, default options;
 	 * no control channel (stage 0: the pass sends no heartbeat). */
 	struct rm_region regions[RAM_REGIONS];
-	struct rm_transport_opts defaults = { 0 };
+	struct rm_transport_opts defaults = { .no_auth = true };
 
 	for (unsigned r = 0; r < RAM_REGIONS; r++)
 		regions[r] = (struct rm_region){

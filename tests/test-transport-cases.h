@@ -102,9 +102,10 @@ static void ram_assert_zero(const struct ram *m)
 		cr_assert(all_bytes(m->r[i].addr, 0, m->r[i].size), "region %u was written", i);
 }
 
-static struct rm_transport_opts opts_for(unsigned nchan)
+/* Options with key (NULL: no_auth). */
+static struct rm_transport_opts opts_keyed(unsigned nchan, const char *key)
 {
-	return (struct rm_transport_opts){
+	struct rm_transport_opts o = {
 		.kind = SUITE_KIND,
 		.addr = case_addr ? case_addr : suite_addr(),
 		.port = "0",
@@ -113,7 +114,22 @@ static struct rm_transport_opts opts_for(unsigned nchan)
 		.max_write = 256u << 10,
 		.reg = case_reg,
 		.reg_chunk = case_reg_chunk,
+		.no_auth = !key,
 	};
+
+	if (key) {
+		o.psk_len = (unsigned)strlen(key);
+		memcpy(o.psk, key, o.psk_len);
+	}
+	return o;
+}
+
+#define CASE_KEY "the cases' pre-shared key, 32 B"
+
+/* Every case runs authenticated, as the CLI does by default. */
+static struct rm_transport_opts opts_for(unsigned nchan)
+{
+	return opts_keyed(nchan, CASE_KEY);
 }
 
 /* ---- a connected pair: destination accepted in a thread ---- */
@@ -825,6 +841,99 @@ static void case_abort_reason_out_of_range(void)
 }
 
 /* The cases every backend runs. */
+/* ---- authentication ---- */
+
+/*
+ * A keyed destination refuses a source with no key and one with a wrong
+ * key — each before anything of the migration exists for it: accept never
+ * hands it out, so nothing is laid out or registered — and keeps waiting,
+ * so a source with the key, after them, is accepted and moves data.
+ */
+static void case_auth(void)
+{
+	struct rm_transport_opts o = opts_for(2), bad;
+	struct rm_transport *t = NULL;
+	struct ram d, s;
+	struct pair p;
+	pthread_t th;
+	char port[16];
+	int err;
+
+	ram_alloc(&d, 3, sizes3, 0);
+	ram_alloc(&s, 3, sizes3, 21);
+	memset(&p, 0, sizeof(p));
+	p.dram = &d;
+	cr_assert_eq(rm_tr_listen(&o, &p.l), 0);
+	snprintf(port, sizeof(port), "%d", rm_tr_listener_port(p.l));
+	cr_assert_eq(pthread_create(&th, NULL, accept_thread, &p), 0);
+
+	bad = opts_keyed(2, NULL);
+	bad.port = port;
+	err = rm_tr_connect(&bad, &t);
+	cr_assert_eq(err, RDMAMIG_E_AUTH, "a source without a key: %s", rdmamig_strerror(err));
+	bad = opts_keyed(2, "a different key of 32 bytes ....");
+	bad.port = port;
+	err = rm_tr_connect(&bad, &t);
+	cr_assert_eq(err, RDMAMIG_E_AUTH, "a source with a wrong key: %s", rdmamig_strerror(err));
+	cr_assert_null(p.dst, "accept handed out a source that did not authenticate");
+	/* The destination counts the second after its refusal has left. */
+	for (int i = 0; i < 500 && atomic_load(&p.l->refused_auth) < 2; i++)
+		usleep(10000);
+	cr_assert_eq(atomic_load(&p.l->refused_auth), 2, "refusals counted: %u",
+		     atomic_load(&p.l->refused_auth));
+
+	o.port = port;
+	err = rm_tr_connect(&o, &p.src);
+	cr_assert_eq(err, 0, "a source with the key: %s", rdmamig_strerror(err));
+	err = rm_tr_layout(p.src, s.r, s.n);
+	pthread_join(th, NULL);
+	cr_assert_eq(err, 0, "layout: %s", rdmamig_strerror(err));
+	cr_assert_eq(p.accept_err, 0, "accept: %s", rdmamig_strerror(p.accept_err));
+	cr_assert_eq(p.dlayout_err, 0);
+	{
+		struct rm_range r = { .region = 11, .offset = PAGE, .length = 8 * PAGE };
+
+		cr_assert_eq(rm_tr_write(p.src, &r, 1), 0);
+		cr_assert_eq(rm_tr_fence(p.src), 0);
+		cr_assert_eq(rm_tr_send(p.src, RM_WIRE_ENGINE_FIRST, "x", 1), 0);
+		{
+			struct rm_msg m;
+
+			cr_assert_eq(rm_tr_recv(p.dst, &m, 5000), 1);
+			rm_msg_free(&m);
+		}
+		cr_assert_eq(memcmp((char *)d.r[1].addr + PAGE, (char *)s.r[1].addr + PAGE, 8 * PAGE), 0);
+	}
+	pair_close(&p);
+	ram_assert_guards(&d);
+	ram_free(&d);
+	ram_free(&s);
+}
+
+/* A keyed source refuses a destination that runs without a key: it would
+ * hand the guest to whoever answers. */
+static void case_auth_dest_without_key(void)
+{
+	struct rm_transport_opts o = opts_keyed(1, NULL);
+	struct pair p;
+	pthread_t th;
+	char port[16];
+	int err;
+
+	memset(&p, 0, sizeof(p));
+	cr_assert_eq(rm_tr_listen(&o, &p.l), 0);
+	snprintf(port, sizeof(port), "%d", rm_tr_listener_port(p.l));
+	cr_assert_eq(pthread_create(&th, NULL, accept_thread, &p), 0);
+	o = opts_for(1);
+	o.port = port;
+	err = rm_tr_connect(&o, &p.src);
+	pthread_join(th, NULL);
+	cr_assert_eq(err, RDMAMIG_E_AUTH, "a keyed source took an open destination: %s",
+		     rdmamig_strerror(err));
+	cr_assert_null(p.src);
+	pair_close(&p);
+}
+
 #define TRANSPORT_CASES(suite)                                                     \
 	Test(suite, layout_exchange_and_mismatch) { case_layout(); }               \
 	Test(suite, random_ranges_1chan) { case_random_ranges(1, 1000); }          \
@@ -837,4 +946,6 @@ static void case_abort_reason_out_of_range(void)
 	Test(suite, source_vanishes) { case_peer_vanishes(false); }                \
 	Test(suite, hostile_source_refused) { case_hostile_source(); }             \
 	Test(suite, hostile_destination_refused) { case_hostile_dest(); }         \
-	Test(suite, abort_reason_out_of_range) { case_abort_reason_out_of_range(); }
+	Test(suite, abort_reason_out_of_range) { case_abort_reason_out_of_range(); } \
+	Test(suite, auth_no_key_wrong_key_refused_right_key_works) { case_auth(); } \
+	Test(suite, auth_keyed_source_refuses_open_destination) { case_auth_dest_without_key(); }

@@ -65,15 +65,15 @@ Test(ctrl, hello_checks_every_field)
 	char why[96];
 	bool rdma;
 
-	cr_assert_eq(rm_ctrl_hello_check(&(struct rm_wire_hello){ 0 }, false, why, sizeof(why)),
+	cr_assert_eq(rm_ctrl_hello_check(&(struct rm_wire_hello){ 0 }, false, false, why, sizeof(why)),
 		     RM_REFUSE_MAGIC, "a zeroed HELLO");
 	for (int r = 0; r < 2; r++) {
 		struct rm_wire_hello h = good_hello(r);
 
-		cr_assert_eq(rm_ctrl_hello_check(&h, r, why, sizeof(why)), 0, "good HELLO: %s", why);
+		cr_assert_eq(rm_ctrl_hello_check(&h, r, false, why, sizeof(why)), 0, "good HELLO: %s", why);
 		/* Unknown capability bits are no reason to refuse. */
 		h.caps = rm_wire_put32(rm_wire_get32(h.caps) | 0x80000000u);
-		cr_assert_eq(rm_ctrl_hello_check(&h, r, why, sizeof(why)), 0, "%s", why);
+		cr_assert_eq(rm_ctrl_hello_check(&h, r, false, why, sizeof(why)), 0, "%s", why);
 	}
 	for (unsigned k = 0;; k++) {
 		struct rm_wire_hello h = good_hello(false);
@@ -88,7 +88,7 @@ Test(ctrl, hello_checks_every_field)
 			h = g;
 		}
 		why[0] = 0;
-		cr_assert_eq(rm_ctrl_hello_check(&h, rdma, why, sizeof(why)), reason, "%s", what);
+		cr_assert_eq(rm_ctrl_hello_check(&h, rdma, false, why, sizeof(why)), reason, "%s", what);
 		cr_assert(why[0], "%s: no text", what);
 	}
 }
@@ -99,15 +99,15 @@ Test(ctrl, hello_parse_names_what_was_wrong)
 	char buf[sizeof(h) + 8] = { 0 }, why[96];
 
 	memcpy(buf, &h, sizeof(h));
-	cr_assert_eq(rm_ctrl_hello_parse(RM_WIRE_HELLO, buf, sizeof(h), false, &out, why, sizeof(why)), 0);
+	cr_assert_eq(rm_ctrl_hello_parse(RM_WIRE_HELLO, buf, sizeof(h), false, false, &out, why, sizeof(why)), 0);
 	cr_assert_eq(memcmp(&out, &h, sizeof(h)), 0);
-	cr_assert_eq(rm_ctrl_hello_parse(RM_WIRE_HELLO, buf, sizeof(h) - 1, false, &out, why, sizeof(why)),
+	cr_assert_eq(rm_ctrl_hello_parse(RM_WIRE_HELLO, buf, sizeof(h) - 1, false, false, &out, why, sizeof(why)),
 		     RM_REFUSE_MAGIC);
 	cr_assert(strstr(why, "HELLO of 31 bytes, expected 32"), "wrong-length HELLO: %s", why);
-	cr_assert_eq(rm_ctrl_hello_parse(RM_WIRE_HELLO, buf, sizeof(h) + 8, false, &out, why, sizeof(why)),
+	cr_assert_eq(rm_ctrl_hello_parse(RM_WIRE_HELLO, buf, sizeof(h) + 8, false, false, &out, why, sizeof(why)),
 		     RM_REFUSE_MAGIC);
 	cr_assert(strstr(why, "HELLO of 40 bytes"), "%s", why);
-	cr_assert_eq(rm_ctrl_hello_parse(RM_WIRE_HELLO_ACK, buf, sizeof(h), false, &out, why, sizeof(why)),
+	cr_assert_eq(rm_ctrl_hello_parse(RM_WIRE_HELLO_ACK, buf, sizeof(h), false, false, &out, why, sizeof(why)),
 		     RM_REFUSE_MAGIC);
 	cr_assert(strstr(why, "expected HELLO, got HELLO_ACK"), "%s", why);
 }
@@ -136,6 +136,13 @@ Test(ctrl, hello_join_ties_channels_to_one_migration)
 	fake_free(d);
 }
 
+/* The field each spoil_ack() case breaks, as the log must name it. */
+static const char *const spoil_field[] = {
+	"version 4, we offered", "version 2, we offered", "nchan 3, we asked for 4",
+	"caps 0x", "caps 0x1, we offered", "credits 0, expected 1-4096",
+	"credits 4097, expected", "ctrl_buf 4096, expected 65536",
+};
+
 /* Break one field of a good HELLO_ACK; NULL past the last. */
 static const char *spoil_ack(struct rm_wire_hello_ack *a, unsigned k)
 {
@@ -158,7 +165,7 @@ Test(ctrl, hello_ack_is_checked_by_the_source)
 	struct rm_wire_hello_ack a, out;
 	struct rm_wire_refuse_body rf;
 
-	rm_ctrl_hello_ack(&a, &h, 32, 65536);
+	rm_ctrl_hello_ack(&a, &h, 32, 65536, false);
 	cr_assert_eq(rm_ctrl_hello_reply("rdma", 2, RM_WIRE_HELLO_ACK, &a, sizeof(a), &h, 65536, &out), 0);
 	cr_assert_eq(rm_wire_get16(out.version), RM_WIRE_VERSION);
 	cr_assert_eq(rm_wire_get32(out.caps), RM_CAP_FENCE_EPOCH | RM_CAP_MULTICHAN);
@@ -168,8 +175,13 @@ Test(ctrl, hello_ack_is_checked_by_the_source)
 
 		if (!what)
 			break;
+		log_start();
 		cr_assert_eq(rm_ctrl_hello_reply("rdma", 2, RM_WIRE_HELLO_ACK, &b, sizeof(b), &h, 65536, &out),
 			     RDMAMIG_E_PROTO, "%s", what);
+		log_stop();
+		/* The log names the field and both values, not only "bad". */
+		cr_assert(strstr(logbuf, "bad HELLO_ACK from the destination: ") &&
+			  strstr(logbuf, spoil_field[k]), "%s: log: %s", what, logbuf);
 	}
 	cr_assert_eq(rm_ctrl_hello_reply("rdma", 2, RM_WIRE_HELLO_ACK, &a, sizeof(a) - 1, &h, 65536, &out),
 		     RDMAMIG_E_PROTO, "short HELLO_ACK");
@@ -177,7 +189,7 @@ Test(ctrl, hello_ack_is_checked_by_the_source)
 		     RDMAMIG_E_PROTO, "not a HELLO_ACK");
 
 	/* TCP: no credits, no buffer size. */
-	rm_ctrl_hello_ack(&a, &ht, 0, 0);
+	rm_ctrl_hello_ack(&a, &ht, 0, 0, false);
 	cr_assert_eq(rm_ctrl_hello_reply("tcp", 2, RM_WIRE_HELLO_ACK, &a, sizeof(a), &ht, 0, &out), 0);
 	a.credits = rm_wire_put32(8);
 	cr_assert_eq(rm_ctrl_hello_reply("tcp", 2, RM_WIRE_HELLO_ACK, &a, sizeof(a), &ht, 0, &out),

@@ -57,8 +57,8 @@ static void *accept_one(void *arg)
 	return NULL;
 }
 
-/* Bad magic, version, caps, channel numbers, write size and credits are
- * refused with the reason;
+/* Bad magic, version, caps, no key, channel numbers, write size and credits
+ * are refused with the reason;
  * the destination keeps waiting and still accepts a good source after. */
 Test(tcp, handshake_refusals)
 {
@@ -67,7 +67,7 @@ Test(tcp, handshake_refusals)
 		.magic = htole32(RM_WIRE_MAGIC),
 		.version_min = htole16(RM_WIRE_VERSION_MIN),
 		.version_max = htole16(RM_WIRE_VERSION),
-		.caps = htole32(RM_CAP_FENCE_EPOCH),
+		.caps = htole32(RM_CAP_FENCE_EPOCH | RM_CAP_AUTH),
 		.nchan = htole16(1),
 		.session = htole64(42),
 		.max_write = htole32(1u << 20),
@@ -95,6 +95,10 @@ Test(tcp, handshake_refusals)
 	h.caps = 0;
 	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
 	cr_assert_eq(reason, RM_REFUSE_CAPS);
+	h = good;
+	h.caps = htole32(RM_CAP_FENCE_EPOCH);	/* no key offered to a keyed destination */
+	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);
+	cr_assert_eq(reason, RM_REFUSE_AUTH);
 	h = good;
 	h.nchan = htole16(RM_WIRE_MAX_CHANNELS + 1);
 	cr_assert_eq(raw_hello(lport, h, &reason), RM_WIRE_REFUSE);

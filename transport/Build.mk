@@ -14,6 +14,7 @@ LIB_OBJS += transport/rdma.o
 LIB_OBJS += transport/rdma-cm.o
 HOST_TESTS += test-transport-ctrl
 HOST_TESTS += test-transport-hello
+HOST_TESTS += test-transport-auth
 HOST_TESTS += test-transport-tcp
 BED_TESTS += test-transport-rdma
 BENCH_BINS += bench-transport

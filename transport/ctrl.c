@@ -8,6 +8,10 @@
  * and only up to the bound.
  */
 #include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +90,10 @@ static int frag_begin(struct rm_transport *t, unsigned chan, uint16_t flags,
 	uint64_t total = rm_wire_get64(b->total_len);
 	struct rm_ctrl_msg *m;
 
+	if (!q->authed) {
+		*why = "CTRL before authentication";
+		return RDMAMIG_E_PROTO;
+	}
 	if (chan != 0) {
 		*why = "CTRL off channel 0";
 		return RDMAMIG_E_PROTO;
@@ -297,6 +305,7 @@ static int rx_abort(struct rm_transport *t, const void *body, size_t len, const 
 static int rx_refuse(struct rm_transport *t, const void *body, size_t len, const char **why)
 {
 	struct rm_wire_refuse_body r;
+	uint32_t reason;
 
 	if (len != sizeof(r)) {
 		*why = "REFUSE of the wrong length";
@@ -304,16 +313,86 @@ static int rx_refuse(struct rm_transport *t, const void *body, size_t len, const
 	}
 	memcpy(&r, body, sizeof(r));
 	r.text[RM_WIRE_TEXT - 1] = 0;
+	reason = rm_wire_get32(r.reason);
+	if (reason == RM_REFUSE_AUTH) {
+		rm_err("transport %s: %s refused our proof of the pre-shared key: %s", t->ops->name,
+		       peer_name(t), RM_AUTH_HINT);
+		*why = "peer refused authentication";
+		return RDMAMIG_E_AUTH;
+	}
 	rm_err("transport %s: %s refused: %s: %s", t->ops->name, peer_name(t),
-	       rm_wire_refuse_name(rm_wire_get32(r.reason)), r.text);
+	       rm_wire_refuse_name(reason), r.text);
 	*why = "peer sent REFUSE";
 	return RDMAMIG_E_REFUSED;
+}
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+	uint8_t acc = 0;
+
+	for (size_t i = 0; i < n; i++)
+		acc |= p[i];
+	return !acc;
+}
+
+/*
+ * One AUTH step from the peer, checked here on the receive path so that
+ * `authed` changes in order with the messages around it: a message that
+ * follows a good proof on the wire is taken, one that follows a bad proof
+ * or comes before any is refused.
+ */
+static int rx_auth(struct rm_transport *t, unsigned chan, const void *body, size_t len,
+		   const char **why)
+{
+	struct rm_ctrl *q = &t->ctrl;
+	bool src = t->role == RM_ROLE_SOURCE;
+	struct rm_wire_auth a;
+	uint8_t mac[RM_WIRE_MAC];
+	unsigned step, want;
+	int err = 0;
+
+	if (chan != 0 || len != sizeof(a) || !t->opts.psk_len) {
+		*why = "AUTH off channel 0, of the wrong length, or not agreed";
+		return RDMAMIG_E_PROTO;
+	}
+	memcpy(&a, body, sizeof(a));
+	step = rm_wire_get32(a.step);
+	pthread_mutex_lock(&q->lock);
+	/* Each side takes the peer's steps in order, each only after it sent
+	 * the step before: the source 2 then 4, the destination 1 then 3. */
+	want = q->auth_got ? q->auth_got + 2 : (src ? RM_AUTH_NONCE_DST : RM_AUTH_NONCE_SRC);
+	if (step != want || q->auth_sent + 1 < step || a.reserved || q->authed || q->auth_bad) {
+		*why = "AUTH step out of order";
+		err = RDMAMIG_E_PROTO;
+	} else if (step <= RM_AUTH_NONCE_DST ? !all_zero(a.mac, sizeof(a.mac))
+					      : !all_zero(a.nonce, sizeof(a.nonce))) {
+		*why = "AUTH with a field its step does not carry";
+		err = RDMAMIG_E_PROTO;
+	} else if (step == RM_AUTH_NONCE_SRC) {
+		memcpy(q->nonce_src, a.nonce, sizeof(a.nonce));
+	} else if (step == RM_AUTH_NONCE_DST) {
+		memcpy(q->nonce_dst, a.nonce, sizeof(a.nonce));
+	} else if (rm_ctrl_auth_mac(t, src ? 'D' : 'S', mac)) {
+		*why = "computing the expected proof";
+		err = -ENOMEM;
+	} else if (CRYPTO_memcmp(mac, a.mac, sizeof(mac)) == 0) {
+		q->authed = true;
+	} else {
+		q->auth_bad = true;
+	}
+	if (!err)
+		q->auth_got = step;
+	OPENSSL_cleanse(mac, sizeof(mac));
+	changed(q);
+	pthread_mutex_unlock(&q->lock);
+	return err;
 }
 
 int rm_ctrl_rx(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t flags,
 	       const void *body, size_t len, const char **why)
 {
 	struct rm_wire_ctrl b;
+	bool authed;
 	void *dst;
 	int err;
 
@@ -325,7 +404,16 @@ int rm_ctrl_rx(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t fl
 		*why = "flags on a message that has none";
 		return RDMAMIG_E_PROTO;
 	}
+	pthread_mutex_lock(&t->ctrl.lock);
+	authed = t->ctrl.authed;
+	pthread_mutex_unlock(&t->ctrl.lock);
+	if (!authed && (type == RM_WIRE_MARKER || type == RM_WIRE_CTRL || type == RM_WIRE_LAYOUT)) {
+		*why = "a message before authentication";
+		return RDMAMIG_E_PROTO;
+	}
 	switch (type) {
+	case RM_WIRE_AUTH:
+		return rx_auth(t, chan, body, len, why);
 	case RM_WIRE_MARKER:
 		return rx_marker(t, chan, body, len, why);
 	case RM_WIRE_CTRL:
@@ -563,6 +651,150 @@ int rm_ctrl_layout(struct rm_transport *t, const struct rm_region *r, unsigned n
 	return err;
 }
 
+/* ---- authentication ---- */
+
+int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIRE_MAC])
+{
+	static const char label[] = RM_WIRE_AUTH_LABEL;
+	uint8_t msg[sizeof(label) + 1 + 8 + 2 + 2 * RM_WIRE_NONCE], *p = msg;
+	__le64 session = rm_wire_put64(t->session);
+	__le16 nchan = rm_wire_put16((uint16_t)t->nchan);
+	unsigned mlen = 0;
+
+	/* label (with its NUL), role, session, nchan, nonce_s, nonce_d */
+	memcpy(p, label, sizeof(label));
+	p += sizeof(label);
+	*p++ = (uint8_t)role;
+	memcpy(p, &session, 8);
+	p += 8;
+	memcpy(p, &nchan, 2);
+	p += 2;
+	memcpy(p, t->ctrl.nonce_src, RM_WIRE_NONCE);
+	p += RM_WIRE_NONCE;
+	memcpy(p, t->ctrl.nonce_dst, RM_WIRE_NONCE);
+	if (!HMAC(EVP_sha256(), t->opts.psk, (int)t->opts.psk_len, msg, sizeof(msg), mac, &mlen) ||
+	    mlen != RM_WIRE_MAC)
+		return -ENOMEM;
+	return 0;
+}
+
+static bool never(struct rm_transport *t, void *arg)
+{
+	return false;
+}
+
+struct auth_wait {
+	unsigned step;		/* wait for the peer's step ... */
+	bool verdict;		/* ... or for its proof's verdict */
+};
+
+static bool auth_progress(struct rm_transport *t, void *arg)
+{
+	const struct auth_wait *w = arg;
+
+	if (w->verdict)
+		return t->ctrl.authed || t->ctrl.auth_bad;
+	return t->ctrl.auth_got >= w->step;
+}
+
+/* Send our step; a nonce is drawn fresh for it, a proof computed. */
+static int auth_send(struct rm_transport *t, unsigned step, uint64_t deadline)
+{
+	struct rm_wire_auth a = { .step = rm_wire_put32(step) };
+	bool src = t->role == RM_ROLE_SOURCE;
+	int err = 0;
+
+	pthread_mutex_lock(&t->ctrl.lock);
+	if (step <= RM_AUTH_NONCE_DST) {
+		uint8_t *mine = src ? t->ctrl.nonce_src : t->ctrl.nonce_dst;
+
+		if (RAND_bytes(mine, RM_WIRE_NONCE) != 1)
+			err = -EIO;
+		memcpy(a.nonce, mine, RM_WIRE_NONCE);
+	} else if (rm_ctrl_auth_mac(t, src ? 'S' : 'D', a.mac)) {
+		err = -ENOMEM;
+	}
+	/* Recorded before the post: the peer's answer may arrive before
+	 * post returns, and the receive path checks the order by it. */
+	if (!err)
+		t->ctrl.auth_sent = step;
+	pthread_mutex_unlock(&t->ctrl.lock);
+	if (!err)
+		err = t->ops->post(t, 0, RM_WIRE_AUTH, 0, &a, sizeof(a), NULL, 0, deadline);
+	OPENSSL_cleanse(&a, sizeof(a));
+	return err;
+}
+
+static int auth_wait(struct rm_transport *t, unsigned step, bool verdict, uint64_t deadline)
+{
+	struct auth_wait w = { .step = step, .verdict = verdict };
+	int ret = wait_for(t, deadline, auth_progress, &w);
+
+	return ret < 0 ? ret : ret ? 0 : -ETIMEDOUT;
+}
+
+/* Has the peer's proof checked out?  Takes the lock for the verdict. */
+static bool auth_ok(struct rm_transport *t)
+{
+	bool ok;
+
+	pthread_mutex_lock(&t->ctrl.lock);
+	ok = t->ctrl.authed;
+	pthread_mutex_unlock(&t->ctrl.lock);
+	return ok;
+}
+
+int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
+{
+	struct rm_wire_refuse_body rf;
+	int err;
+
+	if (!t->opts.psk_len)
+		return 0;
+	if (t->role == RM_ROLE_SOURCE) {
+		err = auth_send(t, RM_AUTH_NONCE_SRC, deadline);
+		if (!err)
+			err = auth_wait(t, RM_AUTH_NONCE_DST, false, deadline);
+		if (!err)
+			err = auth_send(t, RM_AUTH_PROOF_SRC, deadline);
+		if (!err)
+			err = auth_wait(t, 0, true, deadline);
+		if (err) {
+			if (err != RDMAMIG_E_AUTH)
+				rm_err("transport %s: authenticating the destination: %s", t->ops->name,
+				       rdmamig_strerror(err));
+			return err;
+		}
+		if (!auth_ok(t)) {
+			rm_err("transport %s: the destination did not prove the pre-shared key: %s",
+			       t->ops->name, RM_AUTH_HINT);
+			return RDMAMIG_E_AUTH;
+		}
+		return 0;
+	}
+	err = auth_wait(t, RM_AUTH_NONCE_SRC, false, deadline);
+	if (!err)
+		err = auth_send(t, RM_AUTH_NONCE_DST, deadline);
+	if (!err)
+		err = auth_wait(t, 0, true, deadline);
+	if (err) {
+		rm_warn("transport %s: dropping a source that did not authenticate: %s", t->ops->name,
+			rdmamig_strerror(err));
+		return err;
+	}
+	if (!auth_ok(t)) {
+		rm_warn("transport %s: refusing a source: %s", t->ops->name, RM_AUTH_HINT);
+		rm_ctrl_refuse_body(&rf, RM_REFUSE_AUTH, "no proof of the pre-shared key");
+		if (!t->ops->post(t, 0, RM_WIRE_REFUSE, 0, &rf, sizeof(rf), NULL, 0,
+				  rm_deadline(1000)))
+			/* Linger (bounded) until the source hangs up on reading
+			 * it: an RDMA disconnect could overtake the SEND. */
+			wait_for(t, rm_deadline(1000), never, NULL);
+		return RDMAMIG_E_AUTH;
+	}
+	return auth_send(t, RM_AUTH_PROOF_DST, deadline);
+}
+
 /* ---- handshake ---- */
 
 void rm_ctrl_hello(struct rm_wire_hello *h, const struct rm_transport_opts *o, unsigned chan,
@@ -572,7 +804,8 @@ void rm_ctrl_hello(struct rm_wire_hello *h, const struct rm_transport_opts *o, u
 		.magic = rm_wire_put32(RM_WIRE_MAGIC),
 		.version_min = rm_wire_put16(RM_WIRE_VERSION_MIN),
 		.version_max = rm_wire_put16(RM_WIRE_VERSION),
-		.caps = rm_wire_put32(RM_CAP_FENCE_EPOCH | (o->nchan > 1 ? RM_CAP_MULTICHAN : 0)),
+		.caps = rm_wire_put32(RM_CAP_FENCE_EPOCH | (o->nchan > 1 ? RM_CAP_MULTICHAN : 0) |
+				      (o->psk_len ? RM_CAP_AUTH : 0)),
 		.nchan = rm_wire_put16((uint16_t)o->nchan),
 		.chan = rm_wire_put16((uint16_t)chan),
 		.session = rm_wire_put64(session),
@@ -591,7 +824,8 @@ static bool credits_ok(uint32_t credits, bool rdma)
 	return rdma ? credits && credits <= RM_WIRE_MAX_CREDITS : !credits;
 }
 
-uint32_t rm_ctrl_hello_check(const struct rm_wire_hello *h, bool rdma, char *why, size_t n)
+uint32_t rm_ctrl_hello_check(const struct rm_wire_hello *h, bool rdma, bool auth, char *why,
+			     size_t n)
 {
 	unsigned nchan = rm_wire_get16(h->nchan), chan = rm_wire_get16(h->chan);
 	unsigned vmin = rm_wire_get16(h->version_min), vmax = rm_wire_get16(h->version_max);
@@ -610,6 +844,10 @@ uint32_t rm_ctrl_hello_check(const struct rm_wire_hello *h, bool rdma, char *why
 		snprintf(why, n, "caps %#x lack required %#x", caps, RM_CAP_REQUIRED);
 		return RM_REFUSE_CAPS;
 	}
+	if (auth && !(caps & RM_CAP_AUTH)) {
+		snprintf(why, n, "no pre-shared key offered");
+		return RM_REFUSE_AUTH;
+	}
 	if (!nchan || nchan > RM_WIRE_MAX_CHANNELS || chan >= nchan) {
 		snprintf(why, n, "channel %u of %u (max %u)", chan, nchan, RM_WIRE_MAX_CHANNELS);
 		return RM_REFUSE_CHANNELS;
@@ -627,7 +865,7 @@ uint32_t rm_ctrl_hello_check(const struct rm_wire_hello *h, bool rdma, char *why
 	return 0;
 }
 
-uint32_t rm_ctrl_hello_parse(uint16_t type, const void *body, size_t blen, bool rdma,
+uint32_t rm_ctrl_hello_parse(uint16_t type, const void *body, size_t blen, bool rdma, bool auth,
 			     struct rm_wire_hello *h, char *why, size_t n)
 {
 	if (type != RM_WIRE_HELLO) {
@@ -639,7 +877,7 @@ uint32_t rm_ctrl_hello_parse(uint16_t type, const void *body, size_t blen, bool 
 		return RM_REFUSE_MAGIC;
 	}
 	memcpy(h, body, sizeof(*h));
-	return rm_ctrl_hello_check(h, rdma, why, n);
+	return rm_ctrl_hello_check(h, rdma, auth, why, n);
 }
 
 uint32_t rm_ctrl_hello_join(const struct rm_wire_hello *h, const struct rm_transport *t,
@@ -660,14 +898,15 @@ uint32_t rm_ctrl_hello_join(const struct rm_wire_hello *h, const struct rm_trans
 }
 
 void rm_ctrl_hello_ack(struct rm_wire_hello_ack *a, const struct rm_wire_hello *h,
-		       uint32_t credits, uint32_t ctrl_buf)
+		       uint32_t credits, uint32_t ctrl_buf, bool auth)
 {
 	unsigned vmax = rm_wire_get16(h->version_max);
 
 	*a = (struct rm_wire_hello_ack){
 		.version = rm_wire_put16(vmax < RM_WIRE_VERSION ? vmax : RM_WIRE_VERSION),
 		.nchan = h->nchan,
-		.caps = rm_wire_put32(rm_wire_get32(h->caps) & RM_CAP_KNOWN),
+		.caps = rm_wire_put32(rm_wire_get32(h->caps) & RM_CAP_KNOWN &
+				      (auth ? ~0u : ~(uint32_t)RM_CAP_AUTH)),
 		.credits = rm_wire_put32(credits),
 		.ctrl_buf = rm_wire_put32(ctrl_buf),
 	};
@@ -678,13 +917,18 @@ int rm_ctrl_hello_reply(const char *backend, unsigned chan, uint16_t type, const
 			struct rm_wire_hello_ack *ack)
 {
 	struct rm_wire_refuse_body rf;
-	const char *bad = NULL;
+	char bad[96] = "";
 	unsigned version;
 	uint32_t caps, offered = rm_wire_get32(h->caps);
 
 	if (type == RM_WIRE_REFUSE && blen == sizeof(rf)) {
 		memcpy(&rf, body, sizeof(rf));
 		rf.text[RM_WIRE_TEXT - 1] = 0;
+		if (rm_wire_get32(rf.reason) == RM_REFUSE_AUTH) {
+			rm_err("transport %s: the destination refused: %s (it said: %s)", backend,
+			       RM_AUTH_HINT, rf.text);
+			return RDMAMIG_E_AUTH;
+		}
 		rm_err("transport %s: the destination refused: %s: %s", backend,
 		       rm_wire_refuse_name(rm_wire_get32(rf.reason)), rf.text);
 		return RDMAMIG_E_REFUSED;
@@ -698,19 +942,32 @@ int rm_ctrl_hello_reply(const char *backend, unsigned chan, uint16_t type, const
 	version = rm_wire_get16(ack->version);
 	caps = rm_wire_get32(ack->caps);
 	if (version < RM_WIRE_VERSION_MIN || version > RM_WIRE_VERSION)
-		bad = "a version we did not offer";
+		snprintf(bad, sizeof(bad), "version %u, we offered %u-%u", version,
+			 RM_WIRE_VERSION_MIN, RM_WIRE_VERSION);
 	else if (rm_wire_get16(ack->nchan) != rm_wire_get16(h->nchan))
-		bad = "another channel count";
+		snprintf(bad, sizeof(bad), "nchan %u, we asked for %u", rm_wire_get16(ack->nchan),
+			 rm_wire_get16(h->nchan));
 	else if ((caps & ~offered) || (caps & RM_CAP_REQUIRED) != RM_CAP_REQUIRED)
-		bad = "capabilities we did not offer, or not the required ones";
+		snprintf(bad, sizeof(bad), "caps %#x, we offered %#x and require %#x", caps, offered,
+			 RM_CAP_REQUIRED);
 	else if (!credits_ok(rm_wire_get32(ack->credits), ctrl_buf != 0))
-		bad = "control credits out of range";
+		snprintf(bad, sizeof(bad), "credits %u, expected %s", rm_wire_get32(ack->credits),
+			 ctrl_buf ? "1-4096" : "0");
 	else if (rm_wire_get32(ack->ctrl_buf) != ctrl_buf)
-		bad = "another control buffer size";
-	if (bad) {
-		rm_err("transport %s: channel %u: the destination's HELLO_ACK names %s", backend,
+		snprintf(bad, sizeof(bad), "ctrl_buf %u, expected %u", rm_wire_get32(ack->ctrl_buf),
+			 ctrl_buf);
+	if (bad[0]) {
+		rm_err("transport %s: channel %u: bad HELLO_ACK from the destination: %s", backend,
 		       chan, bad);
 		return RDMAMIG_E_PROTO;
+	}
+	if ((offered & RM_CAP_AUTH) && !(caps & RM_CAP_AUTH)) {
+		/* Handing the guest to a destination that proves nothing would
+		 * let any host that answers on this address receive it. */
+		rm_err("transport %s: the destination runs without a pre-shared key (--no-auth) and "
+		       "this side has one: refusing to send the guest to an unauthenticated peer",
+		       backend);
+		return RDMAMIG_E_AUTH;
 	}
 	return 0;
 }

@@ -2,8 +2,8 @@
  * transport/ctrl.h — the control protocol of wire.h, written once for every
  * backend: the queue of received control messages and its bound, fragmenting
  * send and reassembly, the fence epochs that hold a CTRL back, HELLO and
- * HELLO_ACK bodies and their checks, the LAYOUT exchange, and REFUSE, ABORT
- * and BYE.
+ * HELLO_ACK bodies and their checks, peer authentication (AUTH), the LAYOUT
+ * exchange, and REFUSE, ABORT and BYE.
  *
  * A backend only moves bytes: it frames one message onto a channel (the
  * `post` op: a TCP write, an RDMA SEND) and hands each message it receives to
@@ -66,6 +66,14 @@ struct rm_ctrl {
 
 	uint64_t epoch[RM_WIRE_MAX_CHANNELS];	/* destination: last MARKER seen */
 	bool peer_bye;			/* BYE arrived on channel 0 */
+
+	/* AUTH (wire.h): authed once the peer's proof checked out (or with
+	 * no key); until then only AUTH, REFUSE, ABORT and BYE are taken. */
+	bool authed;
+	bool auth_bad;			/* the peer's proof was wrong */
+	unsigned auth_sent, auth_got;	/* last step sent, received */
+	uint8_t nonce_src[RM_WIRE_NONCE];
+	uint8_t nonce_dst[RM_WIRE_NONCE];
 
 	/* Source: the destination's LAYOUT, as received, then matched. */
 	bool have_layout;
@@ -134,21 +142,43 @@ int rm_ctrl_layout(struct rm_transport *t, const struct rm_region *r, unsigned n
  * RDMAMIG_E_PROTO with why filled.  Fills ctrl.peer on success. */
 int rm_ctrl_layout_match(struct rm_transport *t, char *why, size_t why_len);
 
+/* ---- authentication ---- */
+
+/* What a refused side is told, in full (REFUSE text holds only 48 bytes). */
+#define RM_AUTH_HINT "the peer did not prove the pre-shared key: wrong key or none; " \
+		     "check --psk on both sides"
+
+/*
+ * The AUTH exchange of wire.h on channel 0 of a connection just made, before
+ * anything else is sent on it; a no-op without a key.  Blocks until deadline.
+ * 0 once the peer proved the key; RDMAMIG_E_AUTH when it did not (the
+ * destination sends REFUSE {RM_REFUSE_AUTH} first), or the connection's
+ * error.  Logged.
+ */
+int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline);
+
+/* HMAC-SHA256 proof of role ('S' or 'D') over t's session, nchan and both
+ * nonces; exposed for tests/test-transport-ctrl.c. */
+int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIRE_MAC]);
+
 /* ---- handshake bodies ---- */
 
-/* A source's HELLO for channel chan; credits: RDMA receive buffers, TCP 0. */
+/* A source's HELLO for channel chan; credits: RDMA receive buffers, TCP 0.
+ * Offers RM_CAP_AUTH when o has a key. */
 void rm_ctrl_hello(struct rm_wire_hello *h, const struct rm_transport_opts *o, unsigned chan,
 		   uint64_t session, uint32_t credits);
 
 /*
  * A destination's checks of a HELLO.  rdma: credits must be granted (TCP: 0).
+ * auth: this destination has a key, so the HELLO must offer RM_CAP_AUTH.
  * 0 when acceptable, else an RM_REFUSE_* reason with why filled.
  */
-uint32_t rm_ctrl_hello_check(const struct rm_wire_hello *h, bool rdma, char *why, size_t n);
+uint32_t rm_ctrl_hello_check(const struct rm_wire_hello *h, bool rdma, bool auth, char *why,
+			     size_t n);
 
 /* The first message on a channel, of type and blen bytes: a HELLO that
  * passes rm_ctrl_hello_check, copied to *h; else a reason with why. */
-uint32_t rm_ctrl_hello_parse(uint16_t type, const void *body, size_t blen, bool rdma,
+uint32_t rm_ctrl_hello_parse(uint16_t type, const void *body, size_t blen, bool rdma, bool auth,
 			     struct rm_wire_hello *h, char *why, size_t n);
 
 /*
@@ -159,16 +189,19 @@ uint32_t rm_ctrl_hello_parse(uint16_t type, const void *body, size_t blen, bool 
 uint32_t rm_ctrl_hello_join(const struct rm_wire_hello *h, const struct rm_transport *t,
 			    uint64_t session, bool chan_taken, char *why, size_t n);
 
-/* The destination's reply to an accepted HELLO (credits, ctrl_buf: RDMA). */
+/* The destination's reply to an accepted HELLO (credits, ctrl_buf: RDMA);
+ * it grants RM_CAP_AUTH only when the destination has a key (auth). */
 void rm_ctrl_hello_ack(struct rm_wire_hello_ack *a, const struct rm_wire_hello *h,
-		       uint32_t credits, uint32_t ctrl_buf);
+		       uint32_t credits, uint32_t ctrl_buf, bool auth);
 
 /*
  * The source's reading of the destination's reply (type, body of blen bytes)
  * to HELLO h on channel chan.  ctrl_buf: the buffer size an RDMA source needs
  * (0 on TCP, where credits and ctrl_buf must be 0).  0 with *ack filled;
  * RDMAMIG_E_REFUSED or RDMAMIG_E_PROTO, logged with what the destination said
- * or what was wrong.
+ * or, naming the field, what was wrong; RDMAMIG_E_AUTH when it refused for
+ * authentication.  A source with a key (RM_CAP_AUTH in h) refuses a
+ * destination that does not take the AUTH exchange.
  */
 int rm_ctrl_hello_reply(const char *backend, unsigned chan, uint16_t type, const void *body,
 			size_t blen, const struct rm_wire_hello *h, uint32_t ctrl_buf,

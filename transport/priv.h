@@ -38,6 +38,7 @@ struct rm_transport {
 	uint8_t *widx;			/* rm_tr_write's resolved indices */
 	size_t widx_cap;
 	uint32_t peer_max_write;	/* destination: the source's HELLO max_write */
+	uint64_t session;		/* the source's HELLO session id */
 	uint64_t fence_epoch;		/* source: fences issued */
 	struct rm_ctrl ctrl;
 	struct rm_transport_stats st;
@@ -48,6 +49,7 @@ struct rm_listener {
 	const struct rm_transport_ops *ops;
 	struct rm_transport_opts opts;	/* defaults filled in */
 	int port;			/* bound port, host order */
+	atomic_uint refused_auth;	/* sources refused for want of the key */
 };
 
 struct addrinfo;

@@ -281,6 +281,7 @@ int rd_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t dea
 
 	if (!c)
 		return -ENOMEM;
+	c->base.session = session;
 	c->ec = rdma_create_event_channel();
 	if (!c->ec) {
 		err = -errno;
@@ -429,7 +430,8 @@ static int on_request(struct rd_listener *l, struct rd_conn **cp, uint64_t *sess
 		reject(id, RM_REFUSE_MAGIC, "no HELLO in the connect request");
 		return 0;
 	}
-	reason = rm_ctrl_hello_parse(type, body, blen, true, &h, why, sizeof(why));
+	reason = rm_ctrl_hello_parse(type, body, blen, true, l->base.opts.psk_len != 0, &h, why,
+				     sizeof(why));
 	if (!reason) {
 		chan = rm_wire_get16(h.chan);	/* < nchan <= RM_WIRE_MAX_CHANNELS */
 		reason = rm_ctrl_hello_join(&h, c ? &c->base : NULL, *session, c && c->q[chan].id,
@@ -440,6 +442,8 @@ static int on_request(struct rd_listener *l, struct rd_conn **cp, uint64_t *sess
 		reason = RM_REFUSE_CHANNELS;
 	}
 	if (reason) {
+		if (reason == RM_REFUSE_AUTH)
+			atomic_fetch_add(&l->base.refused_auth, 1);
 		reject(id, reason, why);
 		return 0;
 	}
@@ -451,6 +455,7 @@ static int on_request(struct rd_listener *l, struct rd_conn **cp, uint64_t *sess
 		}
 		*cp = c;
 		*session = rm_wire_get64(h.session);
+		c->base.session = *session;
 		c->base.peer_max_write = rm_wire_get32(h.max_write);
 		err = setup_dev(c, id->verbs);
 		if (err) {
@@ -468,7 +473,7 @@ static int on_request(struct rd_listener *l, struct rd_conn **cp, uint64_t *sess
 		return err;
 	}
 	rm_wire_hdr_init(&ack.h, RM_WIRE_HELLO_ACK, 0, sizeof(ack.b), 0);
-	rm_ctrl_hello_ack(&ack.b, &h, RX_CTRL, CTRL_BUF);
+	rm_ctrl_hello_ack(&ack.b, &h, RX_CTRL, CTRL_BUF, l->base.opts.psk_len != 0);
 	param.private_data = &ack;
 	param.private_data_len = sizeof(ack);
 	if (rdma_accept(id, &param)) {
@@ -479,10 +484,10 @@ static int on_request(struct rd_listener *l, struct rd_conn **cp, uint64_t *sess
 	return 0;
 }
 
-int rd_accept(struct rm_listener *lp, struct rm_transport **out)
+int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **out)
 {
 	struct rd_listener *l = (struct rd_listener *)lp;
-	uint64_t deadline = rm_deadline(l->base.opts.timeout_ms), session = 0;
+	uint64_t session = 0;
 	struct rd_conn *c = NULL;
 	unsigned established = 0;
 	int err = 0;

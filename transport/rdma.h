@@ -73,7 +73,7 @@ extern const struct rm_transport_ops rm_transport_rdma_ops;
 
 /* rdma-cm.c */
 int rd_listen(const struct rm_transport_opts *in, struct rm_listener **out);
-int rd_accept(struct rm_listener *lp, struct rm_transport **out);
+int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **out);
 void rd_listener_close(struct rm_listener *lp);
 int rd_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t deadline,
 	       struct rm_transport **out);

@@ -185,10 +185,10 @@ void tcp_listener_close(struct rm_listener *lp)
 	free(l);
 }
 
-int tcp_accept(struct rm_listener *lp, struct rm_transport **out)
+int tcp_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **out)
 {
 	struct tcp_listener *l = (struct tcp_listener *)lp;
-	uint64_t deadline = rm_deadline(l->base.opts.timeout_ms);
+	bool auth = l->base.opts.psk_len != 0;
 	struct tcp_conn *c = NULL;
 	uint64_t session = 0;
 	unsigned have = 0;
@@ -222,13 +222,15 @@ int tcp_accept(struct rm_listener *lp, struct rm_transport **out)
 			close(fd);
 			continue;
 		}
-		reason = rm_ctrl_hello_parse(type, &u, blen, false, &h, why, sizeof(why));
+		reason = rm_ctrl_hello_parse(type, &u, blen, false, auth, &h, why, sizeof(why));
 		if (!reason) {
 			chan = rm_wire_get16(h.chan);	/* < nchan <= RM_WIRE_MAX_CHANNELS */
 			reason = rm_ctrl_hello_join(&h, c ? &c->base : NULL, session,
 						    c && c->ch[chan].fd >= 0, why, sizeof(why));
 		}
 		if (reason) {
+			if (reason == RM_REFUSE_AUTH)
+				atomic_fetch_add(&l->base.refused_auth, 1);
 			send_refuse(fd, reason, why);
 			close(fd);
 			continue;
@@ -241,9 +243,10 @@ int tcp_accept(struct rm_listener *lp, struct rm_transport **out)
 				goto fail;
 			}
 			session = rm_wire_get64(h.session);
+			c->base.session = session;
 			c->base.peer_max_write = rm_wire_get32(h.max_write);
 		}
-		rm_ctrl_hello_ack(&ack, &h, 0, 0);
+		rm_ctrl_hello_ack(&ack, &h, 0, 0, auth);
 		err = send_bare(fd, RM_WIRE_HELLO_ACK, &ack, sizeof(ack), rm_deadline(1000));
 		if (err) {
 			close(fd);
@@ -315,6 +318,7 @@ int tcp_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t de
 
 	if (!c)
 		return -ENOMEM;
+	c->base.session = session;
 	for (unsigned i = 0; i < o->nchan; i++) {
 		struct rm_wire_hello h;
 		struct rm_wire_hello_ack ack;

@@ -50,7 +50,7 @@ int tcp_start_rx(struct tcp_conn *c);
 struct tcp_conn *tcp_conn_new(const struct rm_transport_opts *o, enum rm_role role, unsigned nchan);
 int tcp_close(struct rm_transport *t);
 int tcp_listen(const struct rm_transport_opts *in, struct rm_listener **out);
-int tcp_accept(struct rm_listener *lp, struct rm_transport **out);
+int tcp_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **out);
 void tcp_listener_close(struct rm_listener *lp);
 int tcp_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t deadline,
 		struct rm_transport **out);

@@ -4,6 +4,7 @@
  * the busy ops.  Backends see only checked arguments, with region ids
  * resolved through the map rm_tr_layout() builds.
  */
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,19 @@ int rm_tr_opts_fill(struct rm_transport_opts *o, const struct rm_transport_opts 
 	}
 	if (o->timeout_ms < 0 || o->reg > RM_REG_ODP)
 		return -EINVAL;
+	if (o->psk_len && o->no_auth) {
+		rm_err("transport: a pre-shared key and no_auth both given");
+		return -EINVAL;
+	}
+	if (!o->psk_len && !o->no_auth) {
+		rm_err("transport: no pre-shared key: give one, or set no_auth to accept any peer");
+		return -EINVAL;
+	}
+	if (o->psk_len && (o->psk_len < RM_TR_PSK_MIN || o->psk_len > RM_TR_PSK_MAX)) {
+		rm_err("transport: a pre-shared key of %u bytes, expected %u to %u", o->psk_len,
+		       RM_TR_PSK_MIN, RM_TR_PSK_MAX);
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -54,13 +68,17 @@ int rm_tr_init(struct rm_transport *t, const struct rm_transport_ops *ops,
 	       const struct rm_transport_opts *o, enum rm_role role, unsigned nchan,
 	       size_t frag_max)
 {
+	int err;
+
 	t->ops = ops;
 	t->opts = *o;
 	t->opts.addr = NULL;
 	t->opts.port = NULL;
 	t->role = role;
 	t->nchan = nchan;
-	return rm_ctrl_init(&t->ctrl, frag_max);
+	err = rm_ctrl_init(&t->ctrl, frag_max);
+	t->ctrl.authed = !o->psk_len;
+	return err;
 }
 
 void *rm_tr_new(size_t size, const struct rm_transport_ops *ops, const struct rm_transport_opts *o,
@@ -77,6 +95,7 @@ void *rm_tr_new(size_t size, const struct rm_transport_ops *ops, const struct rm
 
 void rm_tr_destroy(struct rm_transport *t)
 {
+	OPENSSL_cleanse(t->opts.psk, sizeof(t->opts.psk));
 	rm_ctrl_destroy(&t->ctrl);
 	free(t->widx);
 	t->widx = NULL;
@@ -209,15 +228,32 @@ int rm_tr_listener_init(struct rm_listener *l, const struct rm_transport_ops *op
 
 int rm_tr_accept(struct rm_listener *l, struct rm_transport **out)
 {
-	int err;
+	uint64_t deadline;
 
 	if (!l || !out)
 		return -EINVAL;
-	err = l->ops->accept(l, out);
-	if (err == -ETIMEDOUT)
-		rm_err("transport %s: no complete source within %d ms", l->ops->name,
-		       l->opts.timeout_ms);
-	return err;
+	deadline = rm_deadline(l->opts.timeout_ms);
+	for (;;) {
+		struct rm_transport *t;
+		int err = l->ops->accept(l, deadline, &t);
+
+		if (err)
+			return err;
+		err = rm_ctrl_auth(t, deadline);
+		if (!err) {
+			*out = t;
+			return 0;
+		}
+		/* A source that did not prove the key is forgotten: nothing
+		 * of the migration was set up for it. */
+		rm_tr_abandon(t, err);
+		if (err == RDMAMIG_E_AUTH)
+			atomic_fetch_add(&l->refused_auth, 1);
+		if (err == -ECANCELED || err == -ENOMEM)
+			return err;
+		if (!rm_ms_left(deadline))
+			return -ETIMEDOUT;
+	}
 }
 
 int rm_tr_listener_port(struct rm_listener *l)
@@ -229,8 +265,10 @@ int rm_tr_listener_port(struct rm_listener *l)
 
 void rm_tr_listener_close(struct rm_listener *l)
 {
-	if (l)
+	if (l) {
+		OPENSSL_cleanse(l->opts.psk, sizeof(l->opts.psk));
 		l->ops->listener_close(l);
+	}
 }
 
 int rm_tr_connect(const struct rm_transport_opts *opts, struct rm_transport **out)
@@ -241,10 +279,22 @@ int rm_tr_connect(const struct rm_transport_opts *opts, struct rm_transport **ou
 
 	if (!ops || !out || !opts->addr || !opts->port)
 		return -EINVAL;
+	uint64_t deadline;
+	struct rm_transport *t;
+
 	err = rm_tr_opts_fill(&o, opts);
 	if (err)
 		return err;
-	return ops->connect(&o, rm_tr_session_id(), rm_deadline(o.timeout_ms), out);
+	deadline = rm_deadline(o.timeout_ms);
+	err = ops->connect(&o, rm_tr_session_id(), deadline, &t);
+	OPENSSL_cleanse(o.psk, sizeof(o.psk));
+	if (err)
+		return err;
+	err = rm_ctrl_auth(t, deadline);
+	if (err)
+		return rm_tr_abandon(t, err);
+	*out = t;
+	return 0;
 }
 
 int rm_tr_layout(struct rm_transport *t, const struct rm_region *r, unsigned n)

@@ -40,6 +40,7 @@
  *   -ENOMEM, -EMSGSIZE   resources; message larger than RM_WIRE_MAX_CTRL
  *   RDMAMIG_E_PROTO      the peer broke the protocol (malformed, out of range)
  *   RDMAMIG_E_REFUSED    the peer refused the handshake or the layout
+ *   RDMAMIG_E_AUTH       the peer did not prove the pre-shared key
  *   RDMAMIG_E_ABORTED    the peer sent ABORT (or we did)
  *   RDMAMIG_E_WC         an RDMA work completion failed (status is logged)
  * After any error other than -EINVAL, or a recv() timeout, the connection is
@@ -50,6 +51,7 @@
 #ifndef RDMAMIG_TRANSPORT_H
 #define RDMAMIG_TRANSPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -71,6 +73,10 @@ enum rm_reg_strategy {
 };
 
 #define RM_TR_DEFAULT_TIMEOUT_MS 10000
+/* Pre-shared key bounds: at least 128 bits; HMAC-SHA256 hashes anything
+ * longer than its 64-byte block, so more adds nothing. */
+#define RM_TR_PSK_MIN 16
+#define RM_TR_PSK_MAX 64
 /* 2 QPs: the fastest of 1/2/4 at 256 KiB-2 MiB writes in bench/transport.sh on
  * rxe (71 and 96 MB/s vs 56-57 with 1 QP; 4 QPs did no better).  Revisit
  * on a real NIC. */
@@ -92,6 +98,14 @@ struct rm_transport_opts {
 				 * a full send queue, a fence; 0: RM_TR_DEFAULT_TIMEOUT_MS */
 	enum rm_reg_strategy reg; /* RDMA source registration strategy */
 	size_t reg_chunk;	/* RM_REG_LAZY chunk bytes; 0: 64 MiB */
+	/* Peer authentication: a key of psk_len bytes (RM_TR_PSK_MIN..MAX)
+	 * that both sides hold, proven in the AUTH exchange (wire.h) before
+	 * connect/accept return; or no_auth set, which accepts any peer.
+	 * Exactly one of the two: zeroed options are refused (-EINVAL), so no
+	 * caller runs without authentication by leaving a field out. */
+	uint8_t psk[RM_TR_PSK_MAX];
+	unsigned psk_len;
+	bool no_auth;
 };
 
 /* One region of local guest RAM.  ids are the engine's; both sides must
@@ -149,14 +163,15 @@ struct rm_transport_ops {
 	/* Destination.  Bind and listen; non-blocking.  0 or -errno. */
 	int (*listen)(const struct rm_transport_opts *opts, struct rm_listener **out);
 	/* Destination.  Wait for one source (all its channels), run the
-	 * handshake, refuse bad peers with REFUSE and keep waiting for a good
-	 * one until the timeout.  Blocks at most opts.timeout_ms.
+	 * HELLO exchange, refuse bad peers with REFUSE and keep waiting for a
+	 * good one until deadline.  rm_tr_accept() then runs the AUTH
+	 * exchange (ctrl.c) on what this returns.
 	 * 0, -ETIMEDOUT, -ECANCELED, -errno. */
-	int (*accept)(struct rm_listener *l, struct rm_transport **out);
+	int (*accept)(struct rm_listener *l, uint64_t deadline, struct rm_transport **out);
 	void (*listener_close)(struct rm_listener *l);
 
-	/* Source.  Resolve, connect every channel, handshake, with HELLOs
-	 * naming session.  opts has its defaults filled in (addr and port
+	/* Source.  Resolve, connect every channel, HELLO exchange, with HELLOs
+	 * naming session (rm_tr_connect() then runs AUTH).  opts has its defaults filled in (addr and port
 	 * kept).  Blocks until deadline (opts.timeout_ms from the call).
 	 * 0, RDMAMIG_E_REFUSED (reason logged), -ETIMEDOUT, -ECONNREFUSED,
 	 * -errno. */
@@ -235,12 +250,21 @@ extern const struct rm_transport_ops rm_transport_rdma_ops;
 /* The table for a kind, or NULL. */
 const struct rm_transport_ops *rm_transport_ops_for(enum rm_transport_kind kind);
 
-/* Wrappers: same contracts as the ops above, except where said. */
+/* Wrappers: same contracts as the ops above, except where said.  listen
+ * and connect refuse options with neither a key nor no_auth (-EINVAL). */
 int rm_tr_listen(const struct rm_transport_opts *opts, struct rm_listener **out);
+/* Destination: the accept op, then (with a key) the AUTH exchange; a source
+ * that fails it is refused, closed and forgotten, and accept keeps waiting
+ * for another until opts.timeout_ms.  Nothing the engine could allocate or
+ * register happens before this returns 0.  Logs nothing on -ETIMEDOUT:
+ * the caller decides whether waiting longer is news. */
 int rm_tr_accept(struct rm_listener *l, struct rm_transport **out);
 /* The bound port, host order; >0 or -errno. */
 int rm_tr_listener_port(struct rm_listener *l);
 void rm_tr_listener_close(struct rm_listener *l);
+/* Source: the connect op, then (with a key) the AUTH exchange.
+ * RDMAMIG_E_AUTH when the destination did not prove the key or refused
+ * our proof; RDMAMIG_E_REFUSED when one side has a key and the other none. */
 int rm_tr_connect(const struct rm_transport_opts *opts, struct rm_transport **out);
 
 /* Both sides, once, right after the connection.  The destination

@@ -38,6 +38,7 @@ static const char *const type_names[] = {
 	[RM_WIRE_CREDIT] = "CREDIT",
 	[RM_WIRE_ABORT] = "ABORT",
 	[RM_WIRE_BYE] = "BYE",
+	[RM_WIRE_AUTH] = "AUTH",
 };
 
 const char *rm_wire_type_name(unsigned type)
@@ -57,6 +58,7 @@ static const char *const refuse_names[] = {
 	[RM_REFUSE_BUSY] = "destination busy",
 	[RM_REFUSE_MAGIC] = "not an rdmamig peer",
 	[RM_REFUSE_PARAMS] = "write size or credits out of range",
+	[RM_REFUSE_AUTH] = "authentication failed",
 };
 
 const char *rm_wire_refuse_name(unsigned reason)

@@ -21,6 +21,22 @@
  *                                            or REFUSE {reason, text}; close
  *      (RDMA: HELLO rides in the rdma_cm connect private data, HELLO_ACK in
  *       the accept's, REFUSE in the reject's.)
+ *      A destination with a pre-shared key refuses a HELLO without
+ *      RM_CAP_AUTH (REFUSE {RM_REFUSE_AUTH}); a source with a key refuses a
+ *      HELLO_ACK without it.  Both sides have a key, or neither (--no-auth).
+ *   1a. AUTH {step 1, nonce_s}  on channel 0  ->  (the first SEND/RECV on
+ *                                              RDMA; before anything else)
+ *                                        <-  AUTH {step 2, nonce_d}
+ *      AUTH {step 3, mac_s}              ->  checks mac_s: else REFUSE
+ *                                            {RM_REFUSE_AUTH} and close
+ *                                        <-  AUTH {step 4, mac_d}, checked
+ *      mac_x = HMAC-SHA256(key, RM_WIRE_AUTH_LABEL, role x ('S' or 'D'),
+ *      session, nchan, nonce_s, nonce_d): each side proves the key over both
+ *      sides' fresh nonces and its own role, so neither a reflected nor a
+ *      replayed proof passes.  The source proves first: a peer without the
+ *      key learns no proof, and the destination sends nothing but its nonce
+ *      and allocates nothing for the migration before step 3 checks out.
+ *      Until then a receiver takes nothing but AUTH, REFUSE, ABORT and BYE.
  *   2.                                   <-  LAYOUT {count, regions[]:
  *                                              id, size, addr, rkey}
  *      source checks every region id and size against its own RAM; on a
@@ -55,7 +71,10 @@
  * layout, offset + length against the region size without overflow, counts
  * and lengths against the RM_WIRE_MAX_* bounds below.
  *
- * Version 2 (this one) differs from 1: LAYOUT's page_size, REFUSE's detail and
+ * Version 3 (this one) adds AUTH, RM_CAP_AUTH and RM_REFUSE_AUTH to version
+ * 2; version 2 peers are refused.
+ *
+ * Version 2 differs from 1: LAYOUT's page_size, REFUSE's detail and
  * the ODP capability, which no receiver read, are gone (reserved, zero);
  * HELLO's max_write and credits and HELLO_ACK's fields are checked; CTRL
  * fragments are bounded.  Version 1 peers are refused.
@@ -69,8 +88,8 @@
 #include <stdint.h>
 
 #define RM_WIRE_MAGIC 0x474d4452u	/* "RDMG" read as little-endian bytes */
-#define RM_WIRE_VERSION 2		/* the version this build speaks */
-#define RM_WIRE_VERSION_MIN 2		/* the oldest version it accepts */
+#define RM_WIRE_VERSION 3		/* the version this build speaks */
+#define RM_WIRE_VERSION_MIN 3		/* the oldest version it accepts */
 
 /* Bounds every receiver checks before using a peer's number. */
 #define RM_WIRE_MAX_REGIONS 64
@@ -82,6 +101,9 @@
 #define RM_WIRE_MAX_QUEUED 1024		/* control messages a receiver holds unread */
 #define RM_WIRE_MAX_CREDITS 4096	/* RDMA control buffers one side may grant */
 #define RM_WIRE_TEXT 48			/* REFUSE / ABORT text, NUL-padded */
+#define RM_WIRE_NONCE 32		/* AUTH nonce bytes */
+#define RM_WIRE_MAC 32			/* AUTH proof: an HMAC-SHA256 */
+#define RM_WIRE_AUTH_LABEL "rdmamig auth v3"	/* first bytes every proof covers */
 
 enum rm_wire_type {
 	RM_WIRE_INVALID = 0x00,
@@ -95,6 +117,7 @@ enum rm_wire_type {
 	RM_WIRE_CREDIT = 0x08,
 	RM_WIRE_ABORT = 0x09,
 	RM_WIRE_BYE = 0x0a,
+	RM_WIRE_AUTH = 0x0b,
 	RM_WIRE_TRANSPORT_LAST = 0xff,
 
 	/* Engine messages ride inside CTRL.  migration/ owns this range. */
@@ -107,9 +130,11 @@ enum rm_wire_cap {
 	RM_CAP_MULTICHAN = 1u << 0,	/* more than one channel */
 	RM_CAP_FENCE_EPOCH = 1u << 1,	/* CTRL held until its fence epoch: required */
 	/* 1u << 2 was RM_CAP_ODP in version 1: never offered, now unused. */
+	RM_CAP_AUTH = 1u << 3,		/* the AUTH exchange follows: both sides
+					 * hold a pre-shared key */
 };
 #define RM_CAP_REQUIRED RM_CAP_FENCE_EPOCH
-#define RM_CAP_KNOWN (RM_CAP_MULTICHAN | RM_CAP_FENCE_EPOCH)
+#define RM_CAP_KNOWN (RM_CAP_MULTICHAN | RM_CAP_FENCE_EPOCH | RM_CAP_AUTH)
 
 /* Reasons carried by REFUSE. */
 enum rm_wire_refuse {
@@ -120,6 +145,7 @@ enum rm_wire_refuse {
 	RM_REFUSE_BUSY = 5,	/* already serving a migration */
 	RM_REFUSE_MAGIC = 6,	/* not an rdmamig peer */
 	RM_REFUSE_PARAMS = 7,	/* max_write or credits out of range */
+	RM_REFUSE_AUTH = 8,	/* the peer did not prove the pre-shared key */
 };
 
 /* Flags in rm_wire_hdr.flags. */
@@ -174,6 +200,21 @@ struct rm_wire_abort_body {
 	char text[RM_WIRE_TEXT];
 };
 
+/* Steps of the AUTH exchange, in order; each side checks the next one. */
+enum rm_wire_auth_step {
+	RM_AUTH_NONCE_SRC = 1,	/* source -> destination: nonce */
+	RM_AUTH_NONCE_DST = 2,	/* destination -> source: nonce */
+	RM_AUTH_PROOF_SRC = 3,	/* source -> destination: mac */
+	RM_AUTH_PROOF_DST = 4,	/* destination -> source: mac */
+};
+
+struct rm_wire_auth {
+	__le32 step;			/* enum rm_wire_auth_step */
+	__le32 reserved;
+	uint8_t nonce[RM_WIRE_NONCE];	/* steps 1 and 2; zero in 3 and 4 */
+	uint8_t mac[RM_WIRE_MAC];	/* steps 3 and 4; zero in 1 and 2 */
+};
+
 struct rm_wire_region {
 	__le32 id;
 	__le32 rkey;		/* RDMA: remote key of the region; TCP: 0 */
@@ -216,6 +257,7 @@ _Static_assert(sizeof(struct rm_wire_hdr) + sizeof(struct rm_wire_hello) <= 56,
 	       "HELLO must fit rdma_cm's RC connect private data");
 _Static_assert(sizeof(struct rm_wire_region) == 24, "region entry is 24 bytes");
 _Static_assert(sizeof(struct rm_wire_ctrl) == 24, "ctrl body is 24 bytes");
+_Static_assert(sizeof(struct rm_wire_auth) == 72, "auth body is 72 bytes");
 
 /*
  * Host <-> wire conversions.  The casts are where sparse's __bitwise checking
