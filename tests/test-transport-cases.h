@@ -151,6 +151,19 @@ static void *accept_thread(void *arg)
 	return NULL;
 }
 
+/* As the engine waits: accept again after a timeout, a few times. */
+static void *accept_patient(void *arg)
+{
+	struct pair *p = arg;
+
+	for (int i = 0; i < 4; i++) {
+		p->accept_err = rm_tr_accept(p->l, &p->dst);
+		if (p->accept_err != -ETIMEDOUT)
+			break;
+	}
+	return NULL;
+}
+
 /*
  * Connect a source to a fresh destination.  With RAM given, both sides also
  * exchange the layout; returns the source's layout result (0 expected).
@@ -934,6 +947,45 @@ static void case_auth_dest_without_key(void)
 	pair_close(&p);
 }
 
+/*
+ * Silent peers cost a slot each, never the real source's time: three
+ * sources finish HELLO and then never authenticate (the connect op without
+ * the AUTH exchange); a real source after them is accepted all the same.
+ * Handled one after the other they would take 3 x 4 s, past the real
+ * source's own 6 s bound.
+ */
+static void case_silent_sources_do_not_block(void)
+{
+	struct rm_transport_opts o = opts_for(2), f;
+	const struct rm_transport_ops *ops = rm_transport_ops_for(SUITE_KIND);
+	struct rm_transport *silent[3] = { 0 };
+	struct pair p;
+	pthread_t th;
+	char port[16];
+	int err;
+
+	o.timeout_ms = 4000;
+	memset(&p, 0, sizeof(p));
+	cr_assert_eq(rm_tr_listen(&o, &p.l), 0);
+	snprintf(port, sizeof(port), "%d", rm_tr_listener_port(p.l));
+	o.port = port;
+	cr_assert_eq(pthread_create(&th, NULL, accept_patient, &p), 0);
+	cr_assert_eq(rm_tr_opts_fill(&f, &o), 0);
+	for (unsigned i = 0; i < 3; i++) {
+		err = ops->connect(&f, 1000 + i, rm_deadline(4000), &silent[i]);
+		cr_assert_eq(err, 0, "silent source %u: %s", i, rdmamig_strerror(err));
+	}
+	o.timeout_ms = 6000;
+	err = rm_tr_connect(&o, &p.src);
+	pthread_join(th, NULL);
+	cr_assert_eq(err, 0, "the real source: %s", rdmamig_strerror(err));
+	cr_assert_eq(p.accept_err, 0, "accept: %s", rdmamig_strerror(p.accept_err));
+	cr_assert_eq(p.dst->session, p.src->session, "accept returned a silent source");
+	for (unsigned i = 0; i < 3; i++)
+		rm_tr_abandon(silent[i], -ECANCELED);
+	pair_close(&p);
+}
+
 #define TRANSPORT_CASES(suite)                                                     \
 	Test(suite, layout_exchange_and_mismatch) { case_layout(); }               \
 	Test(suite, random_ranges_1chan) { case_random_ranges(1, 1000); }          \
@@ -948,4 +1000,5 @@ static void case_auth_dest_without_key(void)
 	Test(suite, hostile_destination_refused) { case_hostile_dest(); }         \
 	Test(suite, abort_reason_out_of_range) { case_abort_reason_out_of_range(); } \
 	Test(suite, auth_no_key_wrong_key_refused_right_key_works) { case_auth(); } \
-	Test(suite, auth_keyed_source_refuses_open_destination) { case_auth_dest_without_key(); }
+	Test(suite, auth_keyed_source_refuses_open_destination) { case_auth_dest_without_key(); } \
+	Test(suite, silent_sources_do_not_block_a_real_one) { case_silent_sources_do_not_block(); }

@@ -237,3 +237,41 @@ Test(pinning, nic_numa_node_unknown_device)
 	cr_assert_eq(rm_nic_numa_node("../../../etc"), -1);
 	cr_assert_eq(rm_nic_numa_node(NULL), -1);
 }
+
+/*
+ * Sockets that connect and say nothing, more than there are pending slots,
+ * while a real source connects: it is accepted, and the silent ones are
+ * dropped at their own deadlines, not at the real source's expense.
+ */
+Test(tcp, silent_sockets_do_not_block_a_real_source)
+{
+	struct rm_transport_opts o = opts_for(2);
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	int fds[40];
+	struct pair p = { 0 };
+	pthread_t th;
+	char port[16];
+	int err;
+
+	o.timeout_ms = 3000;
+	cr_assert_eq(rm_tr_listen(&o, &p.l), 0);
+	snprintf(port, sizeof(port), "%d", rm_tr_listener_port(p.l));
+	sa.sin_port = htons((uint16_t)rm_tr_listener_port(p.l));
+	inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+	cr_assert_eq(pthread_create(&th, NULL, accept_patient, &p), 0);
+	for (unsigned i = 0; i < 40; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+		cr_assert_eq(connect(fds[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+	}
+	o.port = port;
+	o.timeout_ms = 5000;	/* less than two of the silent ones' 3 s */
+	err = rm_tr_connect(&o, &p.src);
+	pthread_join(th, NULL);
+	cr_assert_eq(err, 0, "real source: %s", rdmamig_strerror(err));
+	cr_assert_eq(p.accept_err, 0);
+	for (unsigned i = 0; i < 40; i++)
+		close(fds[i]);
+	rm_tr_close(p.src);
+	rm_tr_close(p.dst);
+	rm_tr_listener_close(p.l);
+}

@@ -8,6 +8,7 @@
 #define RDMAMIG_TRANSPORT_PRIV_H
 
 #include <endian.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -44,12 +45,26 @@ struct rm_transport {
 	struct rm_transport_stats st;
 };
 
+/* Sources authenticating at once, each in a thread of its own, so that one
+ * that stays silent holds a slot until its own deadline and never holds up
+ * another. */
+#define RM_TR_AUTHS 4
+
+struct rm_tr_auth {
+	pthread_t th;
+	struct rm_transport *t;		/* NULL: a free slot */
+	uint64_t deadline;		/* its own: timeout_ms from its accept */
+	atomic_bool done;
+	int err;
+};
+
 /* The common part of a listener, embedded first in each backend's. */
 struct rm_listener {
 	const struct rm_transport_ops *ops;
 	struct rm_transport_opts opts;	/* defaults filled in */
 	int port;			/* bound port, host order */
 	atomic_uint refused_auth;	/* sources refused for want of the key */
+	struct rm_tr_auth auth[RM_TR_AUTHS];	/* outlive rm_tr_accept() calls */
 };
 
 struct addrinfo;

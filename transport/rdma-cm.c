@@ -22,6 +22,12 @@ struct rd_listener {
 	struct rm_listener base;	/* first */
 	struct rdma_event_channel *ec;
 	struct rdma_cm_id *id;
+	/* The source being accepted, kept across rd_accept() calls: the
+	 * caller waits in slices while other sources authenticate. */
+	struct rd_conn *c;
+	uint64_t session;
+	unsigned established;
+	uint64_t c_deadline;		/* its own: timeout_ms from its first request */
 };
 
 /* ---- setup ---- */
@@ -388,6 +394,8 @@ void rd_listener_close(struct rm_listener *lp)
 {
 	struct rd_listener *l = (struct rd_listener *)lp;
 
+	if (l->c)
+		rm_tr_abandon(&l->c->base, -ECANCELED);
 	rdma_destroy_id(l->id);
 	rdma_destroy_event_channel(l->ec);
 	free(l);
@@ -454,6 +462,7 @@ static int on_request(struct rd_listener *l, struct rd_conn **cp, uint64_t *sess
 			return -ENOMEM;
 		}
 		*cp = c;
+		l->c_deadline = rm_deadline(l->base.opts.timeout_ms);
 		*session = rm_wire_get64(h.session);
 		c->base.session = *session;
 		c->base.peer_max_write = rm_wire_get32(h.max_write);
@@ -484,24 +493,42 @@ static int on_request(struct rd_listener *l, struct rd_conn **cp, uint64_t *sess
 	return 0;
 }
 
+/* Give up the source being accepted (it failed, or outlived its deadline). */
+static void drop_source(struct rd_listener *l, int err)
+{
+	rm_info("transport rdma: %u of %u QPs established", l->established, l->c->base.nchan);
+	/* ids still on the listener's channel are destroyed by teardown. */
+	rm_tr_abandon(&l->c->base, err);
+	l->c = NULL;
+	l->established = 0;
+}
+
 int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **out)
 {
 	struct rd_listener *l = (struct rd_listener *)lp;
-	uint64_t session = 0;
-	struct rd_conn *c = NULL;
-	unsigned established = 0;
+	struct rd_conn *c;
 	int err = 0;
 
-	while (!c || established < c->base.nchan) {
+	while (!l->c || l->established < l->c->base.nchan) {
 		struct rdma_cm_event *ev;
 		char pdata[64];
 		size_t plen = 0;
 		struct rdma_cm_id *id;
 		enum rdma_cm_event_type type;
+		uint64_t until = deadline;
 
-		err = cm_next(l->ec, c ? &c->base : NULL, deadline, &ev);
+		if (l->c && rm_now_ns() >= l->c_deadline) {
+			rm_warn("transport rdma: dropping a source that did not connect all its QPs within %d ms",
+				l->base.opts.timeout_ms);
+			drop_source(l, -ETIMEDOUT);
+		}
+		if (l->c && l->c_deadline < until)
+			until = l->c_deadline;
+		err = cm_next(l->ec, NULL, until, &ev);
+		if (err == -ETIMEDOUT && rm_now_ns() < deadline)
+			continue;	/* the source's own deadline: checked above */
 		if (err)
-			goto fail;
+			return err;
 		type = ev->event;
 		id = ev->id;
 		if (type == RDMA_CM_EVENT_CONNECT_REQUEST && ev->param.conn.private_data) {
@@ -512,15 +539,17 @@ int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **o
 		rdma_ack_cm_event(ev);
 		switch (type) {
 		case RDMA_CM_EVENT_CONNECT_REQUEST:
-			err = on_request(l, &c, &session, id, pdata, plen);
-			if (err)
-				goto fail;
+			err = on_request(l, &l->c, &l->session, id, pdata, plen);
+			if (err && l->c)
+				drop_source(l, err);
+			if (err == -ENOMEM)
+				return err;
 			break;
 		case RDMA_CM_EVENT_ESTABLISHED:
-			for (unsigned i = 0; c && i < c->base.nchan; i++) {
-				if (c->q[i].id == id && !c->q[i].established) {
-					c->q[i].established = true;
-					established++;
+			for (unsigned i = 0; l->c && i < l->c->base.nchan; i++) {
+				if (l->c->q[i].id == id && !l->c->q[i].established) {
+					l->c->q[i].established = true;
+					l->established++;
 				}
 			}
 			break;
@@ -528,14 +557,21 @@ int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **o
 		case RDMA_CM_EVENT_CONNECT_ERROR:
 		case RDMA_CM_EVENT_DISCONNECTED:
 		case RDMA_CM_EVENT_UNREACHABLE:
-			rm_err("transport rdma: a source's channel failed while connecting: %s",
-			       rdma_event_str(type));
-			err = -ECONNABORTED;
-			goto fail;
+			for (unsigned i = 0; l->c && i < l->c->base.nchan; i++) {
+				if (l->c->q[i].id == id) {
+					rm_warn("transport rdma: a source's channel failed while connecting: %s",
+						rdma_event_str(type));
+					drop_source(l, -ECONNABORTED);
+				}
+			}
+			break;
 		default:
 			break;
 		}
 	}
+	c = l->c;
+	l->c = NULL;
+	l->established = 0;
 	/* The connection outlives the listener: move its ids to our channel. */
 	c->ec = rdma_create_event_channel();
 	if (!c->ec) {
@@ -557,8 +593,5 @@ int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **o
 	return 0;
 
 fail:
-	if (c)
-		rm_info("transport rdma: %u of %u QPs established", established, c->base.nchan);
-	/* ids still on the listener's channel are destroyed by teardown. */
-	return rm_tr_abandon(c ? &c->base : NULL, err);
+	return rm_tr_abandon(&c->base, err);
 }

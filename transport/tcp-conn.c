@@ -15,9 +15,29 @@
 
 #include "transport/tcp.h"
 
+/* Bounds on what peers that have not finished HELLO can hold. */
+#define TCP_PENDING 32		/* sockets whose HELLO is not whole yet */
+#define TCP_SOURCES 4		/* sources with some, not all, channels */
+
+struct tcp_pending {
+	int fd;
+	uint64_t deadline;	/* its own: timeout_ms from its accept */
+	size_t got;
+	uint8_t buf[sizeof(struct rm_wire_hdr) + 64];	/* room to name a wrong length */
+};
+
+struct tcp_source {
+	struct tcp_conn *c;	/* NULL: a free slot */
+	unsigned have;		/* channels connected */
+	uint64_t deadline;	/* its own: timeout_ms from its first HELLO */
+};
+
 struct tcp_listener {
 	struct rm_listener base;	/* first */
 	int fd;
+	struct tcp_pending pending[TCP_PENDING];
+	unsigned npending;
+	struct tcp_source src[TCP_SOURCES];
 };
 
 static void tune_socket(int fd, int timeout_ms)
@@ -180,92 +200,222 @@ void tcp_listener_close(struct rm_listener *lp)
 {
 	struct tcp_listener *l = (struct tcp_listener *)lp;
 
+	for (unsigned i = 0; i < l->npending; i++)
+		close(l->pending[i].fd);
+	for (unsigned i = 0; i < TCP_SOURCES; i++)
+		if (l->src[i].c)
+			rm_tr_abandon(&l->src[i].c->base, -ECANCELED);
 	if (l->fd >= 0)
 		close(l->fd);
 	free(l);
 }
 
+static void drop_pending(struct tcp_listener *l, unsigned i)
+{
+	close(l->pending[i].fd);
+	l->pending[i] = l->pending[--l->npending];
+}
+
+/* The source a HELLO belongs to (by session), or a free slot for a new one
+ * (c NULL), or NULL when every slot holds another source. */
+static struct tcp_source *source_for(struct tcp_listener *l, uint64_t session)
+{
+	struct tcp_source *free_slot = NULL;
+
+	for (unsigned i = 0; i < TCP_SOURCES; i++) {
+		if (l->src[i].c && l->src[i].c->base.session == session)
+			return &l->src[i];
+		if (!l->src[i].c && !free_slot)
+			free_slot = &l->src[i];
+	}
+	return free_slot;
+}
+
+/*
+ * A whole HELLO arrived on pending socket i: refuse it, or give the socket
+ * to its source as channel chan.  Returns the source when that made it
+ * complete, else NULL; *err on a failure of our own (-ENOMEM).
+ */
+static struct tcp_source *take_hello(struct tcp_listener *l, unsigned i, int *err)
+{
+	struct tcp_pending *p = &l->pending[i];
+	bool auth = l->base.opts.psk_len != 0;
+	struct rm_wire_hello_ack ack;
+	struct rm_wire_hello h;
+	struct rm_wire_hdr hdr;
+	struct tcp_source *s;
+	uint32_t reason;
+	unsigned chan = 0;
+	char why[96];
+	int fd = p->fd;
+
+	memcpy(&hdr, p->buf, sizeof(hdr));
+	reason = rm_ctrl_hello_parse(rm_wire_get16(hdr.type), p->buf + sizeof(hdr),
+				     rm_wire_get32(hdr.len), false, auth, &h, why, sizeof(why));
+	s = reason ? NULL : source_for(l, rm_wire_get64(h.session));
+	if (!reason && !s) {
+		snprintf(why, sizeof(why), "%u sources are connecting already", TCP_SOURCES);
+		reason = RM_REFUSE_BUSY;
+	}
+	if (!reason) {
+		chan = rm_wire_get16(h.chan);	/* < nchan <= RM_WIRE_MAX_CHANNELS */
+		reason = rm_ctrl_hello_join(&h, s->c ? &s->c->base : NULL, rm_wire_get64(h.session),
+					    s->c && s->c->ch[chan].fd >= 0, why, sizeof(why));
+	}
+	l->pending[i] = l->pending[--l->npending];	/* the socket is ours now */
+	if (reason) {
+		if (reason == RM_REFUSE_AUTH)
+			atomic_fetch_add(&l->base.refused_auth, 1);
+		send_refuse(fd, reason, why);
+		close(fd);
+		return NULL;
+	}
+	if (!s->c) {
+		s->c = tcp_conn_new(&l->base.opts, RM_ROLE_DEST, rm_wire_get16(h.nchan));
+		if (!s->c) {
+			close(fd);
+			*err = -ENOMEM;
+			return NULL;
+		}
+		s->c->base.session = rm_wire_get64(h.session);
+		s->c->base.peer_max_write = rm_wire_get32(h.max_write);
+		s->have = 0;
+		s->deadline = rm_deadline(l->base.opts.timeout_ms);
+	}
+	rm_ctrl_hello_ack(&ack, &h, 0, 0, auth);
+	if (send_bare(fd, RM_WIRE_HELLO_ACK, &ack, sizeof(ack), rm_deadline(1000))) {
+		close(fd);
+		return NULL;
+	}
+	s->c->ch[chan].fd = fd;
+	return ++s->have == s->c->base.nchan ? s : NULL;
+}
+
+/* Read what pending socket i has; 1 when its HELLO is whole, 0 for more,
+ * -1 when it was dropped. */
+static int read_hello(struct tcp_listener *l, unsigned i)
+{
+	struct tcp_pending *p = &l->pending[i];
+	size_t want = sizeof(struct rm_wire_hdr);
+	ssize_t n;
+
+	if (p->got >= want) {
+		struct rm_wire_hdr h;
+
+		memcpy(&h, p->buf, sizeof(h));
+		if (rm_wire_get32(h.len) > sizeof(p->buf) - sizeof(h) || h.flags || h.credits ||
+		    h.reserved) {
+			rm_warn("transport tcp: dropping a peer whose first frame is no HELLO (%s of %u bytes)",
+				rm_wire_type_name(rm_wire_get16(h.type)), rm_wire_get32(h.len));
+			drop_pending(l, i);
+			return -1;
+		}
+		want += rm_wire_get32(h.len);
+		if (p->got == want)
+			return 1;
+	}
+	n = recv(p->fd, p->buf + p->got, want - p->got, 0);
+	if (n > 0) {
+		p->got += (size_t)n;
+		return p->got >= sizeof(struct rm_wire_hdr) ? read_hello(l, i) : 0;
+	}
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return 0;
+	rm_warn("transport tcp: dropping a peer that closed before its HELLO");
+	drop_pending(l, i);
+	return -1;
+}
+
+/* Drop what outlived its own deadline; the earliest deadline left. */
+static uint64_t expire(struct tcp_listener *l, uint64_t now, uint64_t next)
+{
+	for (unsigned i = 0; i < l->npending;) {
+		if (l->pending[i].deadline <= now) {
+			rm_warn("transport tcp: dropping a peer that sent no HELLO within %d ms",
+				l->base.opts.timeout_ms);
+			drop_pending(l, i);
+			continue;
+		}
+		if (l->pending[i].deadline < next)
+			next = l->pending[i].deadline;
+		i++;
+	}
+	for (unsigned i = 0; i < TCP_SOURCES; i++) {
+		struct tcp_source *s = &l->src[i];
+
+		if (!s->c)
+			continue;
+		if (s->deadline <= now) {
+			rm_warn("transport tcp: dropping a source that connected %u of %u channels within %d ms",
+				s->have, s->c->base.nchan, l->base.opts.timeout_ms);
+			rm_tr_abandon(&s->c->base, -ETIMEDOUT);
+			s->c = NULL;
+		} else if (s->deadline < next) {
+			next = s->deadline;
+		}
+	}
+	return next;
+}
+
+/*
+ * Every connection gets its own deadline (timeout_ms from its accept or its
+ * first HELLO), and all are served by one poll(): a peer that stays silent
+ * costs a slot until its own deadline, never another peer's time.  What is
+ * pending outlives this call, which returns at `deadline` with -ETIMEDOUT.
+ */
 int tcp_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **out)
 {
 	struct tcp_listener *l = (struct tcp_listener *)lp;
-	bool auth = l->base.opts.psk_len != 0;
-	struct tcp_conn *c = NULL;
-	uint64_t session = 0;
-	unsigned have = 0;
-	int err;
 
-	while (!c || have < c->base.nchan) {
-		union {
-			struct rm_wire_hello h;
-			char slack[64];		/* room to name a wrong length */
-		} u;
-		struct rm_wire_hello h;
-		struct rm_wire_hello_ack ack;
-		uint16_t type;
-		size_t blen;
-		char why[96];
-		uint32_t reason;
-		unsigned chan;
-		int fd;
+	for (;;) {
+		struct pollfd p[1 + TCP_PENDING];
+		uint64_t now = rm_now_ns(), next = expire(l, now, deadline);
+		int slice, n, err = 0;
 
-		err = tcp_wait_fd(NULL, l->fd, POLLIN, deadline);
-		if (err)
-			goto fail;
-		fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-		if (fd < 0)
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		p[0] = (struct pollfd){ .fd = l->npending < TCP_PENDING ? l->fd : -1, .events = POLLIN };
+		for (unsigned i = 0; i < l->npending; i++)
+			p[1 + i] = (struct pollfd){ .fd = l->pending[i].fd, .events = POLLIN };
+		slice = rm_ms_left(next);
+		n = poll(p, 1 + l->npending, slice < TCP_SLICE_MS ? (slice ? slice : 1) : TCP_SLICE_MS);
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		if (n <= 0)
 			continue;
-		tune_socket(fd, l->base.opts.timeout_ms);
-		err = recv_bare(fd, &type, &u, sizeof(u), &blen, rm_ms_left(deadline) ?: 1);
-		if (err) {
-			rm_warn("transport tcp: dropping a peer that sent no HELLO: %s",
-				rdmamig_strerror(err));
-			close(fd);
-			continue;
-		}
-		reason = rm_ctrl_hello_parse(type, &u, blen, false, auth, &h, why, sizeof(why));
-		if (!reason) {
-			chan = rm_wire_get16(h.chan);	/* < nchan <= RM_WIRE_MAX_CHANNELS */
-			reason = rm_ctrl_hello_join(&h, c ? &c->base : NULL, session,
-						    c && c->ch[chan].fd >= 0, why, sizeof(why));
-		}
-		if (reason) {
-			if (reason == RM_REFUSE_AUTH)
-				atomic_fetch_add(&l->base.refused_auth, 1);
-			send_refuse(fd, reason, why);
-			close(fd);
-			continue;
-		}
-		if (!c) {
-			c = tcp_conn_new(&l->base.opts, RM_ROLE_DEST, rm_wire_get16(h.nchan));
-			if (!c) {
-				close(fd);
-				err = -ENOMEM;
-				goto fail;
+		/* Pending sockets first, from the back: read_hello() and
+		 * take_hello() move the last entry into the freed slot. */
+		for (unsigned i = l->npending; i-- > 0;) {
+			struct tcp_source *s;
+
+			if (!p[1 + i].revents || read_hello(l, i) != 1)
+				continue;
+			s = take_hello(l, i, &err);
+			if (err)
+				return err;
+			if (s) {
+				struct tcp_conn *c = s->c;
+
+				s->c = NULL;
+				err = tcp_start_rx(c);
+				if (err)
+					return rm_tr_abandon(&c->base, err);
+				rm_info("transport tcp: accepted a source with %u channels", c->base.nchan);
+				*out = &c->base;
+				return 0;
 			}
-			session = rm_wire_get64(h.session);
-			c->base.session = session;
-			c->base.peer_max_write = rm_wire_get32(h.max_write);
 		}
-		rm_ctrl_hello_ack(&ack, &h, 0, 0, auth);
-		err = send_bare(fd, RM_WIRE_HELLO_ACK, &ack, sizeof(ack), rm_deadline(1000));
-		if (err) {
-			close(fd);
-			continue;
-		}
-		c->ch[chan].fd = fd;
-		have++;
-	}
-	err = tcp_start_rx(c);
-	if (err)
-		goto fail;
-	rm_info("transport tcp: accepted a source with %u channels", c->base.nchan);
-	*out = &c->base;
-	return 0;
+		while (p[0].revents && l->npending < TCP_PENDING) {
+			int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
-fail:
-	if (c)
-		rm_info("transport tcp: %u of %u channels connected", have, c->base.nchan);
-	return rm_tr_abandon(c ? &c->base : NULL, err);
+			if (fd < 0)
+				break;
+			tune_socket(fd, l->base.opts.timeout_ms);
+			l->pending[l->npending++] = (struct tcp_pending){
+				.fd = fd, .deadline = rm_deadline(l->base.opts.timeout_ms),
+			};
+		}
+	}
 }
 
 /* ---- connect ---- */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "transport/priv.h"
@@ -226,6 +227,33 @@ int rm_tr_listener_init(struct rm_listener *l, const struct rm_transport_ops *op
 	return rm_resolve(ops->name, in->addr, in->port ? in->port : "0", true, res);
 }
 
+static void *auth_thread(void *arg)
+{
+	struct rm_tr_auth *a = arg;
+
+	a->err = rm_ctrl_auth(a->t, a->deadline);
+	atomic_store(&a->done, true);
+	return NULL;
+}
+
+/* Join a finished (or cancelled) authentication; its transport when it
+ * proved the key, else NULL with the transport forgotten. */
+static struct rm_transport *auth_reap(struct rm_listener *l, struct rm_tr_auth *a)
+{
+	struct rm_transport *t = a->t;
+
+	pthread_join(a->th, NULL);
+	a->t = NULL;
+	if (!a->err)
+		return t;
+	/* A source that did not prove the key is forgotten: nothing of the
+	 * migration was set up for it. */
+	if (a->err == RDMAMIG_E_AUTH)
+		atomic_fetch_add(&l->refused_auth, 1);
+	rm_tr_abandon(t, a->err);
+	return NULL;
+}
+
 int rm_tr_accept(struct rm_listener *l, struct rm_transport **out)
 {
 	uint64_t deadline;
@@ -234,25 +262,46 @@ int rm_tr_accept(struct rm_listener *l, struct rm_transport **out)
 		return -EINVAL;
 	deadline = rm_deadline(l->opts.timeout_ms);
 	for (;;) {
+		struct rm_tr_auth *slot = NULL;
 		struct rm_transport *t;
-		int err = l->ops->accept(l, deadline, &t);
+		int err;
 
+		for (unsigned i = 0; i < RM_TR_AUTHS; i++) {
+			struct rm_tr_auth *a = &l->auth[i];
+
+			if (a->t && atomic_load(&a->done) && (t = auth_reap(l, a))) {
+				*out = t;
+				return 0;
+			}
+			if (!a->t && !slot)
+				slot = a;
+		}
+		if (!rm_ms_left(deadline))
+			return -ETIMEDOUT;
+		if (!slot) {
+			struct timespec ts = { .tv_nsec = 10000000 };
+
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		/* Short slices: a source that finished authenticating is
+		 * taken within one, whatever the backend is waiting for. */
+		err = l->ops->accept(l, rm_deadline(100) < deadline ? rm_deadline(100) : deadline, &t);
+		if (err == -ETIMEDOUT)
+			continue;
 		if (err)
 			return err;
-		err = rm_ctrl_auth(t, deadline);
-		if (!err) {
+		if (!l->opts.psk_len) {
 			*out = t;
 			return 0;
 		}
-		/* A source that did not prove the key is forgotten: nothing
-		 * of the migration was set up for it. */
-		rm_tr_abandon(t, err);
-		if (err == RDMAMIG_E_AUTH)
-			atomic_fetch_add(&l->refused_auth, 1);
-		if (err == -ECANCELED || err == -ENOMEM)
-			return err;
-		if (!rm_ms_left(deadline))
-			return -ETIMEDOUT;
+		*slot = (struct rm_tr_auth){ .t = t, .deadline = rm_deadline(l->opts.timeout_ms) };
+		err = pthread_create(&slot->th, NULL, auth_thread, slot);
+		if (err) {
+			slot->t = NULL;
+			rm_tr_abandon(t, -err);
+			return -err;
+		}
 	}
 }
 
@@ -266,6 +315,17 @@ int rm_tr_listener_port(struct rm_listener *l)
 void rm_tr_listener_close(struct rm_listener *l)
 {
 	if (l) {
+		for (unsigned i = 0; i < RM_TR_AUTHS; i++) {
+			struct rm_tr_auth *a = &l->auth[i];
+			struct rm_transport *t;
+
+			if (!a->t)
+				continue;
+			rm_tr_cancel(a->t);
+			t = auth_reap(l, a);
+			if (t)	/* proved the key, but nobody asked for it any more */
+				rm_tr_abandon(t, -ECANCELED);
+		}
 		OPENSSL_cleanse(l->opts.psk, sizeof(l->opts.psk));
 		l->ops->listener_close(l);
 	}

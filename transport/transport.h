@@ -164,9 +164,12 @@ struct rm_transport_ops {
 	int (*listen)(const struct rm_transport_opts *opts, struct rm_listener **out);
 	/* Destination.  Wait for one source (all its channels), run the
 	 * HELLO exchange, refuse bad peers with REFUSE and keep waiting for a
-	 * good one until deadline.  rm_tr_accept() then runs the AUTH
-	 * exchange (ctrl.c) on what this returns.
-	 * 0, -ETIMEDOUT, -ECANCELED, -errno. */
+	 * good one until deadline.  Every connection being made has its own
+	 * deadline (opts.timeout_ms from its start) and is kept in the
+	 * listener across calls, so callers may wait in short slices and a
+	 * silent peer costs a bounded slot, not other peers' time.
+	 * rm_tr_accept() then runs the AUTH exchange (ctrl.c) on what this
+	 * returns.  0, -ETIMEDOUT, -ECANCELED, -errno. */
 	int (*accept)(struct rm_listener *l, uint64_t deadline, struct rm_transport **out);
 	void (*listener_close)(struct rm_listener *l);
 
@@ -253,9 +256,11 @@ const struct rm_transport_ops *rm_transport_ops_for(enum rm_transport_kind kind)
 /* Wrappers: same contracts as the ops above, except where said.  listen
  * and connect refuse options with neither a key nor no_auth (-EINVAL). */
 int rm_tr_listen(const struct rm_transport_opts *opts, struct rm_listener **out);
-/* Destination: the accept op, then (with a key) the AUTH exchange; a source
- * that fails it is refused, closed and forgotten, and accept keeps waiting
- * for another until opts.timeout_ms.  Nothing the engine could allocate or
+/* Destination: the accept op, then (with a key) the AUTH exchange, each
+ * source in a thread of its own (at most RM_TR_AUTHS at once, each bounded
+ * by its own opts.timeout_ms, kept across calls until listener close); the
+ * first to prove the key is returned.  A source that fails is refused,
+ * closed and forgotten, and accept keeps waiting until opts.timeout_ms.  Nothing the engine could allocate or
  * register happens before this returns 0.  Logs nothing on -ETIMEDOUT:
  * the caller decides whether waiting longer is news. */
 int rm_tr_accept(struct rm_listener *l, struct rm_transport **out);
