@@ -41,33 +41,36 @@ int rm_kvm_vm_set_dirty_logging(struct rm_kvm_vm *vm, bool on)
 	return first;
 }
 
-/* Lay RAM out as a PC would: up to 3 GiB from 0, the rest from 4 GiB, in
- * slots of at most slot_size. */
-static int layout_regions(struct rm_kvm_vm *vm, size_t slot_size)
+/* Lay `size` bytes of RAM out as a PC would: up to 3 GiB from 0, the rest
+ * from 4 GiB, in slots of at most slot_size; vm NULL: only check that it
+ * fits, before any RAM is allocated for it. */
+static int layout_regions(struct rm_kvm_vm *vm, size_t size_all, size_t slot_size)
 {
+	unsigned n = 0;
 	size_t off = 0;
 
-	while (off < vm->ram.size) {
+	while (off < size_all) {
 		uint64_t gpa = off < RM_GUEST_LOW_RAM_MAX ? off : RM_GUEST_HIGH_RAM_GPA + (off - RM_GUEST_LOW_RAM_MAX);
-		size_t size = vm->ram.size - off;
-		struct rm_kvm_region *r;
+		size_t size = size_all - off;
 
 		if (size > slot_size)
 			size = slot_size;
 		if (off < RM_GUEST_LOW_RAM_MAX && off + size > RM_GUEST_LOW_RAM_MAX)
 			size = RM_GUEST_LOW_RAM_MAX - off;
-		if (vm->nr_regions == RM_KVM_MAX_REGIONS || gpa + size > (uint64_t)RM_GUEST_MAX_GIB << 30) {
+		if (n == RM_KVM_MAX_REGIONS || gpa + size > (uint64_t)RM_GUEST_MAX_GIB << 30) {
 			rm_err("kvm: %zu MiB of RAM does not fit the guest layout (max %d GiB of address space)",
-			       vm->ram.size >> 20, RM_GUEST_MAX_GIB);
+			       size_all >> 20, RM_GUEST_MAX_GIB);
 			return -E2BIG;
 		}
-		r = &vm->regions[vm->nr_regions];
-		*r = (struct rm_kvm_region){
-			.slot = vm->nr_regions, .gpa = gpa, .size = size, .hva = (uint8_t *)vm->ram.addr + off,
-		};
-		vm->nr_regions++;
+		if (vm)
+			vm->regions[n] = (struct rm_kvm_region){
+				.slot = n, .gpa = gpa, .size = size, .hva = (uint8_t *)vm->ram.addr + off,
+			};
+		n++;
 		off += size;
 	}
+	if (vm)
+		vm->nr_regions = n;
 	return 0;
 }
 
@@ -173,10 +176,15 @@ struct rm_kvm_vm *rm_kvm_vm_create(const struct rm_kvm_vm_opts *opts)
 		goto fail;
 	}
 
+	/* Before RAM is allocated and populated: a guest that cannot fit the
+	 * layout costs nothing. */
+	ret = layout_regions(NULL, opts->ram_size, slot_size);
+	if (ret < 0)
+		goto fail;
 	ret = rm_ram_alloc(&vm->ram, opts->ram_size, &opts->backing);
 	if (ret < 0)
 		goto fail;
-	ret = layout_regions(vm, slot_size);
+	ret = layout_regions(vm, vm->ram.size, slot_size);
 	if (ret < 0)
 		goto fail;
 	for (unsigned i = 0; i < vm->nr_regions; i++) {

@@ -9,6 +9,8 @@
  * Needs /dev/kvm: runs in the test VM (nested KVM); skips, saying why, where
  * KVM cannot exist.
  */
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "test-kvm-util.h"
@@ -321,4 +323,34 @@ Test(kvm_guest, guest_runs_on_every_backing, .timeout = 180)
 		cr_expect_eq(rm_kvm_vm_integrity_errors(vm), 0);
 		rm_kvm_vm_destroy(vm);
 	}
+}
+
+/*
+ * A guest whose RAM cannot fit the layout (past RM_GUEST_MAX_GIB of guest
+ * address space) is refused before its RAM is allocated and populated: the
+ * child that tries grows by far less than the 17 GiB it asked for.
+ */
+Test(kvm_guest, oversized_guest_refused_before_its_ram)
+{
+	struct rusage ru;
+	pid_t pid;
+	int status;
+
+	kvm_or_skip();
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		struct rm_kvm_vm_opts o = {
+			.nr_vcpus = 1, .ram_size = 17ull << 30,
+			.backing = { .kind = RM_BACKING_ANON, .numa_node = -1, .prefault = true },
+		};
+		struct rm_kvm_vm *vm = rm_kvm_vm_create(&o);
+
+		_exit(vm ? 0 : errno);
+	}
+	cr_assert_eq(wait4(pid, &status, 0, &ru), pid);
+	cr_assert(WIFEXITED(status), "the child died (signal %d)", WTERMSIG(status));
+	cr_assert_eq(WEXITSTATUS(status), E2BIG, "17 GiB: exit %d, expected E2BIG", WEXITSTATUS(status));
+	cr_assert_lt(ru.ru_maxrss, 512l << 10, "the child populated %ld KiB before refusing",
+		     ru.ru_maxrss);
 }
