@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/fault.h"
 #include "common/log.h"
 #include "migration/engine.h"
 
@@ -224,6 +225,19 @@ int rm_mig_tick(struct rdmamig *m, bool force)
 		m->opts.progress(m->opts.progress_opaque, &p);
 	}
 	return err;
+}
+
+/* A test's pause point (common/fault.h): this side has reached the step. */
+static int fault_point(struct rdmamig *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fault_point(struct rdmamig *m, const char *fmt, ...)
+{
+	char step[64];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(step, sizeof(step), fmt, ap);
+	va_end(ap);
+	return rm_fault_point(m->opts.role == RDMAMIG_SOURCE ? "src" : "dst", step, &m->cancelled);
 }
 
 static void set_stage(struct rdmamig *m, int stage)
@@ -519,6 +533,9 @@ static int run_source(struct rdmamig *m)
 		rm_info("migration: iteration %u sent %llu pages (%llu zero skipped) in %llu ms, %llu dirty now",
 			it, (unsigned long long)pass.pages, (unsigned long long)pass.zero_pages,
 			(unsigned long long)(pass.ns / 1000000), (unsigned long long)dirty);
+		err = fault_point(m, "iteration-%u", it);
+		if (err)
+			goto fail;
 
 		struct rm_policy_input in = {
 			.iteration = it,

@@ -7,6 +7,11 @@
  *
  * Needs /dev/kvm (skips, saying why, without it: make test runs it in the
  * test VM) and, for RDMA cases, the soft-RoCE bed (RDMAMIG_RXE_ADDR).
+ *
+ * Nothing here waits for a migration to be slow or fast: the source starts
+ * once the destination says it listens, and the failure cases strike while
+ * the source is held at a pause point (RDMAMIG_FAULT, common/fault.h), not
+ * while it happens to be iterating.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -115,6 +120,24 @@ static void wait_for_log(const struct proc *p, const char *s, int secs)
 	cr_assert_fail("'%s' did not appear in %s within %d s", s, p->log, secs);
 }
 
+/* The destination listens (it logs so right after listen()). */
+static void wait_listening(const struct proc *dst)
+{
+	wait_for_log(dst, "waiting for a source on port", 120);
+}
+
+/* Wait until path exists: a pause point's proof that it holds its side. */
+static void wait_for_file(const char *path, const struct proc *p, int secs)
+{
+	for (int i = 0; i < secs * 100; i++) {
+		if (access(path, F_OK) == 0)
+			return;
+		usleep(10000);
+	}
+	cr_log_error("--- %s ---\n%s", p->log, slurp(p->log));
+	cr_assert_fail("%s never reached its pause point (%s) within %d s", p->log, path, secs);
+}
+
 static void show(const struct proc *p)
 {
 	printf("--- %s\n%s", p->log, slurp(p->log));
@@ -181,7 +204,7 @@ static unsigned count(const char *s, const char *needle)
 	return n;
 }
 
-/* Migrate a 64 MiB, 2-vCPU guest; extra: more source flags (at most 4). */
+/* Migrate a 64 MiB, 2-vCPU guest; extra: more source flags (at most 6). */
 static void migrate(bool rdma, const char *workload, const char *const *extra, const char *expect_switch)
 {
 	char ep[64], port[16], json[128];
@@ -195,11 +218,11 @@ static void migrate(bool rdma, const char *workload, const char *const *extra, c
 	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "2",
 				"--psk", key_file("key"), NULL };
 	start(&dst, "dst", dargs);
-	usleep(300000);
+	wait_listening(&dst);
 	const char *sargs[24] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--vcpus", "2",
 				  "--workload", workload, "--warmup", "1", "--verify", "--json", json,
 				  "--psk", key_file("key") };
-	for (unsigned i = 0, n = 18; extra && extra[i] && i < 4; i++)
+	for (unsigned i = 0, n = 18; extra && extra[i] && i < 5; i++)
 		sargs[n++] = extra[i];
 	start(&src, "src", sargs);
 	int src_rc = wait_exit(&src, 240), dst_rc = wait_exit(&dst, 60);
@@ -245,19 +268,26 @@ static void migrate(bool rdma, const char *workload, const char *const *extra, c
 WORKLOADS(e2e_tcp, false)
 WORKLOADS(e2e_rdma, true)
 
-/* A guest dirtying faster than rxe moves pages: the deadline forces the
- * switchover, throttling on the way. */
+/* A guest dirtying faster than the link moves pages: the deadline forces
+ * the switchover, throttling on the way.  The cap makes the link slow on
+ * every bed (4 MiB/s = 1024 pages/s against 2 x 4000 pages/s written; rxe
+ * alone might outrun the guest on a fast host). */
 Test(e2e_rdma, nonconverging_meets_deadline, .timeout = 300)
 {
-	const char *const extra[] = { "--downtime", "1", "--deadline", "30s", NULL };
+	const char *const extra[] = { "--downtime", "1", "--deadline", "30s", "--max-bandwidth", "4M", NULL };
 
 	migrate(true, "uniform:4000", extra, "deadline");
 }
 
-/* The failure cases: the source guest must run on. */
-static void start_busy_pair(bool rdma, struct proc *dst, struct proc *src, const char *dst_mem)
+/* The failure cases: the source guest must run on.  hold: a path for the
+ * pause point (NULL: none); with it the source stops after sending
+ * iteration 0, guest running, switchover not yet decided, and creates hold;
+ * it goes on once hold is removed. */
+static void start_busy_pair(bool rdma, struct proc *dst, struct proc *src, const char *dst_mem,
+			    const char *hold)
 {
 	static char ep[64];
+	char fault[256];
 	const char *tr = rdma ? "rdma" : "tcp";
 
 	need_bed(rdma);
@@ -265,15 +295,26 @@ static void start_busy_pair(bool rdma, struct proc *dst, struct proc *src, const
 	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "1",
 				"--psk", key_file("key"), dst_mem ? "--mem" : NULL, dst_mem, NULL };
 	start(dst, "dst", dargs);
-	usleep(300000);
-	/* 2 x 4000 pages/s outruns rxe, and with a 1 ms downtime limit
-	 * nothing converges: the migration is still iterating when the test
-	 * strikes.  (A guest writing flat out starves the other processes of
-	 * the nested test VM for seconds.) */
+	wait_listening(dst);
+	/* A busy guest (a guest writing flat out starves the other
+	 * processes of the nested test VM for seconds). */
 	const char *sargs[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--workload",
-				"uniform:4000", "--downtime", "1", "--max-iterations", "1000",
-				"--warmup", "1", "--psk", key_file("key"), NULL };
+				"uniform:4000", "--warmup", "1", "--psk", key_file("key"), NULL };
+	if (hold) {
+		unlink(hold);
+		snprintf(fault, sizeof(fault), "pause:src:iteration-0:%s", hold);
+		setenv("RDMAMIG_FAULT", fault, 1);
+	}
 	start(src, "src", sargs);
+	unsetenv("RDMAMIG_FAULT");
+}
+
+static const char *hold_path(void)
+{
+	static char path[128];
+
+	snprintf(path, sizeof(path), "/tmp/rdmamig-e2e-%d-hold", getpid());
+	return path;
 }
 
 static void source_ran_on(const struct proc *src)
@@ -286,10 +327,12 @@ static void sigint_source(bool rdma)
 {
 	struct proc dst, src;
 
-	start_busy_pair(rdma, &dst, &src, NULL);
-	wait_for_log(&src, "iteration 1 sent", 120);
+	start_busy_pair(rdma, &dst, &src, NULL, hold_path());
+	wait_for_file(hold_path(), &src, 240);
 	kill(src.pid, SIGINT);
+	/* Not released: the cancel alone must end the pause. */
 	expect_exit(&src, 30, 5);
+	cr_assert(log_has(&src, "cancelled while paused at iteration-0"), "%s", slurp(src.log));
 	cr_assert_neq(wait_exit(&dst, 30), 0, "destination succeeded after the source was cancelled");
 	source_ran_on(&src);
 }
@@ -298,11 +341,13 @@ static void kill_destination(bool rdma)
 {
 	struct proc dst, src;
 
-	start_busy_pair(rdma, &dst, &src, NULL);
-	wait_for_log(&src, "iteration 1 sent", 120);
+	start_busy_pair(rdma, &dst, &src, NULL, hold_path());
+	wait_for_file(hold_path(), &src, 240);
 	kill(dst.pid, SIGKILL);
 	waitpid(dst.pid, &dst.status, 0);
+	unlink(hold_path());
 	expect_exit(&src, 60, 1);
+	cr_assert(log_has(&src, "released at iteration-0"), "%s", slurp(src.log));
 	source_ran_on(&src);
 }
 
@@ -310,7 +355,7 @@ static void refused(bool rdma)
 {
 	struct proc dst, src;
 
-	start_busy_pair(rdma, &dst, &src, "32M");
+	start_busy_pair(rdma, &dst, &src, "32M", NULL);
 	expect_exit(&src, 60, 3);
 	cr_assert_neq(wait_exit(&dst, 30), 0);
 	cr_assert(log_has(&src, "RAM region"), "refusal should name the RAM mismatch: %s", slurp(src.log));
