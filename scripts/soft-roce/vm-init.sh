@@ -3,7 +3,10 @@
 # Mounts the host root read-only and the work tree read-write over 9p, then
 # runs the requested command in a chroot of the host root, after setup.sh has
 # made rxe0 and kvm_amd has made /dev/kvm.  Reports the exit code on the
-# console as "@@RDMAMIG-VM-EXIT N" and powers off.
+# console as "@@RDMAMIG-VM-EXIT N" and powers off.  "@@RDMAMIG-VM-START"
+# marks the moment the command starts: a failure before it is the VM's, one
+# after it the command's.  The kernel log from then on is left next to the
+# command (dmesg) for vm.sh to show when the command fails.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -44,8 +47,12 @@ chroot /newroot /usr/bin/env -i HOME=/tmp TERM=dumb PATH=/usr/sbin:/usr/bin:/sbi
 		echo "vm-init: no nested KVM (kvm_amd/kvm_intel did not load)"
 	eval "$("$1"/scripts/soft-roce/setup.sh --env)" || exit 125
 	ulimit -l unlimited
+	echo "rdmamig: the command starts" > /dev/kmsg
 	echo @@RDMAMIG-VM-START
-	. "$2"' bed "$work" "$cmd"
+	(. "$2")
+	rc=$?
+	dmesg | sed -n "/rdmamig: the command starts/,\$p" > "${2%/*}/dmesg" 2>/dev/null
+	exit $rc' bed "$work" "$cmd"
 rc=$?
 echo "@@RDMAMIG-VM-EXIT $rc"
 sync

@@ -10,7 +10,15 @@
 #
 #   scripts/soft-roce/vm.sh [-t SECONDS] [-m MEM] [-c CPUS] -- CMD [ARGS...]
 #
-# Exit codes: the command's own, 124 on timeout, 125 when the VM could not run.
+# Exit codes: the command's own; 125 when the VM failed before the command
+# started (boot, module load, rxe setup, or a timeout in those: the only case
+# a caller may retry); 124 when the command timed out; 123 when the VM died
+# while the command ran (a kernel panic, say).
+#
+# The VM kernel's console (warnings and worse) goes to a log instead of
+# stdout, and the kernel log from the command's start on is saved when it
+# ends; both are printed, after the command's output, whenever the exit code
+# is not 0.
 # Environment: RDMAMIG_VM_TIMEOUT, RDMAMIG_VM_MEM, RDMAMIG_VM_CPUS, RDMAMIG_CACHE.
 # Inside, the command sees RDMAMIG_BED=vm, RDMAMIG_RXE_DEV=rxe0 and
 # RDMAMIG_RXE_ADDR=10.77.0.1 (an address that exists only inside the VM).
@@ -89,14 +97,22 @@ trap 'rm -rf "$run"' EXIT
 } > "$run/cmd.sh"
 
 # Serial output: strip the CRs the tty adds, show what the command prints
-# (between the start and exit markers), keep the exit code.  A shell loop,
-# because tr and mawk hold pipe output back in 4 KiB blocks.
+# (between the start and exit markers), send kernel console lines
+# ("[   12.345678] ...") to the console log, keep the exit code: the
+# command's, or 200 when it never started, 201 when it started and the VM
+# stopped without reporting.  A shell loop, because tr and mawk hold pipe
+# output back in 4 KiB blocks.
+console=$run/console.log
 filter() {
 	local line started=0 rc=200
 	while IFS= read -r line || [ -n "$line" ]; do
 		line=${line%$'\r'}
+		if [[ $line =~ ^\[\ *[0-9]+\.[0-9]+\]\  ]]; then
+			printf '%s\n' "$line" >> "$console"
+			continue
+		fi
 		case $line in
-		*@@RDMAMIG-VM-START) started=1 ;;
+		*@@RDMAMIG-VM-START) started=1; rc=201 ;;
 		*@@RDMAMIG-VM-EXIT\ *) rc=${line##* }; started=0 ;;
 		vm-init:*) printf '%s\n' "$line" ;;
 		*) [ $started = 1 ] && printf '%s\n' "$line" ;;
@@ -104,23 +120,42 @@ filter() {
 	done
 	return "$rc"
 }
+
+# What the VM kernel said, for a run that failed.
+show_kernel() {
+	echo "vm.sh: --- VM kernel console (warnings and worse, whole run) ---"
+	[ -s "$console" ] && cat "$console" || echo "(nothing)"
+	if [ -s "$run/dmesg" ]; then
+		echo "vm.sh: --- VM kernel log while the command ran (dmesg) ---"
+		cat "$run/dmesg"
+	fi
+	echo "vm.sh: --- end of VM kernel output ---"
+}
 set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
 	-machine q35 -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
 	-nographic -no-reboot -nic none -monitor none -serial stdio \
 	-kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 quiet loglevel=1 panic=-1 rdmamig.work=$work rdmamig.cmd=$run/cmd.sh" \
+	-append "console=ttyS0 quiet loglevel=5 panic=-1 rdmamig.work=$work rdmamig.cmd=$run/cmd.sh" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$work,mount_tag=work,security_model=none,multidevs=remap" \
 	</dev/null 2>&1 | filter
 status=("${PIPESTATUS[@]}")
 set -e
-if [ "${status[0]}" = 124 ]; then
-	echo "vm.sh: timed out after ${timeout}s (raise with -t or RDMAMIG_VM_TIMEOUT)" >&2
-	exit 124
+rc=${status[1]}
+if [ "$rc" = 200 ]; then
+	if [ "${status[0]}" = 124 ]; then
+		echo "vm.sh: timed out after ${timeout}s before the command started" >&2
+	else
+		echo "vm.sh: the VM stopped before the command started (qemu exit ${status[0]})" >&2
+	fi
+	rc=125
+elif [ "${status[0]}" = 124 ]; then
+	echo "vm.sh: the command timed out after ${timeout}s (raise with -t or RDMAMIG_VM_TIMEOUT)" >&2
+	rc=124
+elif [ "$rc" = 201 ]; then
+	echo "vm.sh: the VM died while the command ran (qemu exit ${status[0]})" >&2
+	rc=123
 fi
-if [ "${status[1]}" = 200 ]; then
-	echo "vm.sh: the VM stopped without reporting an exit code (qemu exit ${status[0]})" >&2
-	exit 125
-fi
-exit "${status[1]}"
+[ "$rc" = 0 ] || show_kernel >&2
+exit "$rc"
