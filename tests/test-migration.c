@@ -84,7 +84,7 @@ static void pair_setup(struct side *src, struct side *dst, enum rdmamig_transpor
 	cr_assert_not_null(dst->m);
 	cr_assert_eq(pthread_create(&dst->thread, NULL, run_side, dst), 0);
 	int p = -1;
-	for (int i = 0; i < 500 && (p = rdmamig_listen_port(dst->m)) <= 0; i++)
+	for (int i = 0; i < 12000 && (p = rdmamig_listen_port(dst->m)) <= 0; i++)
 		usleep(10000);
 	cr_assert_gt(p, 0, "destination never listened");
 	snprintf(port, sizeof(port), "%d", p);
@@ -122,7 +122,7 @@ static void assert_source_runs(struct side *src)
 	uint64_t c0 = atomic_load(&src->vmm.counter);
 
 	cr_assert(!atomic_load(&src->vmm.paused), "source guest left paused");
-	for (int i = 0; i < 200 && atomic_load(&src->vmm.counter) == c0; i++)
+	for (int i = 0; i < 6000 && atomic_load(&src->vmm.counter) == c0; i++)
 		usleep(5000);
 	cr_assert_gt(atomic_load(&src->vmm.counter), c0, "source guest does not run");
 	cr_assert_eq(src->vmm.dirty_stop_calls, 1, "dirty logging left on");
@@ -176,24 +176,37 @@ static void mismatch_is_refused(enum rdmamig_transport tr)
 	pair_free(&src, &dst);
 }
 
-/* Cancel one side mid-iteration (a guest too busy to converge). */
+/* Cancel one side mid-iteration: the source is held at the pause point
+ * after iteration 0 (RDMAMIG_FAULT, common/fault.h) — guest running,
+ * switchover not decided — however fast the link.  A cancelled source ends
+ * its pause itself; after cancelling the destination, the test releases
+ * the source, which must then find the destination gone. */
 static void cancel_mid_iteration(enum rdmamig_transport tr, bool cancel_source)
 {
 	struct side src = { 0 }, dst = { 0 };
+	char hold[128], fault[192];
 
-	pair_setup(&src, &dst, want_transport(tr), 8 * MiB, 100000);
-	src.vmm.hot_pages = 512;
-	src.vmm.sync_writes = 4096;
-	src.opts.downtime_ms = 1;
-	src.opts.max_iterations = 100000;
+	snprintf(hold, sizeof(hold), "/tmp/rdmamig-migration-%d-hold", getpid());
+	snprintf(fault, sizeof(fault), "pause:src:iteration-0:%s", hold);
+	unlink(hold);
+	pair_setup(&src, &dst, want_transport(tr), 8 * MiB, 3000);
+	setenv("RDMAMIG_FAULT", fault, 1);
 	start_source(&src);
-	for (int i = 0; i < 1000 && src.stats.iterations == 0; i++) {
+	for (int i = 0; i < 24000 && access(hold, F_OK); i++)
 		usleep(10000);
-		rdmamig_get_stats(src.m, &src.stats);
-	}
-	cr_assert_gt(src.stats.iterations, 0, "never got past the first pass");
+	unsetenv("RDMAMIG_FAULT");
+	cr_assert_eq(access(hold, F_OK), 0, "the source never reached its pause point after iteration 0");
+	rdmamig_get_stats(src.m, &src.stats);
+	cr_assert_eq(src.stats.iterations, 1, "held after iteration 0, yet %u iterations", src.stats.iterations);
 	rdmamig_cancel(cancel_source ? src.m : dst.m);
-	pair_join(&src, &dst);
+	if (!cancel_source) {
+		pthread_join(dst.thread, NULL);
+		unlink(hold);
+		pthread_join(src.thread, NULL);
+	} else {
+		pair_join(&src, &dst);
+		cr_assert_neq(access(hold, F_OK), 0, "the cancelled source left its pause file");
+	}
 	cr_assert_lt(src.rc, 0, "source succeeded despite the cancel");
 	cr_assert_lt(dst.rc, 0, "destination succeeded despite the cancel");
 	if (cancel_source)
