@@ -1,26 +1,39 @@
 #!/bin/bash
-# tests/run.sh — run the Criterion suites: host suites here, then the test-bed
-# suites on soft-RoCE (directly where setup.sh works, else inside vm.sh).
-# Prints each suite's Criterion synthesis line and its time, and at the end
-# one line "N passed, N failed, N skipped".  Before the suites it runs the
-# build checks, tests/check-*.sh (layering, exports), each counted as one
-# test that passes or fails.  Called by `make test`, which sets
-# O, HOST_TESTS and BED_TESTS; `tests/run.sh --bed SUITE...` is the part that
-# runs on the bed.  Exit 0 only when nothing failed.  WRAP, if set, prefixes
-# every suite (make check-valgrind sets it to valgrind).
+# tests/run.sh — run the Criterion suites on the beds this machine offers, and
+# say which bed ran what.  Called by `make test`, which sets O, HOST_TESTS and
+# BED_TESTS; `tests/run.sh --bed SUITE[:FILTER]...` is the part that runs on
+# the RDMA bed.  Prints each suite's Criterion synthesis line and its time,
+# then which beds ran which suites and one line "N passed, N failed, N
+# skipped".  Before the suites it runs the build checks, tests/check-*.sh
+# (layering, exports), each counted as one test that passes or fails.  Exit
+# 0 only when nothing failed.  WRAP, if set, prefixes every suite (make
+# check-valgrind sets it to valgrind).
 #
-# In the test VM each bed suite gets a VM of its own, bounded in time (5 min,
-# 15 for the end-to-end suite: 2-3x what they take), and a suite that fails or times out runs again in a
-# fresh VM, up to 3 runs in all: nested KVM under
-# QEMU's TCG has shown sporadic vCPU stalls (once with the L1 kernel stuck in
-# KVM_RUN, where no signal reaches the process) that no test on a real host
-# has.  Both runs stay in the log, the first one's synthesis line is marked
-# superseded, and the summary names every retried suite.
+# The beds:
+# - this host: every HOST_TESTS suite.  Where /dev/kvm works here, KVM suites
+#   run here at full speed.  Cases that need RDMA (Criterion suites named
+#   *_rdma) are left to the RDMA bed rather than skipped.
+# - the RDMA bed: soft-RoCE on this kernel if setup.sh can bring it up, else
+#   the test VM (scripts/soft-roce/vm.sh), one fresh VM per suite.  It runs
+#   the BED_TESTS suites, except that a suite the host already ran with KVM
+#   runs there only for its *_rdma cases (and not at all without any).
+#
+# No suite is run twice to get a pass.  The one retry: a test VM that fails
+# before its suite starts (boot, module load, rxe setup: vm.sh exit 125) is
+# booted again, up to RDMAMIG_VM_TRIES times, and the summary says so.  A
+# suite that fails, crashes or hangs fails the run, and vm.sh then prints the
+# VM kernel's console and log.
+#
+# Hugepages: the pools the backing tests use (2 MiB, and 1 GiB where the
+# kernel can find them at run time) are raised for the run and put back.
 set -uo pipefail
+set -f	# suite filters are globs for Criterion, not for the shell
 cd "$(dirname "$0")/.."
 O=${O:-build}
 SUITE_TIMEOUT=${RDMAMIG_SUITE_TIMEOUT:-300}
-TRIES=${RDMAMIG_SUITE_TRIES:-3}
+VM_TRIES=${RDMAMIG_VM_TRIES:-3}
+RDMA_CASES='*_rdma/*'
+NO_RDMA_CASES='!(*_rdma)/*'
 
 # A test that needs /dev/kvm gets it when the kernel has KVM but no node.
 ensure_kvm_node() {
@@ -29,97 +42,201 @@ ensure_kvm_node() {
 	fi
 }
 
+# KVM works here: /dev/kvm opens (on a host that is itself a PVM guest the
+# node exists and open() fails with ENODEV).
+kvm_works() {
+	[ -e /dev/kvm ] && { : <> /dev/kvm; } 2>/dev/null
+}
+
+# The suite has cases that need RDMA (Criterion suites named *_rdma).
+has_rdma_cases() {
+	"$O/tests/$1" --list 2>/dev/null | grep -q '^[A-Za-z0-9_]*_rdma:'
+}
+
+# ---- hugepages: raise the pools for the run, put them back at exit.
+HP_SYS=/sys/kernel/mm/hugepages
+hp_saved=()
+hp_raise() {	# hp_raise SIZE_KB WANT_FREE
+	local d=$HP_SYS/hugepages-$1kB nr free
+	[ -w "$d/nr_hugepages" ] || return 0
+	nr=$(cat "$d/nr_hugepages") free=$(cat "$d/free_hugepages")
+	[ "$free" -ge "$2" ] && return 0
+	hp_saved+=("$d/nr_hugepages=$nr")
+	echo $((nr + $2 - free)) > "$d/nr_hugepages" 2>/dev/null
+}
+hp_restore() {
+	local e
+	for e in "${hp_saved[@]}"; do
+		echo "${e#*=}" > "${e%%=*}" 2>/dev/null
+	done
+	hp_saved=()
+}
+hp_report() {
+	local d kb
+	for kb in 2048 1048576; do
+		d=$HP_SYS/hugepages-${kb}kB
+		[ -r "$d/free_hugepages" ] || continue
+		printf ' %s: %s free of %s;' "$([ $kb = 2048 ] && echo 2M || echo 1G)" \
+			"$(cat "$d/free_hugepages")" "$(cat "$d/nr_hugepages")"
+	done
+}
+# 64 x 2 MiB: a 64 MiB guest on huge-2M (tests/test-kvm-guest.c) with room to
+# spare; 2 x 1 GiB: tests/test-kvm-backing.c allocates two pages of each size.
+hugepages_for_tests() {
+	if [ "$(id -u)" != 0 ]; then
+		echo "== hugepages: not root, pools left as they are:$(hp_report)"
+		return
+	fi
+	hp_raise 2048 64
+	hp_raise 1048576 2
+	echo "== hugepages for the run:$(hp_report) (put back at exit)"
+}
+
 # elapsed T0_NS — seconds since T0, one decimal.
 elapsed() {
 	local ms=$(( ($(date +%s%N) - $1) / 1000000 ))
 	printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100))
 }
 
-# run_suite BIN — one suite, Criterion's own output kept (--verbose for the
-# [SKIP] lines and their reasons), the chatter dropped.
+# run_suite BIN [FILTER] — one suite, Criterion's own output kept (--verbose
+# for the [SKIP] lines and their reasons), the chatter and the cases the
+# filter leaves out dropped.
 run_suite() {
-	${WRAP:-} "$O/tests/$1" --jobs 1 --verbose 2>&1 |
-		grep --line-buffered -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v'
+	${WRAP:-} "$O/tests/$1" --jobs 1 --verbose ${2:+--filter "$2"} 2>&1 |
+		grep --line-buffered -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v|: Test is disabled$'
 	return "${PIPESTATUS[0]}"
 }
 
-# run_suites WHERE BIN... — each suite with its time.
+# run_suites WHERE SUITE[:FILTER]... — each suite with its time.  A suite
+# that exits non-zero without a failing case in its synthesis line (a crash
+# of the runner, a signal) is reported as a failure of its own.
 run_suites() {
 	local where=$1; shift
-	local rc=0 t0 s
+	local rc=0 t0 s name filter out src
+	out=$(mktemp)
 	for s in "$@"; do
-		echo "== $where: $s"
+		name=${s%%:*} filter=
+		[ "$name" != "$s" ] && filter=${s#*:}
+		echo "== $where: $name${filter:+ (cases $filter)}"
 		t0=$(date +%s%N)
-		run_suite "$s" || rc=1
-		echo "== $where: $s took $(elapsed "$t0")"
+		run_suite "$name" "$filter" | tee "$out"
+		src=${PIPESTATUS[0]}
+		if [ "$src" != 0 ]; then
+			rc=1
+			grep -q 'Synthesis:.*Failing: [1-9]\|Synthesis:.*Crashing: [1-9]' "$out" ||
+				echo "[FAIL] $name exited $src without a failing case in its synthesis"
+		fi
+		echo "== $where: $name took $(elapsed "$t0")"
 	done
+	rm -f "$out"
 	return $rc
 }
 
-# vm_suite SUITE — one bed suite in a fresh test VM, up to TRIES times.
+# vm_suite SUITE[:FILTER] — one bed suite in a fresh test VM.  Booted again
+# only when the VM failed before the suite started.
 vm_suite() {
-	local s=$1 try out rc t0
+	local s=$1 name=${1%%:*} try out rc t0
 	local bound=$SUITE_TIMEOUT
-	# The end-to-end suite runs 14 migrations of real guests: ~5 minutes.
-	[ "$s" = test-e2e ] && bound=$((SUITE_TIMEOUT * 3))
-	for try in $(seq "$TRIES"); do
-		out=$(mktemp)
+	# The end-to-end suite migrates real guests: minutes in the VM.
+	[ "$name" = test-e2e ] && bound=$((SUITE_TIMEOUT * 3))
+	out=$(mktemp)
+	for try in $(seq "$VM_TRIES"); do
 		t0=$(date +%s%N)
-		# Streamed, with the synthesis line held back until we know
-		# whether it counts.
-		scripts/soft-roce/vm.sh -t "$bound" -- env O="$O" tests/run.sh --bed "$s" 2>&1 |
-			tee "$out" | grep --line-buffered -v 'Synthesis:'
+		scripts/soft-roce/vm.sh -t "$bound" -- env O="$O" tests/run.sh --bed "$s" 2>&1 | tee "$out"
 		rc=${PIPESTATUS[0]}
-		if [ "$rc" = 0 ]; then
-			grep 'Synthesis:' "$out"
-		elif [ "$try" -lt "$TRIES" ]; then
-			grep 'Synthesis:' "$out" | sed 's/Synthesis:/run '"$try"' (superseded by the retry):/'
-			echo "== test VM: $s FAILED once (run $try, vm.sh exit $rc after $(elapsed "$t0")); RETRYING it in a fresh VM"
-		else
-			grep 'Synthesis:' "$out"
-			# A VM that died or timed out leaves the suite unreported.
-			[ "$rc" != 1 ] && echo "[FAIL] the test bed did not finish $s (vm.sh exit $rc)"
-		fi
-		rm -f "$out"
-		[ "$rc" = 0 ] && return 0
+		[ "$rc" = 125 ] || break
+		echo "== test VM: the VM failed before $name started (boot, modules or rxe setup; vm.sh exit 125 after $(elapsed "$t0"))"
+		[ "$try" -lt "$VM_TRIES" ] && echo "== test VM: BOOTING A FRESH VM for $name (boot $((try + 1)) of $VM_TRIES)"
 	done
-	return 1
+	# A VM that died, timed out or never started leaves no verdict of its own.
+	if [ "$rc" != 0 ] && ! grep -q "^\[FAIL\] $name exited\|Synthesis:.*Failing: [1-9]\|Synthesis:.*Crashing: [1-9]" "$out"; then
+		echo "[FAIL] the test bed did not finish $name (vm.sh exit $rc)"
+	fi
+	rm -f "$out"
+	return $(( rc != 0 ))
 }
 
 if [ "${1:-}" = --bed ]; then
 	shift
 	[ $# -gt 0 ] || set -- ${BED_TESTS:-}
 	ensure_kvm_node
+	trap hp_restore EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	hugepages_for_tests
 	run_suites "bed ($RDMAMIG_BED, ${RDMAMIG_RXE_DEV:-no rxe})" "$@"
 	exit $?
 fi
 
 log=$(mktemp)
-trap 'rm -f "$log" "$log.env"' EXIT
+trap 'hp_restore; rm -f "$log" "$log.env"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 rc=0
+t_all=$(date +%s%N)
 # The build checks: what the tree and the built library must be.
-for c in tests/check-*.sh; do
+set +f
+checks=(tests/check-*.sh)
+set -f
+for c in "${checks[@]}"; do
 	O=$O "$c" 2>&1 | tee -a "$log"
 	[ "${PIPESTATUS[0]}" = 0 ] || rc=1
 done
 ensure_kvm_node
-run_suites host ${HOST_TESTS} 2>&1 | tee -a "$log" || rc=1
+if kvm_works; then
+	host_kvm=1
+	echo "== host: /dev/kvm works here: the KVM suites run on this host"
+else
+	host_kvm=0
+	echo "== host: no usable /dev/kvm here: KVM cases skip on the host and run on the RDMA bed"
+fi
+hugepages_for_tests | tee -a "$log"
 
-# The bed: soft-RoCE on this kernel if it can, else the QEMU VM.
-if [ -n "${BED_TESTS// /}" ]; then
+# Host suites; cases that need RDMA are left to the bed.
+host_list=() ran_host=()
+for s in ${HOST_TESTS}; do
+	if has_rdma_cases "$s"; then
+		host_list+=("$s:$NO_RDMA_CASES") ran_host+=("$s (without *_rdma)")
+	else
+		host_list+=("$s") ran_host+=("$s")
+	fi
+done
+run_suites host "${host_list[@]}" 2>&1 | tee -a "$log" || rc=1
+
+# The RDMA bed's share.
+bed_list=() ran_bed=() not_bed=()
+for s in ${BED_TESTS}; do
+	if [ "$host_kvm" = 1 ] && [[ " ${HOST_TESTS} " == *" $s "* ]]; then
+		if has_rdma_cases "$s"; then
+			bed_list+=("$s:$RDMA_CASES") ran_bed+=("$s (*_rdma)")
+		else
+			not_bed+=("$s")
+		fi
+	else
+		bed_list+=("$s") ran_bed+=("$s")
+	fi
+done
+if [ ${#bed_list[@]} -gt 0 ]; then
 	if scripts/soft-roce/setup.sh --env > "$log.env" 2>/dev/null; then
+		bed="soft-RoCE on this host"
 		echo "== test bed: rxe on this host"
 		(eval "$(cat "$log.env")"; ulimit -l unlimited; RDMAMIG_BED=host \
-			O=$O tests/run.sh --bed ${BED_TESTS}) 2>&1 | tee -a "$log" || rc=1
+			O=$O tests/run.sh --bed "${bed_list[@]}") 2>&1 | tee -a "$log" || rc=1
 	else
+		bed="the soft-RoCE test VM"
 		echo "== test bed: this kernel cannot load rdma_rxe; each suite runs in the soft-RoCE test VM"
 		t0=$(date +%s%N)
-		for s in ${BED_TESTS}; do
+		for s in "${bed_list[@]}"; do
 			vm_suite "$s" 2>&1 | tee -a "$log" || rc=1
 		done
 		echo "== test bed: VM runs took $(elapsed "$t0") (boots included)"
 	fi
 fi
+
+echo "== beds: this host (KVM $([ $host_kvm = 1 ] && echo yes || echo no)) ran: ${ran_host[*]}"
+[ ${#ran_bed[@]} -gt 0 ] && echo "== beds: $bed ran: ${ran_bed[*]}"
+[ ${#not_bed[@]} -gt 0 ] && echo "== beds: not again on the RDMA bed (need KVM only, ran on this host): ${not_bed[*]}"
+echo "== all suites took $(elapsed "$t_all")"
 
 # Sum Criterion's synthesis lines:
 # [====] Synthesis: Tested: 3 | Passing: 2 | Failing: 1 | Crashing: 0
@@ -134,12 +251,13 @@ awk '
 	}
 	/^\[PASS\] check / { p++; suites++ }
 	/^\[FAIL\] check / { f++; suites++ }
-	/\[SKIP\]/ { s++ }
+	/^\[SKIP\]/ { s++ }
 	/^\[FAIL\] the test bed did not finish/ { f++; suites++ }
-	/FAILED once .*RETRYING/ { r++ }
+	/^\[FAIL\] .* exited .* without a failing case/ { f++ }
+	/BOOTING A FRESH VM/ { r++ }
 	END {
 		if (suites == 0) { print "0 passed, 1 failed (no suite reported)"; exit 1 }
-		if (r) printf "note: %d failed run(s) in the test VM were retried: see RETRYING above\n", r
+		if (r) printf "note: %d test VM boot(s) failed before their suite started and were booted again: see BOOTING A FRESH VM above\n", r
 		printf "%d passed, %d failed, %d skipped\n", p, f + c, s
 		exit (f + c > 0)
 	}' "$log" || rc=1
