@@ -204,7 +204,10 @@ int rm_mig_tick(struct rdmamig *m, bool force)
 	uint64_t now = rm_now_ns();
 	int err = 0;
 
-	if (m->opts.role == RDMAMIG_SOURCE && m->t && m->progress.stage == 1 &&
+	/* Heartbeats flow through stop-and-copy too: its final pass can take
+	 * as long as any iteration on a slow link, and the destination must
+	 * not take that silence for a dead source. */
+	if (m->opts.role == RDMAMIG_SOURCE && m->t && (m->progress.stage == 1 || m->progress.stage == 2) &&
 	    (force || now - m->last_heartbeat_ns >= HEARTBEAT_NS)) {
 		struct rm_mig_iter it = {
 			.index = htole32(m->progress.iteration),
