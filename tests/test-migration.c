@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/fault.h"
+#include "common/log.h"
 #include "fake-vmm.h"
 #include "migration/engine.h"
 #include "migration/policy.h"
@@ -198,6 +200,7 @@ static void cancel_mid_iteration(enum rdmamig_transport tr, bool cancel_source)
 	cr_assert_eq(access(hold, F_OK), 0, "the source never reached its pause point after iteration 0");
 	rdmamig_get_stats(src.m, &src.stats);
 	cr_assert_eq(src.stats.iterations, 1, "held after iteration 0, yet %u iterations", src.stats.iterations);
+	uint64_t t_cancel = rm_now_ns();
 	rdmamig_cancel(cancel_source ? src.m : dst.m);
 	if (!cancel_source) {
 		pthread_join(dst.thread, NULL);
@@ -206,6 +209,10 @@ static void cancel_mid_iteration(enum rdmamig_transport tr, bool cancel_source)
 	} else {
 		pair_join(&src, &dst);
 		cr_assert_neq(access(hold, F_OK), 0, "the cancelled source left its pause file");
+		/* Half the pause point's own bound: the cancel, not the
+		 * bound, ended the pause. */
+		cr_assert_lt(rm_now_ns() - t_cancel, RM_FAULT_MAX_PAUSE_S / 2 * 1000000000ull,
+			     "the cancel did not end the pause");
 	}
 	cr_assert_lt(src.rc, 0, "source succeeded despite the cancel");
 	cr_assert_lt(dst.rc, 0, "destination succeeded despite the cancel");
