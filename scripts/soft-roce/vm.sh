@@ -15,10 +15,10 @@
 # a caller may retry); 124 when the command timed out; 123 when the VM died
 # while the command ran (a kernel panic, say).
 #
-# The VM kernel's console (warnings and worse) goes to a log instead of
-# stdout, and the kernel log from the command's start on is saved when it
-# ends; both are printed, after the command's output, whenever the exit code
-# is not 0.
+# The VM's console (kernel warnings and worse, QEMU's own messages, boot
+# output) goes to a log instead of stdout, and the kernel log from the
+# command's start on is saved when it ends; both are printed, after the
+# command's output, whenever the exit code is not 0.
 # Environment: RDMAMIG_VM_TIMEOUT, RDMAMIG_VM_MEM, RDMAMIG_VM_CPUS, RDMAMIG_CACHE.
 # Inside, the command sees RDMAMIG_BED=vm, RDMAMIG_RXE_DEV=rxe0 and
 # RDMAMIG_RXE_ADDR=10.77.0.1 (an address that exists only inside the VM).
@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
 	-m) mem=$2; shift 2 ;;
 	-c) cpus=$2; shift 2 ;;
 	--) shift; break ;;
-	-h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) break ;;
 	esac
 done
@@ -98,7 +98,8 @@ trap 'rm -rf "$run"' EXIT
 
 # Serial output: strip the CRs the tty adds, show what the command prints
 # (between the start and exit markers), send kernel console lines
-# ("[   12.345678] ...") to the console log, keep the exit code: the
+# ("[   12.345678] ...") and all else QEMU prints to the console log, keep
+# the exit code: the
 # command's, or 200 when it never started, 201 when it started and the VM
 # stopped without reporting.  A shell loop, because tr and mawk hold pipe
 # output back in 4 KiB blocks.
@@ -115,7 +116,7 @@ filter() {
 		*@@RDMAMIG-VM-START) started=1; rc=201 ;;
 		*@@RDMAMIG-VM-EXIT\ *) rc=${line##* }; started=0 ;;
 		vm-init:*) printf '%s\n' "$line" ;;
-		*) [ $started = 1 ] && printf '%s\n' "$line" ;;
+		*) if [ $started = 1 ]; then printf '%s\n' "$line"; else printf '%s\n' "$line" >> "$console"; fi ;;
 		esac
 	done
 	return "$rc"
@@ -123,7 +124,7 @@ filter() {
 
 # What the VM kernel said, for a run that failed.
 show_kernel() {
-	echo "vm.sh: --- VM kernel console (warnings and worse, whole run) ---"
+	echo "vm.sh: --- VM console: kernel warnings and worse, and QEMU's and the boot's own output ---"
 	[ -s "$console" ] && cat "$console" || echo "(nothing)"
 	if [ -s "$run/dmesg" ]; then
 		echo "vm.sh: --- VM kernel log while the command ran (dmesg) ---"
