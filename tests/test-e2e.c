@@ -204,7 +204,7 @@ static unsigned count(const char *s, const char *needle)
 	return n;
 }
 
-/* Migrate a 64 MiB, 2-vCPU guest; extra: more source flags (at most 6). */
+/* Migrate a 64 MiB, 2-vCPU guest; extra: more source flags (at most 8). */
 static void migrate(bool rdma, const char *workload, const char *const *extra, const char *expect_switch)
 {
 	char ep[64], port[16], json[128];
@@ -219,10 +219,10 @@ static void migrate(bool rdma, const char *workload, const char *const *extra, c
 				"--psk", key_file("key"), NULL };
 	start(&dst, "dst", dargs);
 	wait_listening(&dst);
-	const char *sargs[24] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--vcpus", "2",
+	const char *sargs[30] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--vcpus", "2",
 				  "--workload", workload, "--warmup", "1", "--verify", "--json", json,
 				  "--psk", key_file("key") };
-	for (unsigned i = 0, n = 18; extra && extra[i] && i < 5; i++)
+	for (unsigned i = 0, n = 18; extra && extra[i] && i < 8; i++)
 		sargs[n++] = extra[i];
 	start(&src, "src", sargs);
 	int src_rc = wait_exit(&src, 240), dst_rc = wait_exit(&dst, 60);
@@ -269,14 +269,19 @@ WORKLOADS(e2e_tcp, false)
 WORKLOADS(e2e_rdma, true)
 
 /* A guest dirtying faster than the link moves pages: the deadline forces
- * the switchover, throttling on the way.  The cap makes the link slow on
- * every bed (4 MiB/s = 1024 pages/s against 2 x 4000 pages/s written; rxe
- * alone might outrun the guest on a fast host). */
+ * the switchover, throttling on the way.  The cap makes the link slower
+ * than the guest on every bed: the hot tenth of a 32 MiB guest (800 pages)
+ * rewritten at 2 x 4000 pages/s, sent at 4 MiB/s (1024 pages/s), so every
+ * pass finds its own size dirty again (never "converged" within 1 ms, and
+ * "slow", so throttled).  The bulk pass of the small guest takes ~7 s at the
+ * cap, leaving the 30 s deadline room for many iterations; the later --mem
+ * overrides migrate()'s 64M. */
 Test(e2e_rdma, nonconverging_meets_deadline, .timeout = 300)
 {
-	const char *const extra[] = { "--downtime", "1", "--deadline", "30s", "--max-bandwidth", "4M", NULL };
+	const char *const extra[] = { "--downtime", "1", "--deadline", "30s", "--max-bandwidth", "4M",
+				      "--mem", "32M", NULL };
 
-	migrate(true, "uniform:4000", extra, "deadline");
+	migrate(true, "hotset:4000", extra, "deadline");
 }
 
 /* The failure cases: the source guest must run on.  hold: a path for the
