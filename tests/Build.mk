@@ -1,9 +1,11 @@
 # tests/ — Criterion suites, run.sh, and the build checks check-*.sh (the
 # layering rule, the library's exports) that run.sh runs first.  HOST_TESTS
 # run on this host; BED_TESTS run on the soft-RoCE test bed (directly or
-# inside scripts/soft-roce/vm.sh).  A suite that needs /dev/kvm runs in both
-# lists' environments where it exists.  Suites link librmvmm.a and
-# librdmamig.a, so they may include any layer's headers; never cli/'s.
+# inside scripts/soft-roce/vm.sh).  A suite that needs /dev/kvm is in both
+# lists: run.sh runs it on the host where /dev/kvm works there, and on the
+# bed only for its RDMA cases (Criterion suites named *_rdma) — or in full
+# where the host has no KVM.  Suites link librmvmm.a and librdmamig.a, so
+# they may include any layer's headers; never cli/'s.
 HOST_TESTS += test-common
 HOST_TESTS += test-kvm-smoke
 BED_TESTS  += test-verbs-smoke
