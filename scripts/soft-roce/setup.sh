@@ -5,12 +5,14 @@
 #
 # Loads the RDMA modules, creates DEV (default: a dummy device "rdmamig0", so no
 # NIC is needed and no traffic leaves the host), gives it ADDR (default
-# 10.77.0.1/24) and creates rxe0 on it.  Idempotent.  Prints the device, or with
-# --env the shell assignments RDMAMIG_RXE_DEV=... RDMAMIG_RXE_ADDR=... to eval.
+# 10.77.0.1/24) and fd77::1/64, and creates rxe0 on it.  Idempotent.  Prints
+# the device, or with --env the shell assignments RDMAMIG_RXE_DEV=...
+# RDMAMIG_RXE_ADDR=... RDMAMIG_RXE_ADDR6=... to eval.
 # teardown.sh undoes it.  Exit 0: rxe0 is usable; 1: this kernel cannot.
 set -euo pipefail
 netdev=rdmamig0
 addr=10.77.0.1/24
+addr6=fd77::1/64
 env=0
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -36,6 +38,8 @@ if ! ip link show "$netdev" >/dev/null 2>&1; then
 	ip link add "$netdev" type dummy || { say "cannot create dummy netdev $netdev"; exit 1; }
 fi
 ip addr replace "$addr" dev "$netdev"
+# An IPv6 address too, for rdma_cm over IPv6 (nodad: usable at once).
+ip -6 addr replace "$addr6" dev "$netdev" nodad 2>/dev/null || addr6=
 ip link set "$netdev" up
 if ! rdma link show rxe0/1 >/dev/null 2>&1; then
 	rdma link add rxe0 type rxe netdev "$netdev" || { say "rdma link add rxe0 failed"; exit 1; }
@@ -46,7 +50,8 @@ for _ in $(seq 50); do
 done
 [ -e /sys/class/infiniband/rxe0 ] || { say "rxe0 did not appear"; exit 1; }
 if [ $env = 1 ]; then
-	echo "export RDMAMIG_RXE_DEV=rxe0 RDMAMIG_RXE_ADDR=${addr%/*} RDMAMIG_RXE_NETDEV=$netdev"
+	echo "export RDMAMIG_RXE_DEV=rxe0 RDMAMIG_RXE_ADDR=${addr%/*} RDMAMIG_RXE_NETDEV=$netdev" \
+		"RDMAMIG_RXE_ADDR6=${addr6%/*}"
 else
 	echo "rxe0 on $netdev (${addr%/*})"
 fi
