@@ -25,7 +25,7 @@ Test(rdma, random_ranges_lazy_registration)
 {
 	case_reg = RM_REG_LAZY;
 	case_reg_chunk = 2u << 20;
-	case_random_ranges(2, 2000);
+	case_random_ranges(2, 1000);
 }
 
 /* A source that aims a WRITE past the end of the destination's region gets
