@@ -14,15 +14,17 @@
 #   run here at full speed.  Cases that need RDMA (Criterion suites named
 #   *_rdma) are left to the RDMA bed rather than skipped.
 # - the RDMA bed: soft-RoCE on this kernel if setup.sh can bring it up, else
-#   the test VM (scripts/soft-roce/vm.sh), one fresh VM per suite.  It runs
+#   the test VM (scripts/soft-roce/vm.sh), one VM for all.  It runs
 #   the BED_TESTS suites, except that a suite the host already ran with KVM
 #   runs there only for its *_rdma cases (and not at all without any).
 #
-# No suite is run twice to get a pass.  The one retry: a test VM that fails
-# before its suite starts (boot, module load, rxe setup: vm.sh exit 125) is
-# booted again, up to RDMAMIG_VM_TRIES times, and the summary says so.  A
-# suite that fails, crashes or hangs fails the run, and vm.sh then prints the
-# VM kernel's console and log.
+# Every suite is bounded (RDMAMIG_SUITE_TIMEOUT, 300 s; 3x that for the
+# end-to-end suite), inside the VM too, so one hung suite does not take the
+# others' verdicts with it.  No suite is run twice to get a pass.  The one
+# retry: a test VM that fails before the suites start (boot, module load,
+# rxe setup: vm.sh exit 125) is booted again, up to RDMAMIG_VM_TRIES times,
+# and the summary says so.  A suite that fails, crashes or hangs fails the
+# run, and vm.sh then prints the VM kernel's console and log.
 #
 # Hugepages: the pools the backing tests use (2 MiB, and 1 GiB where the
 # kernel can find them at run time) are raised for the run and put back.
@@ -98,18 +100,27 @@ elapsed() {
 	printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100))
 }
 
-# run_suite BIN [FILTER] — one suite, Criterion's own output kept (--verbose
-# for the [SKIP] lines and their reasons), the chatter and the cases the
-# filter leaves out dropped.
+# suite_bound NAME — seconds a suite may take: 2-3x what it takes on the
+# nested bed.  The end-to-end suite migrates real guests: minutes there.
+suite_bound() {
+	if [ "$1" = test-e2e ]; then echo $((SUITE_TIMEOUT * 3)); else echo "$SUITE_TIMEOUT"; fi
+}
+
+# run_suite BIN [FILTER] — one suite, bounded (unless WRAP slows it down on
+# purpose), Criterion's own output kept (--verbose for the [SKIP] lines and
+# their reasons), the chatter and the cases the filter leaves out dropped.
 run_suite() {
-	${WRAP:-} "$O/tests/$1" --jobs 1 --verbose ${2:+--filter "$2"} 2>&1 |
+	local bound=
+	[ -z "${WRAP:-}" ] && bound="timeout -k 10 $(suite_bound "$1")"
+	$bound ${WRAP:-} "$O/tests/$1" --jobs 1 --verbose ${2:+--filter "$2"} 2>&1 |
 		grep --line-buffered -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v|: Test is disabled$'
 	return "${PIPESTATUS[0]}"
 }
 
 # run_suites WHERE SUITE[:FILTER]... — each suite with its time.  A suite
 # that exits non-zero without a failing case in its synthesis line (a crash
-# of the runner, a signal) is reported as a failure of its own.
+# of the runner, a signal, its time bound) is reported as a failure of its
+# own.
 run_suites() {
 	local where=$1; shift
 	local rc=0 t0 s name filter out src
@@ -123,6 +134,7 @@ run_suites() {
 		src=${PIPESTATUS[0]}
 		if [ "$src" != 0 ]; then
 			rc=1
+			[ "$src" = 124 ] && echo "== $where: $name HUNG: stopped after $(suite_bound "$name") s"
 			grep -q 'Synthesis:.*Failing: [1-9]\|Synthesis:.*Crashing: [1-9]' "$out" ||
 				echo "[FAIL] $name exited $src without a failing case in its synthesis"
 		fi
@@ -132,26 +144,27 @@ run_suites() {
 	return $rc
 }
 
-# vm_suite SUITE[:FILTER] — one bed suite in a fresh test VM.  Booted again
-# only when the VM failed before the suite started.
-vm_suite() {
-	local s=$1 name=${1%%:*} try out rc t0
-	local bound=$SUITE_TIMEOUT
-	# The end-to-end suite migrates real guests: minutes in the VM.
-	[ "$name" = test-e2e ] && bound=$((SUITE_TIMEOUT * 3))
+# vm_bed SUITE[:FILTER]... — the bed suites in one test VM, each bounded in
+# there.  Booted again only when the VM failed before the suites started.
+# A suite with no time line did not finish: the VM died or hung (a wedged
+# kernel stops even `timeout`).
+vm_bed() {
+	local try out rc t0 s bound=60
+	for s in "$@"; do bound=$((bound + $(suite_bound "${s%%:*}") + 10)); done
 	out=$(mktemp)
 	for try in $(seq "$VM_TRIES"); do
 		t0=$(date +%s%N)
-		scripts/soft-roce/vm.sh -t "$bound" -- env O="$O" tests/run.sh --bed "$s" 2>&1 | tee "$out"
+		scripts/soft-roce/vm.sh -t "$bound" -- env O="$O" RDMAMIG_SUITE_TIMEOUT="$SUITE_TIMEOUT" \
+			tests/run.sh --bed "$@" 2>&1 | tee "$out"
 		rc=${PIPESTATUS[0]}
 		[ "$rc" = 125 ] || break
-		echo "== test VM: the VM failed before $name started (boot, modules or rxe setup; vm.sh exit 125 after $(elapsed "$t0"))"
-		[ "$try" -lt "$VM_TRIES" ] && echo "== test VM: BOOTING A FRESH VM for $name (boot $((try + 1)) of $VM_TRIES)"
+		echo "== test VM: the VM failed before the suites started (boot, modules or rxe setup; vm.sh exit 125 after $(elapsed "$t0"))"
+		[ "$try" -lt "$VM_TRIES" ] && echo "== test VM: BOOTING A FRESH VM (boot $((try + 1)) of $VM_TRIES)"
 	done
-	# A VM that died, timed out or never started leaves no verdict of its own.
-	if [ "$rc" != 0 ] && ! grep -q "^\[FAIL\] $name exited\|Synthesis:.*Failing: [1-9]\|Synthesis:.*Crashing: [1-9]" "$out"; then
-		echo "[FAIL] the test bed did not finish $name (vm.sh exit $rc)"
-	fi
+	for s in "$@"; do
+		grep -q "^== bed .*: ${s%%:*} took " "$out" ||
+			echo "[FAIL] the test bed did not finish ${s%%:*} (vm.sh exit $rc)"
+	done
 	rm -f "$out"
 	return $(( rc != 0 ))
 }
@@ -224,12 +237,10 @@ if [ ${#bed_list[@]} -gt 0 ]; then
 			O=$O tests/run.sh --bed "${bed_list[@]}") 2>&1 | tee -a "$log" || rc=1
 	else
 		bed="the soft-RoCE test VM"
-		echo "== test bed: this kernel cannot load rdma_rxe; each suite runs in the soft-RoCE test VM"
+		echo "== test bed: this kernel cannot load rdma_rxe; the bed suites run in the soft-RoCE test VM"
 		t0=$(date +%s%N)
-		for s in "${bed_list[@]}"; do
-			vm_suite "$s" 2>&1 | tee -a "$log" || rc=1
-		done
-		echo "== test bed: VM runs took $(elapsed "$t0") (boots included)"
+		vm_bed "${bed_list[@]}" 2>&1 | tee -a "$log" || rc=1
+		echo "== test bed: the VM run took $(elapsed "$t0") (boot included)"
 	fi
 fi
 
