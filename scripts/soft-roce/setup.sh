@@ -44,7 +44,7 @@ ip link set "$netdev" up
 if ! rdma link show rxe0/1 >/dev/null 2>&1; then
 	rdma link add rxe0 type rxe netdev "$netdev" || { say "rdma link add rxe0 failed"; exit 1; }
 fi
-for _ in $(seq 50); do
+for _ in $(seq 300); do	# up to 30 s: the nested bed can be slow to register it
 	[ -e /sys/class/infiniband/rxe0 ] && break
 	sleep 0.1
 done
