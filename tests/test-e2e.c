@@ -109,21 +109,36 @@ static int wait_exit(struct proc *p, int secs)
 	return -1;
 }
 
-static void wait_for_log(const struct proc *p, const char *s, int secs)
+/* Wait for s in p's log, at most secs; fails at once if p has exited. */
+static void wait_for_log(struct proc *p, const char *s, int secs)
 {
 	for (int i = 0; i < secs * 10; i++) {
 		if (log_has(p, s))
 			return;
+		if (waitpid(p->pid, &p->status, WNOHANG) == p->pid) {
+			cr_log_error("--- %s ---\n%s", p->log, slurp(p->log));
+			cr_assert_fail("%s exited before '%s' appeared", p->log, s);
+		}
 		usleep(100000);
 	}
 	cr_log_error("--- %s ---\n%s", p->log, slurp(p->log));
 	cr_assert_fail("'%s' did not appear in %s within %d s", s, p->log, secs);
 }
 
-/* The destination listens (it logs so right after listen()). */
-static void wait_listening(const struct proc *dst)
+/* The destination, started on port 0, listens: its log names the port the
+ * kernel chose, so no two tests (or test runs) on one host collide. */
+static unsigned wait_listening(struct proc *dst)
 {
-	wait_for_log(dst, "waiting for a source on port", 120);
+	static const char line[] = "waiting for a source on port ";
+	const char *at;
+	unsigned port = 0;
+
+	wait_for_log(dst, line, 120);
+	at = strstr(slurp(dst->log), line);
+	if (at)
+		port = (unsigned)strtoul(at + strlen(line), NULL, 10);
+	cr_assert_gt(port, 0, "no port in %s", slurp(dst->log));
+	return port;
 }
 
 /* Wait until path exists: a pause point's proof that it holds its side. */
@@ -174,15 +189,6 @@ static const char *key_file(const char *name)
 	return path[i];
 }
 
-static unsigned next_port(void)
-{
-	static unsigned port;
-
-	if (!port)
-		port = 7500 + (unsigned)(getpid() % 200) * 10;
-	return port++;
-}
-
 /* A JSON number field from the source's --json output. */
 static unsigned long long json_u64(const char *path, const char *key)
 {
@@ -207,18 +213,17 @@ static unsigned count(const char *s, const char *needle)
 /* Migrate a 64 MiB, 2-vCPU guest; extra: more source flags (at most 8). */
 static void migrate(bool rdma, const char *workload, const char *const *extra, const char *expect_switch)
 {
-	char ep[64], port[16], json[128];
+	char ep[64], json[128];
 	const char *tr = rdma ? "rdma" : "tcp";
 	struct proc dst, src;
 
 	need_bed(rdma);
-	snprintf(port, sizeof(port), "%u", next_port());
-	snprintf(ep, sizeof(ep), "%s:%s", addr(rdma), port);
+	snprintf(ep, sizeof(ep), "%s:0", addr(rdma));
 	snprintf(json, sizeof(json), "/tmp/rdmamig-e2e-%d-src.json", getpid());
 	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "2",
 				"--psk", key_file("key"), NULL };
 	start(&dst, "dst", dargs);
-	wait_listening(&dst);
+	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), wait_listening(&dst));
 	const char *sargs[30] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--vcpus", "2",
 				  "--workload", workload, "--warmup", "1", "--verify", "--json", json,
 				  "--psk", key_file("key") };
@@ -296,11 +301,11 @@ static void start_busy_pair(bool rdma, struct proc *dst, struct proc *src, const
 	const char *tr = rdma ? "rdma" : "tcp";
 
 	need_bed(rdma);
-	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), next_port());
+	snprintf(ep, sizeof(ep), "%s:0", addr(rdma));
 	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "1",
 				"--psk", key_file("key"), dst_mem ? "--mem" : NULL, dst_mem, NULL };
 	start(dst, "dst", dargs);
-	wait_listening(dst);
+	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), wait_listening(dst));
 	/* A busy guest (a guest writing flat out starves the other
 	 * processes of the nested test VM for seconds). */
 	const char *sargs[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--workload",
@@ -386,7 +391,7 @@ static void auth_cli(bool rdma)
 	struct proc dst, src, bare;
 
 	need_bed(rdma);
-	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), next_port());
+	snprintf(ep, sizeof(ep), "%s:0", addr(rdma));
 	{
 		const char *a[] = { "--dst", "--listen", ep, "--transport", tr, NULL };
 
@@ -399,7 +404,7 @@ static void auth_cli(bool rdma)
 	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "1",
 				"--psk", key_file("key"), NULL };
 	start(&dst, "dst", dargs);
-	usleep(300000);
+	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), wait_listening(&dst));
 	{
 		const char *a[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", NULL };
 
