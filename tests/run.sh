@@ -182,7 +182,7 @@ if [ "${1:-}" = --bed ]; then
 fi
 
 log=$(mktemp)
-trap 'hp_restore; rm -f "$log" "$log.env"' EXIT
+trap 'hp_restore; rm -f "$log" "$log.env" "$log.hp"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 rc=0
@@ -203,7 +203,9 @@ else
 	host_kvm=0
 	echo "== host: no usable /dev/kvm here: KVM cases skip on the host and run on the RDMA bed"
 fi
-hugepages_for_tests | tee -a "$log"
+# Not in a pipeline: the pools to put back must be known to this shell.
+hugepages_for_tests > "$log.hp"
+tee -a "$log" < "$log.hp"
 
 # Host suites; cases that need RDMA are left to the bed.
 host_list=() ran_host=()
