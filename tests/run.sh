@@ -231,6 +231,17 @@ for s in ${BED_TESTS}; do
 		bed_list+=("$s") ran_bed+=("$s")
 	fi
 done
+# Cases the host skipped for want of something its KVM lacks (kvm-pvm's
+# dirty ring overruns, so the ring tracker is refused there) run on the bed,
+# whose nested KVM has it: a skip is not a result where a bed can give one.
+if [ "$host_kvm" = 1 ]; then
+	while read -r bin tcase; do
+		[[ " ${BED_TESTS} " == *" $bin "* ]] || continue
+		bed_list+=("$bin:${tcase/:://}") ran_bed+=("$bin (${tcase}, skipped on this host)")
+		echo "== host-skipped case goes to the RDMA bed: $bin $tcase" | tee -a "$log"
+	done < <(awk '/^== host: / && $4 != "took" { bin = $3 }
+		/^\[SKIP\] / { c = $2; sub(/:$/, "", c); print bin, c }' "$log")
+fi
 if [ ${#bed_list[@]} -gt 0 ]; then
 	if scripts/soft-roce/setup.sh --env > "$log.env" 2>/dev/null; then
 		bed="soft-RoCE on this host"
@@ -265,13 +276,15 @@ awk '
 	/^\[PASS\] check / { p++; suites++ }
 	/^\[FAIL\] check / { f++; suites++ }
 	/^\[SKIP\]/ { s++ }
+	/^== host-skipped case goes to the RDMA bed: / { moved++ }
 	/^\[FAIL\] the test bed did not finish/ { f++; suites++ }
 	/^\[FAIL\] .* exited .* without a failing case/ { f++ }
 	/BOOTING A FRESH VM/ { r++ }
 	END {
 		if (suites == 0) { print "0 passed, 1 failed (no suite reported)"; exit 1 }
 		if (r) printf "note: %d test VM boot(s) failed before their suite started and were booted again: see BOOTING A FRESH VM above\n", r
-		printf "%d passed, %d failed, %d skipped\n", p, f + c, s
+		if (moved) printf "note: %d case(s) skipped on this host ran on the RDMA bed instead (counted there)\n", moved
+		printf "%d passed, %d failed, %d skipped\n", p, f + c, s - moved
 		exit (f + c > 0)
 	}' "$log" || rc=1
 exit $rc
