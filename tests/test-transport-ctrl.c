@@ -5,11 +5,15 @@
  * to another fake's receive side and check what comes out: fragmentation at
  * its boundaries, reassembly that refuses what is out of order, oversized or
  * overlapping, the queue's bound, LAYOUT, MARKER, the region map and how
- * writes are cut.  The handshake, REFUSE and ABORT are test-transport-hello.c's.
+ * writes are cut, and liveness: KEEPALIVE on quiet channels only, silence
+ * failing the connection, a busy backend not being an error — driven with a
+ * made-up clock, and once by the liveness thread itself.  The handshake,
+ * REFUSE and ABORT are test-transport-hello.c's.
  */
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tests/test-transport-fake.h"
 #include "transport/priv.h"
@@ -541,5 +545,168 @@ Test(ctrl, write_cuts_ranges_but_never_merges_them)
 	cr_assert_eq(rm_tr_write(&k->base, (const struct rm_range[]){ w[0], outside }, 2), -EINVAL);
 	cr_assert_eq(rm_tr_write(&k->base, (const struct rm_range[]){ w[0], unknown }, 2), -EINVAL);
 	cr_assert_eq(npieces, 0, "a write was queued before the check failed");
+	fake_free(k);
+}
+
+/* ---- liveness ---- */
+
+#define MS 1000000ull
+
+/* Every channel heard from and sent on at t0. */
+static void live_at(struct fake *k, uint64_t t0)
+{
+	for (unsigned i = 0; i < k->base.nchan; i++) {
+		atomic_store(&k->base.ctrl.last_tx[i], t0);
+		atomic_store(&k->base.ctrl.last_rx[i], t0);
+	}
+}
+
+/* Which channels got a KEEPALIVE since the last clear, as a bit set. */
+static unsigned keepalives(struct fake *k)
+{
+	unsigned set = 0;
+
+	for (unsigned i = 0; i < k->n; i++) {
+		cr_assert_eq(k->f[i].type, RM_WIRE_KEEPALIVE, "frame %u is %s", i,
+			     rm_wire_type_name(k->f[i].type));
+		cr_assert_eq(k->f[i].len, 0, "KEEPALIVE with a body");
+		cr_assert_eq(k->f[i].flags, 0);
+		cr_assert_eq(set & (1u << k->f[i].chan), 0, "two on channel %u", k->f[i].chan);
+		set |= 1u << k->f[i].chan;
+	}
+	fake_clear(k);
+	return set;
+}
+
+Test(ctrl, keepalive_goes_only_to_quiet_channels)
+{
+	/* timeout 1000 ms: a channel quiet for 250 ms gets one. */
+	struct fake *k = fake_new(RM_ROLE_SOURCE, 3, 100);
+	uint64_t t0 = rm_now_ns();
+
+	live_at(k, t0);
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 249 * MS), 0);
+	cr_assert_eq(keepalives(k), 0, "a keep-alive before the channel was quiet for 250 ms");
+	atomic_store(&k->base.ctrl.last_tx[1], t0 + 200 * MS);	/* channel 1 spoke later */
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 250 * MS), 0);
+	cr_assert_eq(keepalives(k), 0x5, "quiet channels 0 and 2, not the busy 1");
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 300 * MS), 0);
+	cr_assert_eq(keepalives(k), 0, "a keep-alive counts as speaking");
+	for (unsigned i = 0; i < 3; i++)
+		atomic_store(&k->base.ctrl.last_rx[i], t0 + 500 * MS);
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 500 * MS), 0);
+	cr_assert_eq(keepalives(k), 0x7, "every channel quiet again");
+	cr_assert_eq(rm_tr_check(&k->base), 0);
+	fake_free(k);
+}
+
+Test(ctrl, keepalive_interval_follows_a_short_timeout)
+{
+	struct fake *k = fake_new(RM_ROLE_DEST, 1, 100);
+	uint64_t t0 = rm_now_ns();
+
+	k->base.opts.timeout_ms = 400;	/* a quarter of it: 100 ms */
+	live_at(k, t0);
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 99 * MS), 0);
+	cr_assert_eq(keepalives(k), 0);
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 100 * MS), 0);
+	cr_assert_eq(keepalives(k), 0x1);
+	fake_free(k);
+}
+
+Test(ctrl, silence_for_the_timeout_fails_the_connection)
+{
+	struct fake *k = fake_new(RM_ROLE_DEST, 2, 100);
+	uint64_t t0 = rm_now_ns();
+
+	live_at(k, t0);
+	atomic_store(&k->base.ctrl.last_rx[0], t0 + 900 * MS);	/* channel 1 stays silent */
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 999 * MS), 0, "failed before the timeout");
+	cr_assert_eq(rm_tr_check(&k->base), 0);
+	log_start();
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 1000 * MS), -ETIMEDOUT);
+	log_stop();
+	cr_assert_eq(rm_tr_check(&k->base), -ETIMEDOUT, "silence must be the connection's error");
+	cr_assert(strstr(logbuf, "channel 1: nothing from the source for 1000 ms"), "log: %s", logbuf);
+	fake_clear(k);
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 5000 * MS), -ETIMEDOUT);
+	cr_assert_eq(k->n, 0, "keep-alives after the connection failed");
+	fake_free(k);
+}
+
+Test(ctrl, a_busy_backend_skips_a_keepalive_and_retries)
+{
+	struct fake *k = fake_new(RM_ROLE_SOURCE, 1, 100);
+	uint64_t t0 = rm_now_ns();
+
+	live_at(k, t0);
+	k->busy = 1;
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 300 * MS), 0, "-EAGAIN is no error");
+	cr_assert_eq(rm_tr_check(&k->base), 0);
+	cr_assert_eq(k->n, 0);
+	k->busy = 0;
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 350 * MS), 0);
+	cr_assert_eq(keepalives(k), 0x1, "the skipped keep-alive is sent next round");
+	fake_free(k);
+}
+
+Test(ctrl, after_the_peers_bye_nothing_is_sent_or_timed)
+{
+	struct fake *k = fake_new(RM_ROLE_SOURCE, 2, 100);
+	uint64_t t0 = rm_now_ns();
+	const char *why;
+
+	live_at(k, t0);
+	cr_assert_eq(rm_ctrl_rx(&k->base, 0, RM_WIRE_BYE, 0, NULL, 0, &why), RM_CTRL_END);
+	cr_assert_eq(rm_ctrl_live(&k->base, t0 + 5000 * MS), 0);
+	cr_assert_eq(k->n, 0);
+	cr_assert_eq(rm_tr_check(&k->base), 0);
+	fake_free(k);
+}
+
+Test(ctrl, keepalive_received_has_no_body_and_queues_nothing)
+{
+	struct fake *d = fake_new(RM_ROLE_DEST, 2, 100);
+	const char *why;
+	struct rm_msg m;
+
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_KEEPALIVE, 0, NULL, 0, &why), 0);
+	cr_assert_eq(rm_ctrl_recv(&d->base, &m, 0), 0, "a keep-alive reached the engine");
+	cr_assert_eq(rm_ctrl_rx(&d->base, 0, RM_WIRE_KEEPALIVE, 0, "12345678", 8, &why),
+		     RDMAMIG_E_PROTO, "KEEPALIVE with a body");
+	cr_assert_eq(rm_ctrl_rx(&d->base, 0, RM_WIRE_KEEPALIVE, RM_WIRE_F_FIRST, NULL, 0, &why),
+		     RDMAMIG_E_PROTO, "KEEPALIVE with flags");
+	cr_assert_eq(rm_ctrl_rx(&d->base, 2, RM_WIRE_KEEPALIVE, 0, NULL, 0, &why), RDMAMIG_E_PROTO,
+		     "KEEPALIVE on a channel that does not exist");
+	fake_free(d);
+}
+
+/* The thread: keep-alives flow on every channel without anyone calling an
+ * op, and a peer that never answers is declared dead — both waited for
+ * with a generous bound, neither timed. */
+Test(ctrl, liveness_thread_speaks_and_listens_on_its_own)
+{
+	struct fake *k = fake_new(RM_ROLE_SOURCE, 2, 100);
+	unsigned set = 0;
+	int err = 0;
+
+	k->base.opts.timeout_ms = 400;
+	log_start();
+	cr_assert_eq(rm_ctrl_live_start(&k->base), 0);
+	for (int i = 0; i < 500 && set != 0x3; i++) {
+		usleep(10000);
+		pthread_mutex_lock(&k->lock);
+		for (unsigned f = 0; f < k->n; f++)
+			if (k->f[f].type == RM_WIRE_KEEPALIVE)
+				set |= 1u << k->f[f].chan;
+		pthread_mutex_unlock(&k->lock);
+	}
+	cr_assert_eq(set, 0x3, "no keep-alive on some channel within 5 s");
+	for (int i = 0; i < 500 && !(err = rm_tr_check(&k->base)); i++)
+		usleep(10000);
+	rm_ctrl_live_stop(&k->base);
+	log_stop();
+	cr_assert_eq(err, -ETIMEDOUT, "a silent peer was not declared dead: %s", rdmamig_strerror(err));
+	cr_assert(strstr(logbuf, "nothing from the destination"), "log: %s", logbuf);
 	fake_free(k);
 }

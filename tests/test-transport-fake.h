@@ -9,6 +9,7 @@
 #define RDMAMIG_TESTS_TRANSPORT_FAKE_H
 
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,11 +26,13 @@ struct frame {
 
 struct fake {
 	struct rm_transport base;	/* first */
+	pthread_mutex_t lock;		/* the liveness thread posts too */
 	struct frame f[MAXF];
 	unsigned n;
 	struct fake *peer;	/* set: every post is also delivered there */
 	/* A man in the middle: replaces each AUTH proof before delivery. */
 	const uint8_t *forge_mac;
+	int busy;			/* post answers -EAGAIN to RM_NOW */
 };
 
 static int fake_post(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t flags,
@@ -38,7 +41,15 @@ static int fake_post(struct rm_transport *t, unsigned chan, uint16_t type, uint1
 	struct fake *k = (struct fake *)t;
 	struct frame *f;
 
-	cr_assert_lt(k->n, MAXF, "more frames than the fake holds");
+	if (deadline == RM_NOW && k->busy)
+		return -EAGAIN;
+	pthread_mutex_lock(&k->lock);
+	if (k->n == MAXF) {
+		/* Only the liveness-thread case gets here: it posts on until
+		 * stopped.  The others assert what they expect. */
+		pthread_mutex_unlock(&k->lock);
+		return -ENOBUFS;
+	}
 	f = &k->f[k->n++];
 	*f = (struct frame){ .chan = chan, .type = type, .flags = flags, .len = blen + dlen };
 	f->buf = malloc(f->len ? f->len : 1);
@@ -46,6 +57,7 @@ static int fake_post(struct rm_transport *t, unsigned chan, uint16_t type, uint1
 		memcpy(f->buf, body, blen);
 	if (dlen)
 		memcpy(f->buf + blen, data, dlen);
+	pthread_mutex_unlock(&k->lock);
 	if (k->peer) {
 		struct rm_wire_auth *a = (struct rm_wire_auth *)f->buf;
 		const char *why = NULL;
@@ -115,6 +127,7 @@ static inline struct fake *fake_new(enum rm_role role, unsigned nchan, size_t fr
 
 	cr_assert_not_null(k);
 	cr_assert_eq(rm_tr_init(&k->base, &fake_ops, &o, role, nchan, frag_max), 0);
+	pthread_mutex_init(&k->lock, NULL);
 	return k;
 }
 
@@ -129,6 +142,7 @@ static inline void fake_free(struct fake *k)
 {
 	fake_clear(k);
 	rm_tr_destroy(&k->base);
+	pthread_mutex_destroy(&k->lock);
 	free(k);
 }
 

@@ -19,6 +19,8 @@
 #include "transport/priv.h"
 
 #define SLICE_MS 100
+#define LIVE_TICK_MAX_NS 50000000ull	/* the liveness thread's round, at most */
+#define LIVE_TICK_MIN_NS 5000000ull
 
 struct rm_ctrl_msg {
 	struct rm_ctrl_msg *next;
@@ -46,6 +48,12 @@ int rm_ctrl_init(struct rm_ctrl *q, size_t frag_max)
 		pthread_mutex_destroy(&q->lock);
 		return -err;
 	}
+	err = pthread_cond_init(&q->live_cond, NULL);
+	if (err) {
+		pthread_cond_destroy(&q->cond);
+		pthread_mutex_destroy(&q->lock);
+		return -err;
+	}
 	return 0;
 }
 
@@ -68,6 +76,7 @@ void rm_ctrl_destroy(struct rm_ctrl *q)
 	msg_free(q->asm_msg);
 	q->asm_msg = NULL;
 	q->tail = NULL;
+	pthread_cond_destroy(&q->live_cond);
 	pthread_cond_destroy(&q->cond);
 	pthread_mutex_destroy(&q->lock);
 }
@@ -452,6 +461,13 @@ int rm_ctrl_rx(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t fl
 			pthread_mutex_unlock(&t->ctrl.lock);
 		}
 		return RM_CTRL_END;
+	case RM_WIRE_KEEPALIVE:
+		/* Its arrival is all it says: the backend noted it (rm_ctrl_heard). */
+		if (len) {
+			*why = "KEEPALIVE with a body";
+			return RDMAMIG_E_PROTO;
+		}
+		return 0;
 	}
 	*why = "unexpected message type";
 	return RDMAMIG_E_PROTO;
@@ -469,7 +485,7 @@ bool rm_ctrl_epoch_reached(const struct rm_transport *t, uint64_t epoch)
 
 int rm_ctrl_send(struct rm_transport *t, uint16_t type, const void *buf, size_t len)
 {
-	uint64_t deadline = rm_deadline(t->opts.timeout_ms);
+	uint64_t deadline = RM_NO_DEADLINE;	/* while the peer is alive */
 	size_t done = 0, max = t->ctrl.frag_max;
 	bool bye;
 
@@ -570,7 +586,7 @@ static bool pop_ready(struct rm_transport *t, void *arg)
 
 int rm_ctrl_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms)
 {
-	return wait_for(t, rm_deadline(timeout_ms), pop_ready, msg);
+	return wait_for(t, timeout_ms < 0 ? RM_NO_DEADLINE : rm_deadline(timeout_ms), pop_ready, msg);
 }
 
 static bool have_layout(struct rm_transport *t, void *arg)
@@ -619,7 +635,8 @@ int rm_ctrl_layout_match(struct rm_transport *t, char *why, size_t why_len)
 
 int rm_ctrl_layout(struct rm_transport *t, const struct rm_region *r, unsigned n)
 {
-	uint64_t deadline = rm_deadline(t->opts.timeout_ms);
+	/* The peer may register for a long time; it is alive meanwhile. */
+	uint64_t deadline = RM_NO_DEADLINE;
 	struct rm_ctrl_layout_msg lay = { .l = { .count = rm_wire_put32(n) } };
 	struct rm_wire_refuse_body rf;
 	char why[120];
@@ -793,6 +810,131 @@ int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
 		return RDMAMIG_E_AUTH;
 	}
 	return auth_send(t, RM_AUTH_PROOF_DST, deadline);
+}
+
+/* ---- liveness ---- */
+
+void rm_ctrl_sent(struct rm_transport *t, unsigned chan)
+{
+	atomic_store(&t->ctrl.last_tx[chan], rm_now_ns());
+}
+
+void rm_ctrl_heard(struct rm_transport *t, unsigned chan)
+{
+	atomic_store(&t->ctrl.last_rx[chan], rm_now_ns());
+}
+
+/* A quarter of our own timeout at most, so a peer with the same timeout
+ * has a 4x margin; RM_WIRE_KEEPALIVE_MS at most, so any peer timeout of
+ * 4x that holds too, whatever ours is. */
+static uint64_t keepalive_ns(const struct rm_transport *t)
+{
+	uint64_t q = (uint64_t)t->opts.timeout_ms * 1000000ull / 4;
+
+	return q < RM_WIRE_KEEPALIVE_MS * 1000000ull ? q : RM_WIRE_KEEPALIVE_MS * 1000000ull;
+}
+
+int rm_ctrl_live(struct rm_transport *t, uint64_t now)
+{
+	struct rm_ctrl *q = &t->ctrl;
+	uint64_t silent = (uint64_t)t->opts.timeout_ms * 1000000ull, quiet = keepalive_ns(t);
+	bool bye;
+	int err = rm_tr_check(t);
+
+	if (err)
+		return err;
+	pthread_mutex_lock(&q->lock);
+	bye = q->peer_bye;
+	pthread_mutex_unlock(&q->lock);
+	if (bye)
+		return 0;	/* the peer has finished: nothing more will come */
+	for (unsigned i = 0; i < t->nchan; i++) {
+		uint64_t heard = atomic_load(&q->last_rx[i]);
+
+		if (now > heard && now - heard >= silent) {
+			char what[96];
+
+			snprintf(what, sizeof(what), "channel %u: nothing from %s for %llu ms", i,
+				 peer_name(t), (unsigned long long)((now - heard) / 1000000));
+			return rm_tr_fail(t, -ETIMEDOUT, what);
+		}
+	}
+	for (unsigned i = 0; i < t->nchan; i++) {
+		uint64_t sent = atomic_load(&q->last_tx[i]);
+
+		if (now <= sent || now - sent < quiet)
+			continue;
+		err = t->ops->post(t, i, RM_WIRE_KEEPALIVE, 0, NULL, 0, NULL, 0, RM_NOW);
+		if (!err)
+			atomic_store(&q->last_tx[i], now);
+		else if (err != -EAGAIN)
+			return rm_tr_fail(t, err, "sending a keep-alive");
+	}
+	return 0;
+}
+
+static void *live_thread(void *arg)
+{
+	struct rm_transport *t = arg;
+	struct rm_ctrl *q = &t->ctrl;
+	uint64_t tick = keepalive_ns(t) / 5;
+
+	if (tick > LIVE_TICK_MAX_NS)
+		tick = LIVE_TICK_MAX_NS;
+	if (tick < LIVE_TICK_MIN_NS)
+		tick = LIVE_TICK_MIN_NS;
+	pthread_mutex_lock(&q->lock);
+	while (!q->live_stop) {
+		struct timespec ts = rm_abstime_in(tick);
+		int err;
+
+		pthread_cond_timedwait(&q->live_cond, &q->lock, &ts);
+		if (q->live_stop)
+			break;
+		pthread_mutex_unlock(&q->lock);
+		/* Take in what arrived (RDMA) while the owner may be away: the
+		 * peer's keep-alives, credits, a DISCONNECT. */
+		if (t->ops->pump)
+			t->ops->pump(t, RM_NOW);
+		err = rm_ctrl_live(t, rm_now_ns());
+		pthread_mutex_lock(&q->lock);
+		if (err)
+			break;	/* failed or cancelled: the owner sees it */
+	}
+	pthread_mutex_unlock(&q->lock);
+	return NULL;
+}
+
+int rm_ctrl_live_start(struct rm_transport *t)
+{
+	struct rm_ctrl *q = &t->ctrl;
+	uint64_t now = rm_now_ns();
+	int err;
+
+	for (unsigned i = 0; i < t->nchan; i++) {
+		atomic_store(&q->last_tx[i], now);
+		atomic_store(&q->last_rx[i], now);
+	}
+	q->live_stop = false;
+	err = pthread_create(&q->live, NULL, live_thread, t);
+	if (err)
+		return -err;
+	q->live_started = true;
+	return 0;
+}
+
+void rm_ctrl_live_stop(struct rm_transport *t)
+{
+	struct rm_ctrl *q = &t->ctrl;
+
+	if (!q->live_started)
+		return;
+	pthread_mutex_lock(&q->lock);
+	q->live_stop = true;
+	pthread_cond_broadcast(&q->live_cond);
+	pthread_mutex_unlock(&q->lock);
+	pthread_join(q->live, NULL);
+	q->live_started = false;
 }
 
 /* ---- handshake ---- */

@@ -3,7 +3,8 @@
  * backend: the queue of received control messages and its bound, fragmenting
  * send and reassembly, the fence epochs that hold a CTRL back, HELLO and
  * HELLO_ACK bodies and their checks, peer authentication (AUTH), the LAYOUT
- * exchange, and REFUSE, ABORT and BYE.
+ * exchange, REFUSE, ABORT and BYE, and liveness: KEEPALIVE on quiet channels
+ * and the silence bound.
  *
  * A backend only moves bytes: it frames one message onto a channel (the
  * `post` op: a TCP write, an RDMA SEND) and hands each message it receives to
@@ -80,6 +81,16 @@ struct rm_ctrl {
 	unsigned peer_nregions;
 	struct rm_wire_region peer_regions[RM_WIRE_MAX_REGIONS];
 	struct rm_ctrl_peer_region peer[RM_WIRE_MAX_REGIONS];
+
+	/* Liveness: when this side last put bytes on each channel, and when it
+	 * last heard from the peer on each (rm_now_ns()). */
+	_Atomic uint64_t last_tx[RM_WIRE_MAX_CHANNELS];
+	_Atomic uint64_t last_rx[RM_WIRE_MAX_CHANNELS];
+	uint64_t keepalive_ns;		/* quiet spell after which we send one */
+	pthread_cond_t live_cond;	/* wakes the liveness thread to stop */
+	pthread_t live;
+	bool live_started;
+	bool live_stop;			/* under lock: the thread ends */
 };
 
 /* A LAYOUT body as sent. */
@@ -160,6 +171,37 @@ int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline);
 /* HMAC-SHA256 proof of role ('S' or 'D') over t's session, nchan and both
  * nonces; exposed for tests/test-transport-ctrl.c. */
 int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIRE_MAC]);
+
+/* ---- liveness ----
+ *
+ * Silence, not length, ends a connection.  Backends note every channel they
+ * put bytes on (rm_ctrl_sent) and every channel they hear from
+ * (rm_ctrl_heard: any bytes on TCP, any received message on RDMA — WRITEs
+ * land unseen).  rm_ctrl_live() does one round of the rest, and the liveness
+ * thread runs it every few tens of milliseconds from the connection's start
+ * to its close, whatever the owner is doing:
+ *   - a channel quiet for keepalive_ns (RM_WIRE_KEEPALIVE_MS, or a quarter
+ *     of opts.timeout_ms if less) gets a KEEPALIVE, posted with RM_NOW: a
+ *     backend that cannot send one at once (a frame half sent, no credit, a
+ *     full socket) says -EAGAIN and the next round tries again;
+ *   - a channel the peer has been silent on for opts.timeout_ms fails the
+ *     connection with -ETIMEDOUT, which ends every wait of the owner.
+ * After the peer's BYE neither happens.
+ */
+
+/* Note bytes sent on / heard from channel chan now.  Any thread. */
+void rm_ctrl_sent(struct rm_transport *t, unsigned chan);
+void rm_ctrl_heard(struct rm_transport *t, unsigned chan);
+
+/* One round at time now (rm_now_ns() clock): 0, or the connection's error
+ * (the silence is recorded with rm_tr_fail). */
+int rm_ctrl_live(struct rm_transport *t, uint64_t now);
+
+/* Start the liveness thread (every channel counts as just heard from and
+ * sent on), and stop it: before the backend tears down.  Stop is safe when
+ * never started.  0 or -errno. */
+int rm_ctrl_live_start(struct rm_transport *t);
+void rm_ctrl_live_stop(struct rm_transport *t);
 
 /* ---- handshake bodies ---- */
 

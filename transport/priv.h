@@ -95,8 +95,15 @@ int rm_tr_opts_fill(struct rm_transport_opts *o, const struct rm_transport_opts 
  * Never with ctrl.lock held. */
 int rm_tr_fail(struct rm_transport *t, int err, const char *what);
 
-/* The sticky error, or -ECANCELED if cancelled, or 0. */
+/* The sticky error, or -ECANCELED if cancelled (rm_tr_cancel or
+ * opts.cancel), or 0. */
 int rm_tr_check(struct rm_transport *t);
+
+/* Has a caller's opts.cancel fired?  NULL never does. */
+static inline bool rm_cancelled(const atomic_int *cancel)
+{
+	return cancel && atomic_load(cancel);
+}
 
 /* Local region index for an id, or -1: O(1), valid after rm_tr_layout(). */
 int rm_tr_region_index(const struct rm_transport *t, uint32_t id);
@@ -114,7 +121,7 @@ static inline bool rm_range_ok(uint64_t off, uint64_t len, uint64_t size)
  * build t's region map from it. */
 int rm_tr_set_regions(struct rm_transport *t, const struct rm_region *r, unsigned n);
 
-/* Milliseconds left until deadline_ns (>= 0). */
+/* Milliseconds left until deadline_ns (>= 0; INT_MAX for RM_NO_DEADLINE). */
 int rm_ms_left(uint64_t deadline_ns);
 
 static inline uint64_t rm_deadline(int timeout_ms)

@@ -36,8 +36,10 @@ static struct rd_conn *conn_new(const struct rm_transport_opts *o, enum rm_role 
 {
 	struct rd_conn *c = rm_tr_new(sizeof(*c), &rm_transport_rdma_ops, o, role, nchan, FRAG_MAX);
 
-	if (c)
+	if (c) {
 		c->tx_free = TX_N == 64 ? ~0ull : (1ull << TX_N) - 1;
+		pthread_mutex_init(&c->lock, NULL);
+	}
 	return c;
 }
 
@@ -161,14 +163,17 @@ int rd_teardown(struct rd_conn *c)
 	if (c->ec)
 		rdma_destroy_event_channel(c->ec);
 	rm_tr_destroy(&c->base);
+	pthread_mutex_destroy(&c->lock);
 	free(c);
 	return first;
 }
 
 /* ---- rdma_cm helpers ---- */
 
-static int cm_next(struct rdma_event_channel *ec, struct rm_transport *t, uint64_t deadline,
-		   struct rdma_cm_event **ev)
+/* The next event on ec, waiting until deadline; t's error or cancel, or
+ * *cancel (before there is a t), end the wait. */
+static int cm_next(struct rdma_event_channel *ec, struct rm_transport *t, const atomic_int *cancel,
+		   uint64_t deadline, struct rdma_cm_event **ev)
 {
 	for (;;) {
 		struct pollfd p = { .fd = ec->fd, .events = POLLIN };
@@ -180,6 +185,8 @@ static int cm_next(struct rdma_event_channel *ec, struct rm_transport *t, uint64
 			return -errno;
 		if (t && (err = rm_tr_check(t)))
 			return err;
+		if (rm_cancelled(cancel))
+			return -ECANCELED;
 		left = rm_ms_left(deadline);
 		if (!left)
 			return -ETIMEDOUT;
@@ -194,7 +201,7 @@ static int cm_expect(struct rd_conn *c, struct rdma_cm_id *id, enum rdma_cm_even
 	struct rdma_cm_event *ev;
 	enum rdma_cm_event_type got;
 	struct rdma_cm_id *evid;
-	int status, err = cm_next(c->ec, &c->base, deadline, &ev);
+	int status, err = cm_next(c->ec, &c->base, NULL, deadline, &ev);
 
 	if (err)
 		return err;
@@ -524,7 +531,7 @@ int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **o
 		}
 		if (l->c && l->c_deadline < until)
 			until = l->c_deadline;
-		err = cm_next(l->ec, NULL, until, &ev);
+		err = cm_next(l->ec, NULL, l->base.opts.cancel, until, &ev);
 		if (err == -ETIMEDOUT && rm_now_ns() < deadline)
 			continue;	/* the source's own deadline: checked above */
 		if (err)

@@ -39,8 +39,16 @@
  * a QP's WRITEs before its later SEND, and the destination releases a CTRL
  * of epoch e only after MARKER e arrived on every QP.
  *
- * Data QPs other than 0 only carry MARKERs: they have RX_DATA small receive
- * buffers and no credits (RNR retry covers a destination that lags).
+ * Data QPs other than 0 only carry MARKERs and KEEPALIVEs: they have RX_DATA
+ * small receive buffers and no credits (RNR retry covers a destination that
+ * lags).
+ *
+ * Liveness (ctrl.c): a received message on a QP is hearing from the peer; a
+ * SEND is speaking (WRITEs land unseen by the peer's CPU, so a QP carrying
+ * only WRITEs gets KEEPALIVEs too).  The liveness thread polls the CQs and
+ * the cm events through the pump op when the owner is not in an op, under
+ * c->lock, so a peer's DISCONNECT, a failed completion or silence end the
+ * connection while the owner naps or runs VMM code.
  */
 #include <poll.h>
 #include <stdio.h>
@@ -148,6 +156,7 @@ static int post_msg(struct rd_conn *c, unsigned chan, uint16_t type, uint16_t fl
 	q->posted++;
 	q->unsig = 0;
 	c->base.st.wrs_posted++;
+	rm_ctrl_sent(&c->base, chan);
 	if (chan == 0 && !raw) {
 		c->credits -= need ? 1 : 0;
 		c->grant = 0;
@@ -157,16 +166,15 @@ static int post_msg(struct rd_conn *c, unsigned chan, uint16_t type, uint16_t fl
 	return 0;
 }
 
-/* The post op: one message, making progress until it fits or the deadline passes. */
-static int rd_post(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t flags,
-		   const void *body, size_t blen, const void *data, size_t dlen, uint64_t deadline)
+/* One message, making progress until it fits or the deadline passes; with
+ * c->lock held.  RM_NOW: at once or -EAGAIN. */
+static int post_wait(struct rd_conn *c, unsigned chan, uint16_t type, uint16_t flags,
+		     const void *body, size_t blen, const void *data, size_t dlen, uint64_t deadline)
 {
-	struct rd_conn *c = (struct rd_conn *)t;
-
 	for (;;) {
 		int err = post_msg(c, chan, type, flags, body, blen, data, dlen, NULL);
 
-		if (err != -EAGAIN)
+		if (err != -EAGAIN || deadline == RM_NOW)
 			return err;
 		err = rd_progress(c, deadline);
 		if (err)
@@ -178,6 +186,19 @@ static int rd_post(struct rm_transport *t, unsigned chan, uint16_t type, uint16_
 			return -ETIMEDOUT;
 		}
 	}
+}
+
+/* The post op. */
+static int rd_post(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t flags,
+		   const void *body, size_t blen, const void *data, size_t dlen, uint64_t deadline)
+{
+	struct rd_conn *c = (struct rd_conn *)t;
+	int err;
+
+	pthread_mutex_lock(&c->lock);
+	err = post_wait(c, chan, type, flags, body, blen, data, dlen, deadline);
+	pthread_mutex_unlock(&c->lock);
+	return err;
 }
 
 /* Post an ABORT without waiting: the receive path cannot wait. */
@@ -253,6 +274,8 @@ static int handle_wc(struct rd_conn *c, const struct ibv_wc *wc)
 	if (chan >= c->base.nchan)
 		return rd_fail(c, -EIO, "completion for an unknown channel");
 	q = &c->q[chan];
+	if (kind == WR_RECV)
+		rm_ctrl_heard(&c->base, chan);
 	if (wc->status != IBV_WC_SUCCESS) {
 		char what[160];
 
@@ -362,9 +385,16 @@ int rd_progress(struct rd_conn *c, uint64_t deadline)
 		n = poll_all(c);
 	}
 	if (n == 0 && (left = rm_ms_left(deadline)) > 0) {
+		int ready;
+
 		p[0] = (struct pollfd){ .fd = c->comp->fd, .events = POLLIN };
 		p[1] = (struct pollfd){ .fd = c->ec->fd, .events = POLLIN };
-		if (poll(p, 2, left < RD_SLICE_MS ? left : RD_SLICE_MS) > 0 && (p[0].revents & POLLIN)) {
+		/* The liveness thread may poll the CQs meanwhile; in_progress
+		 * keeps it out of this function until we are back. */
+		pthread_mutex_unlock(&c->lock);
+		ready = poll(p, 2, left < RD_SLICE_MS ? left : RD_SLICE_MS);
+		pthread_mutex_lock(&c->lock);
+		if (ready > 0 && (p[0].revents & POLLIN)) {
 			struct ibv_cq *cq;
 			void *ctx;
 
@@ -390,7 +420,13 @@ int rd_progress(struct rd_conn *c, uint64_t deadline)
 
 static int rd_pump(struct rm_transport *t, uint64_t deadline)
 {
-	return rd_progress((struct rd_conn *)t, deadline);
+	struct rd_conn *c = (struct rd_conn *)t;
+	int err;
+
+	pthread_mutex_lock(&c->lock);
+	err = rd_progress(c, deadline);
+	pthread_mutex_unlock(&c->lock);
+	return err;
 }
 
 /* ---- layout ---- */
@@ -497,13 +533,16 @@ static int rd_write(struct rm_transport *t, unsigned idx, uint64_t off, uint64_t
 	int err;
 
 	*took = 0;
+	pthread_mutex_lock(&c->lock);
 	err = rm_reg_keys(c->reg, idx, off, len, &lkey, &rkey, &avail);
-	if (err)
-		return err;
-	/* A lazy chunk may end inside: write up to it, still a power of two. */
-	*took = rm_pow2_floor(avail);
-	return add_write(c, c->next_chan++ % t->nchan, (char *)t->regions[idx].addr + off, lkey,
-			 peer->addr + off, peer->rkey, (uint32_t)*took, deadline);
+	if (!err) {
+		/* A lazy chunk may end inside: write up to it, still a power of two. */
+		*took = rm_pow2_floor(avail);
+		err = add_write(c, c->next_chan++ % t->nchan, (char *)t->regions[idx].addr + off,
+				lkey, peer->addr + off, peer->rkey, (uint32_t)*took, deadline);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return err;
 }
 
 static int rd_flush(struct rm_transport *t, uint64_t deadline)
@@ -511,6 +550,7 @@ static int rd_flush(struct rm_transport *t, uint64_t deadline)
 	struct rd_conn *c = (struct rd_conn *)t;
 	int err = 0;
 
+	pthread_mutex_lock(&c->lock);
 	for (unsigned i = 0; i < t->nchan; i++) {
 		int e = flush_chain(c, i);
 
@@ -518,13 +558,19 @@ static int rd_flush(struct rm_transport *t, uint64_t deadline)
 			err = e;
 	}
 	/* Reap what completed so far without waiting. */
-	return err ? err : rd_progress(c, 0);
+	if (!err)
+		err = rd_progress(c, 0);
+	pthread_mutex_unlock(&c->lock);
+	return err;
 }
 
-static int rd_fence(struct rm_transport *t)
+/* With c->lock held.  The completions may take long on a slow link: the
+ * wait lasts while the peer is alive (QP errors, DISCONNECT and silence
+ * end it). */
+static int fence_locked(struct rd_conn *c)
 {
-	struct rd_conn *c = (struct rd_conn *)t;
-	uint64_t deadline = rm_deadline(t->opts.timeout_ms);
+	struct rm_transport *t = &c->base;
+	uint64_t deadline = RM_NO_DEADLINE;
 	int err;
 
 	for (unsigned i = 0; i < t->nchan; i++) {
@@ -533,7 +579,7 @@ static int rd_fence(struct rm_transport *t)
 
 		err = flush_chain(c, i);
 		if (!err)
-			err = rd_post(t, i, RM_WIRE_MARKER, 0, &m, sizeof(m), NULL, 0, deadline);
+			err = post_wait(c, i, RM_WIRE_MARKER, 0, &m, sizeof(m), NULL, 0, deadline);
 		if (err)
 			return err;
 	}
@@ -547,11 +593,18 @@ static int rd_fence(struct rm_transport *t)
 		err = rd_progress(c, deadline);
 		if (err)
 			return err;
-		if (!rm_ms_left(deadline)) {
-			rm_err("transport rdma: fence not complete within %d ms", t->opts.timeout_ms);
-			return -ETIMEDOUT;
-		}
 	}
+}
+
+static int rd_fence(struct rm_transport *t)
+{
+	struct rd_conn *c = (struct rd_conn *)t;
+	int err;
+
+	pthread_mutex_lock(&c->lock);
+	err = fence_locked(c);
+	pthread_mutex_unlock(&c->lock);
+	return err;
 }
 
 /* ---- the rest of the table ---- */
@@ -569,12 +622,15 @@ static void drain_last_send(struct rd_conn *c, uint64_t deadline)
 static int rd_abort(struct rm_transport *t, int reason, const char *text)
 {
 	struct rd_conn *c = (struct rd_conn *)t;
-	uint64_t posted = c->q[0].posted;
+	uint64_t posted;
 
+	pthread_mutex_lock(&c->lock);
+	posted = c->q[0].posted;
 	send_abort_now(c, reason, text);
 	/* Give the ABORT a moment to leave before the caller tears down. */
 	if (c->q[0].posted != posted)
 		drain_last_send(c, rm_deadline(1000));
+	pthread_mutex_unlock(&c->lock);
 	return 0;
 }
 
@@ -584,12 +640,15 @@ static int rd_close(struct rm_transport *t)
 
 	if (!c)
 		return 0;
-	if (!atomic_load(&c->base.error) && !atomic_load(&c->base.cancel) && c->q[0].established) {
+	rm_ctrl_live_stop(t);
+	if (!rm_tr_check(t) && c->q[0].established) {
 		uint64_t deadline = rm_deadline(1000);
 
 		/* BYE first, so the peer tells an orderly close from a crash. */
-		if (rd_post(t, 0, RM_WIRE_BYE, 0, NULL, 0, NULL, 0, deadline) == 0)
+		pthread_mutex_lock(&c->lock);
+		if (post_wait(c, 0, RM_WIRE_BYE, 0, NULL, 0, NULL, 0, deadline) == 0)
 			drain_last_send(c, deadline);
+		pthread_mutex_unlock(&c->lock);
 	}
 	return rd_teardown(c);
 }
@@ -603,18 +662,23 @@ static int rd_raw_send(struct rm_transport *t, unsigned chan, const void *msg, s
 {
 	struct rd_conn *c = (struct rd_conn *)t;
 	uint64_t deadline = rm_deadline(t->opts.timeout_ms);
+	int err;
 
+	pthread_mutex_lock(&c->lock);
 	for (;;) {
-		int err = post_msg(c, chan, 0, 0, NULL, len, NULL, 0, msg);
-
+		err = post_msg(c, chan, 0, 0, NULL, len, NULL, 0, msg);
 		if (err != -EAGAIN)
-			return err;
+			break;
 		err = rd_progress(c, deadline);
 		if (err)
-			return err;
-		if (!rm_ms_left(deadline))
-			return -ETIMEDOUT;
+			break;
+		if (!rm_ms_left(deadline)) {
+			err = -ETIMEDOUT;
+			break;
+		}
 	}
+	pthread_mutex_unlock(&c->lock);
+	return err;
 }
 
 int rm_rdma_raw_write(struct rm_transport *t, unsigned idx, uint64_t offset, uint32_t len)
@@ -630,10 +694,12 @@ int rm_rdma_raw_write(struct rm_transport *t, unsigned idx, uint64_t offset, uin
 	if (err || avail < len)
 		return err ? err : -EINVAL;
 	/* Deliberately unchecked against the peer's region: tests only. */
+	pthread_mutex_lock(&c->lock);
 	err = add_write(c, 0, t->regions[idx].addr, lkey, t->ctrl.peer[idx].addr + offset,
 			t->ctrl.peer[idx].rkey, len, deadline);
 	if (!err)
-		err = rd_fence(t);
+		err = fence_locked(c);
+	pthread_mutex_unlock(&c->lock);
 	return err;
 }
 

@@ -53,6 +53,11 @@ struct rd_qp {
 
 struct rd_conn {
 	struct rm_transport base;	/* first */
+	/* Everything below that the data path touches — QPs, CQs, tx slots,
+	 * credits — is under lock: the owner holds it inside every op, except
+	 * while it sleeps in poll(), and the liveness thread takes it to poll
+	 * the CQs and post a KEEPALIVE while the owner is away. */
+	pthread_mutex_t lock;
 	struct rdma_event_channel *ec;
 	struct ibv_context *verbs;
 	struct ibv_pd *pd;
@@ -82,7 +87,8 @@ int rd_teardown(struct rd_conn *c);
 
 /* rdma.c */
 int rd_post_recv(struct rd_conn *c, unsigned i, unsigned slot);
-/* Handle completions and cm events, waiting at most a slice: 0 or error. */
+/* Handle completions and cm events, waiting at most a slice: 0 or error.
+ * With c->lock held; it is dropped while poll() sleeps. */
 int rd_progress(struct rd_conn *c, uint64_t deadline);
 
 #endif

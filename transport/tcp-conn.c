@@ -40,26 +40,28 @@ struct tcp_listener {
 	struct tcp_source src[TCP_SOURCES];
 };
 
-static void tune_socket(int fd, int timeout_ms)
+/*
+ * No SO_KEEPALIVE and no TCP_USER_TIMEOUT: liveness is the protocol's own
+ * (KEEPALIVE messages, ctrl.c).  The kernel's would judge by other clocks —
+ * keepalive counts from the last data *received*, so a channel that only
+ * sends died after timeout_ms; a user timeout fails a receiver's closed
+ * window, which a slow but live peer may hold open longer.
+ */
+static void tune_socket(int fd)
 {
-	int one = 1, idle = timeout_ms / 2000 + 1, cnt = 3;
-	unsigned utmo = (unsigned)timeout_ms;
+	int one = 1;
 	int buf = 4 << 20;
 
-	/* Best effort: the defaults still work, only slower or less bounded. */
+	/* Best effort: the defaults still work, only slower. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));
-	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
-	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &utmo, sizeof(utmo));
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
 }
 
 /* ---- handshake frames on a bare socket (no connection object yet) ---- */
 
-static int send_bare(int fd, uint16_t type, const void *body, size_t blen, uint64_t deadline)
+static int send_bare(const atomic_int *cancel, int fd, uint16_t type, const void *body, size_t blen,
+		     uint64_t deadline)
 {
 	struct rm_wire_hdr h;
 	struct iovec iov[2] = {
@@ -68,23 +70,24 @@ static int send_bare(int fd, uint16_t type, const void *body, size_t blen, uint6
 	};
 
 	rm_wire_hdr_init(&h, type, 0, blen, 0);
-	return tcp_send_iov(NULL, fd, iov, 2, deadline);
+	return tcp_send_iov(NULL, cancel, fd, iov, 2, deadline);
 }
 
-static void send_refuse(int fd, uint32_t reason, const char *why)
+static void send_refuse(const atomic_int *cancel, int fd, uint32_t reason, const char *why)
 {
 	struct rm_wire_refuse_body r;
 
 	rm_warn("transport tcp: refusing a peer: %s: %s", rm_wire_refuse_name(reason), why);
 	rm_ctrl_refuse_body(&r, reason, why);
-	send_bare(fd, RM_WIRE_REFUSE, &r, sizeof(r), rm_deadline(1000));
+	send_bare(cancel, fd, RM_WIRE_REFUSE, &r, sizeof(r), rm_deadline(1000));
 }
 
 /* Receive one handshake frame of at most cap body bytes. */
-static int recv_bare(int fd, uint16_t *type, void *body, size_t cap, size_t *blen, int timeout_ms)
+static int recv_bare(const atomic_int *cancel, int fd, uint16_t *type, void *body, size_t cap,
+		     size_t *blen, int timeout_ms)
 {
 	struct rm_wire_hdr h;
-	int err = tcp_recv_all(NULL, fd, &h, sizeof(h), timeout_ms, false);
+	int err = tcp_recv_all(NULL, cancel, fd, -1, &h, sizeof(h), timeout_ms, false);
 	size_t len;
 
 	if (err)
@@ -97,7 +100,7 @@ static int recv_bare(int fd, uint16_t *type, void *body, size_t cap, size_t *ble
 		return RDMAMIG_E_PROTO;
 	}
 	*blen = len;
-	return tcp_recv_all(NULL, fd, body, len, timeout_ms, false);
+	return tcp_recv_all(NULL, cancel, fd, -1, body, len, timeout_ms, false);
 }
 
 /* ---- the connection object ---- */
@@ -121,6 +124,7 @@ int tcp_close(struct rm_transport *t)
 
 	if (!c)
 		return 0;
+	rm_ctrl_live_stop(t);
 	if (!atomic_load(&c->base.error)) {
 		for (unsigned i = 0; i < c->base.nchan; i++)
 			if (c->ch[i].fd >= 0)
@@ -266,7 +270,7 @@ static struct tcp_source *take_hello(struct tcp_listener *l, unsigned i, int *er
 	if (reason) {
 		if (reason == RM_REFUSE_AUTH)
 			atomic_fetch_add(&l->base.refused_auth, 1);
-		send_refuse(fd, reason, why);
+		send_refuse(l->base.opts.cancel, fd, reason, why);
 		close(fd);
 		return NULL;
 	}
@@ -283,7 +287,7 @@ static struct tcp_source *take_hello(struct tcp_listener *l, unsigned i, int *er
 		s->deadline = rm_deadline(l->base.opts.timeout_ms);
 	}
 	rm_ctrl_hello_ack(&ack, &h, 0, 0, auth);
-	if (send_bare(fd, RM_WIRE_HELLO_ACK, &ack, sizeof(ack), rm_deadline(1000))) {
+	if (send_bare(l->base.opts.cancel, fd, RM_WIRE_HELLO_ACK, &ack, sizeof(ack), rm_deadline(1000))) {
 		close(fd);
 		return NULL;
 	}
@@ -374,6 +378,8 @@ int tcp_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **
 
 		if (now >= deadline)
 			return -ETIMEDOUT;
+		if (rm_cancelled(l->base.opts.cancel))
+			return -ECANCELED;
 		p[0] = (struct pollfd){ .fd = l->npending < TCP_PENDING ? l->fd : -1, .events = POLLIN };
 		for (unsigned i = 0; i < l->npending; i++)
 			p[1 + i] = (struct pollfd){ .fd = l->pending[i].fd, .events = POLLIN };
@@ -410,7 +416,7 @@ int tcp_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **
 
 			if (fd < 0)
 				break;
-			tune_socket(fd, l->base.opts.timeout_ms);
+			tune_socket(fd);
 			l->pending[l->npending++] = (struct tcp_pending){
 				.fd = fd, .deadline = rm_deadline(l->base.opts.timeout_ms),
 			};
@@ -441,7 +447,7 @@ static int connect_one(const struct rm_transport_opts *o, uint64_t deadline, int
 		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
 			break;
 		if (errno == EINPROGRESS) {
-			err = tcp_wait_fd(NULL, fd, POLLOUT, deadline);
+			err = tcp_wait_fd(NULL, o->cancel, fd, POLLOUT, deadline);
 			if (!err && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && !soerr)
 				break;
 			if (!err)
@@ -455,7 +461,7 @@ static int connect_one(const struct rm_transport_opts *o, uint64_t deadline, int
 	freeaddrinfo(res);
 	if (fd < 0)
 		return err;
-	tune_socket(fd, o->timeout_ms);
+	tune_socket(fd);
 	*out = fd;
 	return 0;
 }
@@ -486,9 +492,9 @@ int tcp_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t de
 			       o->port, rdmamig_strerror(err));
 			goto fail;
 		}
-		err = send_bare(c->ch[i].fd, RM_WIRE_HELLO, &h, sizeof(h), deadline);
+		err = send_bare(o->cancel, c->ch[i].fd, RM_WIRE_HELLO, &h, sizeof(h), deadline);
 		if (!err)
-			err = recv_bare(c->ch[i].fd, &type, &u, sizeof(u), &blen,
+			err = recv_bare(o->cancel, c->ch[i].fd, &type, &u, sizeof(u), &blen,
 					rm_ms_left(deadline) ?: 1);
 		if (err) {
 			rm_err("transport tcp: handshake on channel %u: %s", i, rdmamig_strerror(err));

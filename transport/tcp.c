@@ -13,9 +13,13 @@
  * holds a CTRL of epoch e until every channel has shown MARKER e.
  *
  * All sockets are non-blocking; every wait is a poll() in slices of at most
- * 100 ms that also checks cancel and the sticky error, under a deadline.
- * Mid-frame stalls longer than timeout_ms fail the connection; idle
- * connections are watched by TCP keepalive and TCP_USER_TIMEOUT.
+ * 100 ms that also checks cancel and the sticky error.  Liveness is ctrl.c's:
+ * every byte read counts as heard from the peer, every byte written as sent,
+ * and its thread puts a KEEPALIVE between frames on a quiet channel.  So a
+ * wait for the peer (a full socket, the other channels' MARKERs) lasts while
+ * the peer is alive, and a peer silent for timeout_ms fails the connection
+ * even between frames.  A stall inside a frame longer than timeout_ms fails
+ * it too.
  */
 #include <limits.h>
 #include <poll.h>
@@ -33,12 +37,15 @@
  * (handshake).  0 when ready, -ETIMEDOUT, -ECANCELED, the sticky error, or
  * -ECONNRESET on POLLERR/POLLHUP without data.
  */
-int tcp_wait_fd(struct tcp_conn *c, int fd, short events, uint64_t deadline)
+int tcp_wait_fd(struct tcp_conn *c, const atomic_int *cancel, int fd, short events,
+		uint64_t deadline)
 {
 	for (;;) {
 		struct pollfd p = { .fd = fd, .events = events };
 		int left = rm_ms_left(deadline), n, err;
 
+		if (rm_cancelled(cancel))
+			return -ECANCELED;
 		if (c) {
 			err = rm_tr_check(&c->base);
 			if (err)
@@ -75,7 +82,8 @@ static int iov_advance(struct iovec *iov, int cnt, size_t n)
 }
 
 /* Write a whole iovec array (modified in place) before the deadline. */
-int tcp_send_iov(struct tcp_conn *c, int fd, struct iovec *iov, int cnt, uint64_t deadline)
+int tcp_send_iov(struct tcp_conn *c, const atomic_int *cancel, int fd, struct iovec *iov, int cnt,
+		 uint64_t deadline)
 {
 	while (cnt > 0) {
 		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)(cnt > IOV_MAX ? IOV_MAX : cnt) };
@@ -87,7 +95,7 @@ int tcp_send_iov(struct tcp_conn *c, int fd, struct iovec *iov, int cnt, uint64_
 				continue;
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return errno == EPIPE ? -ECONNRESET : -errno;
-			err = tcp_wait_fd(c, fd, POLLOUT, deadline);
+			err = tcp_wait_fd(c, cancel, fd, POLLOUT, deadline);
 			if (err)
 				return err;
 			continue;
@@ -104,7 +112,8 @@ int tcp_send_iov(struct tcp_conn *c, int fd, struct iovec *iov, int cnt, uint64_
  * deadline (a frame boundary: the peer may legitimately be quiet); once a
  * frame has started, a stall beyond timeout_ms fails.
  */
-int tcp_recv_all(struct tcp_conn *c, int fd, void *buf, size_t len, int timeout_ms, bool idle_ok)
+int tcp_recv_all(struct tcp_conn *c, const atomic_int *cancel, int fd, int chan, void *buf,
+		 size_t len, int timeout_ms, bool idle_ok)
 {
 	uint64_t deadline = rm_deadline(timeout_ms);
 	size_t got = 0;
@@ -116,6 +125,8 @@ int tcp_recv_all(struct tcp_conn *c, int fd, void *buf, size_t len, int timeout_
 		if (n > 0) {
 			got += (size_t)n;
 			deadline = rm_deadline(timeout_ms);
+			if (c && chan >= 0)
+				rm_ctrl_heard(&c->base, (unsigned)chan);
 			continue;
 		}
 		if (n == 0)
@@ -124,9 +135,10 @@ int tcp_recv_all(struct tcp_conn *c, int fd, void *buf, size_t len, int timeout_
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return -errno;
+		/* Between frames the liveness thread watches for silence. */
 		if (idle_ok && got == 0)
-			deadline = rm_deadline(timeout_ms);
-		err = tcp_wait_fd(c, fd, POLLIN, deadline);
+			deadline = RM_NO_DEADLINE;
+		err = tcp_wait_fd(c, cancel, fd, POLLIN, deadline);
 		if (err)
 			return err;
 	}
@@ -148,9 +160,26 @@ static int tcp_post(struct rm_transport *t, unsigned chan, uint16_t type, uint16
 	int err;
 
 	rm_wire_hdr_init(&h, type, flags, blen + dlen, 0);
-	pthread_mutex_lock(&ch->tx_lock);
-	err = tcp_send_iov(c, ch->fd, iov, dlen ? 3 : 2, deadline);
+	if (deadline == RM_NOW) {
+		/* Only between frames, and only into room the socket has now. */
+		struct pollfd p = { .fd = ch->fd, .events = POLLOUT };
+
+		if (pthread_mutex_trylock(&ch->tx_lock))
+			return -EAGAIN;
+		if (atomic_load(&ch->tx_busy) || poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT)) {
+			pthread_mutex_unlock(&ch->tx_lock);
+			return -EAGAIN;
+		}
+		/* POLLOUT means far more room than a small frame needs; a short
+		 * write all the same is finished, bounded like a frame. */
+		deadline = rm_deadline(t->opts.timeout_ms);
+	} else {
+		pthread_mutex_lock(&ch->tx_lock);
+	}
+	err = tcp_send_iov(c, NULL, ch->fd, iov, dlen ? 3 : 2, deadline);
 	pthread_mutex_unlock(&ch->tx_lock);
+	if (!err)
+		rm_ctrl_sent(t, chan);
 	return err;
 }
 
@@ -190,7 +219,8 @@ static int rx_write(struct tcp_conn *c, unsigned chan, uint16_t flags, size_t le
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "WRITE before the layout or to a source");
 	if (len < sizeof(w) || flags)
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "short WRITE frame or flags set");
-	err = tcp_recv_all(c, c->ch[chan].fd, &w, sizeof(w), c->base.opts.timeout_ms, false);
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, &w, sizeof(w), c->base.opts.timeout_ms,
+			   false);
 	if (err)
 		return rx_fail(c, chan, err, "reading WRITE");
 	id = rm_wire_get32(w.region);
@@ -203,8 +233,8 @@ static int rx_write(struct tcp_conn *c, unsigned chan, uint16_t flags, size_t le
 			 id, (unsigned long long)off, (unsigned long long)length);
 		return rx_error(c, chan, RDMAMIG_E_PROTO, why);
 	}
-	err = tcp_recv_all(c, c->ch[chan].fd, (char *)c->base.regions[idx].addr + off, length,
-			   c->base.opts.timeout_ms, false);
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, (char *)c->base.regions[idx].addr + off,
+			   length, c->base.opts.timeout_ms, false);
 	if (err)
 		return rx_fail(c, chan, err, "reading WRITE payload");
 	atomic_fetch_add(&c->rx_bytes, length);
@@ -222,13 +252,15 @@ static int rx_ctrl(struct tcp_conn *c, unsigned chan, uint16_t flags, size_t len
 
 	if (len < sizeof(b))
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "CTRL shorter than its body");
-	err = tcp_recv_all(c, c->ch[chan].fd, &b, sizeof(b), c->base.opts.timeout_ms, false);
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, &b, sizeof(b), c->base.opts.timeout_ms,
+			   false);
 	if (err)
 		return rx_fail(c, chan, err, "reading CTRL");
 	err = rm_ctrl_rx_begin(&c->base, chan, flags, &b, len, &dst, &why);
 	if (err)
 		return rx_error(c, chan, err, why);
-	err = tcp_recv_all(c, c->ch[chan].fd, dst, len - sizeof(b), c->base.opts.timeout_ms, false);
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, dst, len - sizeof(b),
+			   c->base.opts.timeout_ms, false);
 	if (err)
 		return rx_fail(c, chan, err, "reading CTRL payload");
 	err = rm_ctrl_rx_end(&c->base, &why);
@@ -239,14 +271,15 @@ static int rx_ctrl(struct tcp_conn *c, unsigned chan, uint16_t flags, size_t len
  * A fence orders writes, not only control: a page written before MARKER e on
  * channel i and again after it on channel j must land in that order.  So this
  * channel reads nothing after its MARKER until every channel has reached it.
- * The source sent all MARKERs before any later write, so the wait ends; it is
- * still bounded by errors, cancel and the timeout.
+ * The source sent all MARKERs before any later write, so the wait ends: on a
+ * slow link only after the other channels' backlog, so it lasts while the
+ * peer is alive (the liveness thread ends it on silence), or until an error
+ * or cancel.
  */
 static int rx_fence_wait(struct tcp_conn *c, unsigned chan)
 {
 	struct rm_ctrl *q = &c->base.ctrl;
-	uint64_t deadline = rm_deadline(c->base.opts.timeout_ms), epoch;
-	int err = 0;
+	uint64_t epoch;
 
 	pthread_mutex_lock(&q->lock);
 	epoch = q->epoch[chan];
@@ -254,14 +287,10 @@ static int rx_fence_wait(struct tcp_conn *c, unsigned chan)
 	       !atomic_load(&c->stopping)) {
 		struct timespec ts = rm_abstime_in(TCP_SLICE_MS * 1000000ull);
 
-		if (!rm_ms_left(deadline)) {
-			err = -ETIMEDOUT;
-			break;
-		}
 		pthread_cond_timedwait(&q->cond, &q->lock, &ts);
 	}
 	pthread_mutex_unlock(&q->lock);
-	return err ? rx_fail(c, chan, err, "waiting for the other channels' MARKER") : 0;
+	return 0;
 }
 
 /* Any other message: its body is small; ctrl.c takes it. */
@@ -273,7 +302,8 @@ static int rx_msg(struct tcp_conn *c, unsigned chan, uint16_t type, uint16_t fla
 
 	if (len > sizeof(body))
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "message longer than any body");
-	err = tcp_recv_all(c, c->ch[chan].fd, body, len, c->base.opts.timeout_ms, false);
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, body, len, c->base.opts.timeout_ms,
+			   false);
 	if (err)
 		return rx_fail(c, chan, err, "reading message");
 	err = rm_ctrl_rx(&c->base, chan, type, flags, body, len, &why);
@@ -299,7 +329,8 @@ static void *rx_thread(void *arg)
 		struct rm_wire_hdr h;
 		uint16_t type, flags;
 		size_t len;
-		int err = tcp_recv_all(c, c->ch[a.chan].fd, &h, sizeof(h), c->base.opts.timeout_ms, true);
+		int err = tcp_recv_all(c, NULL, c->ch[a.chan].fd, (int)a.chan, &h, sizeof(h),
+				       c->base.opts.timeout_ms, true);
 
 		if (err) {
 			if (err != -ECANCELED && !atomic_load(&c->stopping))
@@ -392,12 +423,15 @@ static int flush_all(struct tcp_conn *c, uint64_t deadline)
 					p[np++] = (struct pollfd){ .fd = ch->fd, .events = POLLOUT };
 					break;
 				}
+				rm_ctrl_sent(&c->base, i);
 				done = iov_advance(iov, ch->iov_left, (size_t)w);
 				ch->iov_next += (unsigned)done;
 				ch->iov_left -= done;
 			}
-			if (!ch->iov_left)
+			if (!ch->iov_left) {
 				ch->nframes = 0;
+				atomic_store(&ch->tx_busy, false);
+			}
 		}
 		if (!np)
 			return 0;
@@ -421,8 +455,10 @@ static int queue_write(struct tcp_conn *c, const struct rm_region *reg, uint64_t
 	struct tcp_chan *ch = &c->ch[i];
 	unsigned f;
 
-	if (!ch->nframes)
+	if (!ch->nframes) {
 		ch->iov_next = 0;
+		atomic_store(&ch->tx_busy, true);
+	}
 	f = ch->nframes++;
 
 	rm_wire_hdr_init(&ch->hdr[f], RM_WIRE_WRITE, 0, sizeof(ch->body[f]) + len, 0);
@@ -456,7 +492,7 @@ static int tcp_flush(struct rm_transport *t, uint64_t deadline)
 
 static int tcp_fence(struct rm_transport *t)
 {
-	uint64_t deadline = rm_deadline(t->opts.timeout_ms);
+	uint64_t deadline = RM_NO_DEADLINE;
 
 	for (unsigned i = 0; i < t->nchan; i++) {
 		struct rm_wire_marker m = { .epoch = rm_wire_put64(t->fence_epoch),
@@ -498,7 +534,7 @@ static int tcp_raw_send(struct rm_transport *t, unsigned chan, const void *msg, 
 	int err;
 
 	pthread_mutex_lock(&c->ch[chan].tx_lock);
-	err = tcp_send_iov(c, c->ch[chan].fd, &iov, 1, rm_deadline(t->opts.timeout_ms));
+	err = tcp_send_iov(c, NULL, c->ch[chan].fd, &iov, 1, rm_deadline(t->opts.timeout_ms));
 	pthread_mutex_unlock(&c->ch[chan].tx_lock);
 	return err;
 }

@@ -18,7 +18,12 @@ struct tcp_chan {
 	int fd;
 	pthread_t rx;
 	bool rx_started;
-	pthread_mutex_t tx_lock;	/* frames from the owner and the rx thread */
+	/* Every sendmsg on fd is made under tx_lock: frames from the owner,
+	 * the rx thread (ABORT) and the liveness thread (KEEPALIVE). */
+	pthread_mutex_t tx_lock;
+	/* Owner: WRITE frames queued and not all sent yet, so another frame
+	 * must not go in between (KEEPALIVE waits for a round without). */
+	atomic_bool tx_busy;
 	/* source write batching */
 	struct rm_wire_hdr hdr[TCP_TX_FRAMES];
 	struct rm_wire_write body[TCP_TX_FRAMES];
@@ -39,10 +44,15 @@ struct tcp_conn {
 
 extern const struct rm_transport_ops rm_transport_tcp_ops;
 
-/* tcp.c: socket I/O, bounded by deadlines; c may be NULL (handshake). */
-int tcp_wait_fd(struct tcp_conn *c, int fd, short events, uint64_t deadline);
-int tcp_send_iov(struct tcp_conn *c, int fd, struct iovec *iov, int cnt, uint64_t deadline);
-int tcp_recv_all(struct tcp_conn *c, int fd, void *buf, size_t len, int timeout_ms, bool idle_ok);
+/* tcp.c: socket I/O, bounded by deadlines and ended by c's error or cancel,
+ * or by *cancel (c is NULL in the handshake; cancel may be NULL). */
+int tcp_wait_fd(struct tcp_conn *c, const atomic_int *cancel, int fd, short events,
+		uint64_t deadline);
+int tcp_send_iov(struct tcp_conn *c, const atomic_int *cancel, int fd, struct iovec *iov, int cnt,
+		 uint64_t deadline);
+/* chan >= 0: c's channel, whose bytes count as heard from the peer. */
+int tcp_recv_all(struct tcp_conn *c, const atomic_int *cancel, int fd, int chan, void *buf,
+		 size_t len, int timeout_ms, bool idle_ok);
 /* tcp.c: one receiver thread per channel. */
 int tcp_start_rx(struct tcp_conn *c);
 

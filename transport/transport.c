@@ -4,6 +4,7 @@
  * the busy ops.  Backends see only checked arguments, with region ids
  * resolved through the map rm_tr_layout() builds.
  */
+#include <limits.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -47,7 +48,11 @@ int rm_tr_opts_fill(struct rm_transport_opts *o, const struct rm_transport_opts 
 		       o->max_write);
 		return -EINVAL;
 	}
-	if (o->timeout_ms < 0 || o->reg > RM_REG_ODP)
+	if (o->timeout_ms < RM_TR_MIN_TIMEOUT_MS) {
+		rm_err("transport: timeout %d ms, at least %d", o->timeout_ms, RM_TR_MIN_TIMEOUT_MS);
+		return -EINVAL;
+	}
+	if (o->reg > RM_REG_ODP)
 		return -EINVAL;
 	if (o->psk_len && o->no_auth) {
 		rm_err("transport: a pre-shared key and no_auth both given");
@@ -106,6 +111,7 @@ int rm_tr_abandon(struct rm_transport *t, int err)
 {
 	if (t) {
 		atomic_store(&t->error, err);
+		rm_ctrl_live_stop(t);
 		t->ops->close(t);
 	}
 	return err;
@@ -135,7 +141,7 @@ int rm_tr_check(struct rm_transport *t)
 
 	if (err)
 		return err;
-	if (atomic_load(&t->cancel))
+	if (atomic_load(&t->cancel) || rm_cancelled(t->opts.cancel))
 		return -ECANCELED;
 	return 0;
 }
@@ -188,11 +194,12 @@ int rm_tr_set_regions(struct rm_transport *t, const struct rm_region *r, unsigne
 
 int rm_ms_left(uint64_t deadline_ns)
 {
-	uint64_t now = rm_now_ns();
+	uint64_t now = rm_now_ns(), ms;
 
 	if (now >= deadline_ns)
 		return 0;
-	return (int)((deadline_ns - now + 999999) / 1000000);
+	ms = (deadline_ns - now + 999999) / 1000000;
+	return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
 uint64_t rm_tr_session_id(void)
@@ -202,6 +209,20 @@ uint64_t rm_tr_session_id(void)
 	if (getrandom(&v, sizeof(v), 0) != sizeof(v))
 		v = rm_now_ns() ^ ((uint64_t)getpid() << 32);
 	return v ? v : 1;
+}
+
+/* A connection just made starts its liveness thread, or is given up. */
+static int live_start(struct rm_transport **t)
+{
+	int err = rm_ctrl_live_start(*t);
+
+	if (err) {
+		rm_err("transport %s: cannot start the liveness thread: %s", (*t)->ops->name,
+		       rdmamig_strerror(err));
+		rm_tr_abandon(*t, err);
+		*t = NULL;
+	}
+	return err;
 }
 
 int rm_tr_listen(const struct rm_transport_opts *opts, struct rm_listener **out)
@@ -271,13 +292,15 @@ int rm_tr_accept(struct rm_listener *l, struct rm_transport **out)
 
 			if (a->t && atomic_load(&a->done) && (t = auth_reap(l, a))) {
 				*out = t;
-				return 0;
+				return live_start(out);
 			}
 			if (!a->t && !slot)
 				slot = a;
 		}
 		if (!rm_ms_left(deadline))
 			return -ETIMEDOUT;
+		if (rm_cancelled(l->opts.cancel))
+			return -ECANCELED;
 		if (!slot) {
 			struct timespec ts = { .tv_nsec = 10000000 };
 
@@ -293,7 +316,7 @@ int rm_tr_accept(struct rm_listener *l, struct rm_transport **out)
 			return err;
 		if (!l->opts.psk_len) {
 			*out = t;
-			return 0;
+			return live_start(out);
 		}
 		*slot = (struct rm_tr_auth){ .t = t, .deadline = rm_deadline(l->opts.timeout_ms) };
 		err = pthread_create(&slot->th, NULL, auth_thread, slot);
@@ -354,7 +377,7 @@ int rm_tr_connect(const struct rm_transport_opts *opts, struct rm_transport **ou
 	if (err)
 		return rm_tr_abandon(t, err);
 	*out = t;
-	return 0;
+	return live_start(out);
 }
 
 int rm_tr_layout(struct rm_transport *t, const struct rm_region *r, unsigned n)
@@ -416,7 +439,7 @@ int rm_tr_write(struct rm_transport *t, const struct rm_range *r, size_t n)
 	if (!n)
 		return 0;
 	t0 = rm_now_ns();
-	deadline = rm_deadline(t->opts.timeout_ms);
+	deadline = RM_NO_DEADLINE;	/* full queues wait while the peer is alive */
 	for (size_t i = 0; i < n && !err; i++) {
 		uint64_t off = r[i].offset, len = r[i].length, took;
 
@@ -495,8 +518,6 @@ int rm_tr_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms)
 	ret = rm_tr_check(t);
 	if (ret)
 		return ret;
-	if (timeout_ms < 0)
-		timeout_ms = t->opts.timeout_ms;
 	ret = rm_ctrl_recv(t, msg, timeout_ms);
 	if (ret == 0 && timeout_ms > 0)
 		ret = -ETIMEDOUT;
@@ -525,6 +546,7 @@ int rm_tr_close(struct rm_transport *t)
 {
 	if (!t)
 		return 0;
+	rm_ctrl_live_stop(t);
 	return t->ops->close(t);
 }
 
@@ -536,8 +558,13 @@ void rm_tr_stats(struct rm_transport *t, struct rm_transport_stats *out)
 
 void rm_tr_cancel(struct rm_transport *t)
 {
-	if (t)
-		atomic_store(&t->cancel, true);
+	if (!t)
+		return;
+	atomic_store(&t->cancel, true);
+	/* Waiters on the control queue see it now, not a slice later. */
+	pthread_mutex_lock(&t->ctrl.lock);
+	pthread_cond_broadcast(&t->ctrl.cond);
+	pthread_mutex_unlock(&t->ctrl.lock);
 }
 
 void rm_msg_free(struct rm_msg *msg)

@@ -30,10 +30,19 @@
  * Backends may run their own threads (the TCP receiver does); those never
  * call back into the engine.
  *
+ * Liveness: from accept/connect to close, a thread of the connection's own
+ * (ctrl.c) sends KEEPALIVE on every channel this side has been quiet on, and
+ * fails the connection with -ETIMEDOUT once the peer has been silent on a
+ * channel for opts.timeout_ms — whatever the owner is doing meanwhile (a long
+ * write, a pacing nap, a VMM callback).  So ops that wait for the peer (a
+ * full send queue, a fence, credits, LAYOUT, rm_tr_recv(-1)) wait as long as
+ * it is alive: timeouts bound silence, never the length of a migration.
+ *
  * Errors: every int op returns >= 0 on success, or a negative code:
  *   -EINVAL              bad argument from the caller (range outside RAM, type
  *                        outside the engine range, ...) — nothing was sent
- *   -ETIMEDOUT           a bounded wait expired (opts.timeout_ms)
+ *   -ETIMEDOUT           the peer was silent for opts.timeout_ms (or a
+ *                        handshake or an explicit recv timeout expired)
  *   -ECANCELED           rm_tr_cancel() was called
  *   -EPIPE               the peer closed the connection in order (BYE)
  *   -ECONNRESET          the peer vanished (reset, EOF, rdma_cm DISCONNECTED)
@@ -51,6 +60,7 @@
 #ifndef RDMAMIG_TRANSPORT_H
 #define RDMAMIG_TRANSPORT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -77,6 +87,12 @@ enum rm_reg_strategy {
  * longer than its 64-byte block, so more adds nothing. */
 #define RM_TR_PSK_MIN 16
 #define RM_TR_PSK_MAX 64
+#define RM_TR_MIN_TIMEOUT_MS 100
+
+/* Deadlines are rm_now_ns() values; two are special. */
+#define RM_NOW 0			/* do not wait at all */
+#define RM_NO_DEADLINE UINT64_MAX	/* wait while the peer is alive */
+
 /* 2 QPs: the fastest of 1/2/4 at 256 KiB-2 MiB writes in bench/transport.sh on
  * rxe (71 and 96 MB/s vs 56-57 with 1 QP; 4 QPs did no better).  Revisit
  * on a real NIC. */
@@ -94,8 +110,13 @@ struct rm_transport_opts {
 				 * source's count if it is within its own bound. */
 	uint32_t max_write;	/* largest single RDMA WRITE / TCP frame, a power of two
 				 * from 4 KiB to 64 MiB; 0: RM_TR_DEFAULT_MAX_WRITE */
-	int timeout_ms;		/* bound on every wait inside an op: accept, connect,
-				 * a full send queue, a fence; 0: RM_TR_DEFAULT_TIMEOUT_MS */
+	int timeout_ms;		/* bound on silence: accept and connect wait at
+				 * most this long; once connected, a peer that
+				 * sends nothing at all (keep-alives included) on
+				 * a channel for this long is dead.  Never a bound
+				 * on how long an op or a migration takes.
+				 * 0: RM_TR_DEFAULT_TIMEOUT_MS; else at least
+				 * RM_TR_MIN_TIMEOUT_MS */
 	enum rm_reg_strategy reg; /* RDMA source registration strategy */
 	size_t reg_chunk;	/* RM_REG_LAZY chunk bytes; 0: 64 MiB */
 	/* Peer authentication: a key of psk_len bytes (RM_TR_PSK_MIN..MAX)
@@ -106,6 +127,11 @@ struct rm_transport_opts {
 	uint8_t psk[RM_TR_PSK_MAX];
 	unsigned psk_len;
 	bool no_auth;
+	/* Optional: once *cancel is nonzero, every wait of the listener or
+	 * connection made with these options — accept, connect, the
+	 * handshake, every op after — ends with -ECANCELED within 100 ms.
+	 * The caller keeps it alive until those are closed. */
+	const atomic_int *cancel;
 };
 
 /* One region of local guest RAM.  ids are the engine's; both sides must
@@ -185,8 +211,8 @@ struct rm_transport_ops {
 	 * rm_tr_layout(), before ctrl.c exchanges LAYOUT.  The destination
 	 * registers its regions for remote write and fills each wire[i].rkey
 	 * and .addr its peer needs (TCP: none); the source registers its
-	 * regions for local access (per opts.reg).  Blocks at most
-	 * opts.timeout_ms.  0, -ENOMEM (memlock: logged with the number
+	 * regions for local access (per opts.reg).  Registration takes as
+	 * long as it takes (keep-alives flow meanwhile).  0, -ENOMEM (memlock: logged with the number
 	 * needed), -EOPNOTSUPP (ODP asked, the device has none), -errno. */
 	int (*layout)(struct rm_transport *t, const struct rm_region *r, unsigned n,
 		      struct rm_wire_region *wire);
@@ -218,7 +244,11 @@ struct rm_transport_ops {
 	 * onto channel chan, in order with the channel's earlier messages and
 	 * writes.  Returns when the bytes are queued (TCP: written to the
 	 * socket; RDMA: SEND posted, into a credit the peer granted), blocking
-	 * at most until deadline.  ctrl.c sends every control message with it.
+	 * at most until deadline (RM_NO_DEADLINE: while the peer is alive).
+	 * ctrl.c sends every control message with it.  deadline RM_NOW: only
+	 * if it can go at once without waiting and without cutting into
+	 * another frame, else -EAGAIN, quietly (keep-alives, from the
+	 * liveness thread, while the owner may be in any op).
 	 * 0, -EMSGSIZE (larger than the backend's buffers), -errno. */
 	int (*post)(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t flags,
 		    const void *body, size_t blen, const void *data, size_t dlen, uint64_t deadline);
@@ -226,8 +256,9 @@ struct rm_transport_ops {
 	/* Both sides: handle what has arrived, waiting for it at most one
 	 * 100 ms slice and never past deadline (RDMA: poll the CQs and the
 	 * rdma_cm events).  NULL where receiver threads hand messages to
-	 * ctrl.c on their own and wake ctrl.cond (TCP).  0 or the sticky
-	 * error. */
+	 * ctrl.c on their own and wake ctrl.cond (TCP).  Also called with
+	 * deadline RM_NOW from the liveness thread, while the owner may be in
+	 * any op.  0 or the sticky error. */
 	int (*pump)(struct rm_transport *t, uint64_t deadline);
 
 	/* Either side.  Send ABORT {reason, text} best-effort (bounded by
@@ -276,7 +307,7 @@ int rm_tr_connect(const struct rm_transport_opts *opts, struct rm_transport **ou
  * registers its regions for remote write and sends LAYOUT; the source
  * registers its regions for local access (per opts.reg), receives the
  * LAYOUT and checks that every id exists on both sides with the same
- * size, refusing a mismatch.  Blocks at most opts.timeout_ms.
+ * size, refusing a mismatch.  Waits while the peer is alive.
  * 0, RDMAMIG_E_REFUSED, RDMAMIG_E_PROTO, -ENOMEM (memlock: logged with the
  * number needed), -errno. */
 int rm_tr_layout(struct rm_transport *t, const struct rm_region *r, unsigned n);
@@ -289,13 +320,14 @@ int rm_tr_fence(struct rm_transport *t);
 /* Both sides.  Send one control message of len bytes (0 allowed, at most
  * RM_WIRE_MAX_CTRL) of an engine type; messages arrive in order.  Returns
  * when the bytes are queued (buf may be reused); blocks while the peer
- * grants no credit / the socket is full, at most opts.timeout_ms.
+ * grants no credit / the socket is full, while the peer is alive.
  * 0, -EINVAL (type), -EMSGSIZE, -errno. */
 int rm_tr_send(struct rm_transport *t, uint16_t type, const void *buf, size_t len);
 
-/* Both sides.  Wait up to timeout_ms (< 0: opts.timeout_ms, 0: poll) for
- * the next control message.  1 with *msg filled, 0 on timeout when
- * timeout_ms == 0 was asked, -ETIMEDOUT otherwise, or an error
+/* Both sides.  Wait up to timeout_ms (0: poll; < 0: as long as the peer is
+ * alive, see Liveness above) for the next control message.  1 with *msg
+ * filled, 0 on timeout when timeout_ms == 0 was asked, -ETIMEDOUT otherwise
+ * (the connection survives it), or an error
  * (RDMAMIG_E_ABORTED with the peer's reason logged, -EPIPE, ...).  The peer
  * may have at most RM_WIRE_MAX_QUEUED messages waiting here unread. */
 int rm_tr_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms);
@@ -303,7 +335,8 @@ int rm_tr_abort(struct rm_transport *t, int reason, const char *text);
 int rm_tr_close(struct rm_transport *t);
 void rm_tr_stats(struct rm_transport *t, struct rm_transport_stats *out);
 /* Any thread, any time: ops in progress and later return -ECANCELED within
- * 100 ms.  Safe until rm_tr_close(). */
+ * 100 ms.  Safe until rm_tr_close().  (opts.cancel does the same for a
+ * connection not made yet.) */
 void rm_tr_cancel(struct rm_transport *t);
 /* Free a received message's data and zero it. */
 void rm_msg_free(struct rm_msg *msg);

@@ -39,6 +39,7 @@ static const char *const type_names[] = {
 	[RM_WIRE_ABORT] = "ABORT",
 	[RM_WIRE_BYE] = "BYE",
 	[RM_WIRE_AUTH] = "AUTH",
+	[RM_WIRE_KEEPALIVE] = "KEEPALIVE",
 };
 
 const char *rm_wire_type_name(unsigned type)

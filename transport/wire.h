@@ -55,6 +55,12 @@
  *      last grant, when no other message does; every header piggybacks)
  *   7. ABORT {reason, text}                  (either side, any time; final)
  *      BYE                                   (orderly close; final)
+ *   8. KEEPALIVE {}                          (either side, any channel, once
+ *      the sender has put nothing on that channel for RM_WIRE_KEEPALIVE_MS
+ *      (less when its own timeout is under 4 times that); a receiver that
+ *      hears nothing at all on a channel for its timeout fails the
+ *      connection.  Timeouts bound silence, never how long a migration
+ *      takes.)
  *
  * A receiver holds at most RM_WIRE_MAX_QUEUED control messages (and
  * 2 * RM_WIRE_MAX_CTRL bytes) that its engine has not read yet; a peer that
@@ -72,7 +78,8 @@
  * and lengths against the RM_WIRE_MAX_* bounds below.
  *
  * Version 3 (this one) adds AUTH, RM_CAP_AUTH and RM_REFUSE_AUTH to version
- * 2; version 2 peers are refused.
+ * 2, and KEEPALIVE: a version 2 peer neither sends nor accepts it, and would
+ * be taken for dead while it iterates quietly.  Version 2 peers are refused.
  *
  * Version 2 differs from 1: LAYOUT's page_size, REFUSE's detail and
  * the ODP capability, which no receiver read, are gone (reserved, zero);
@@ -104,6 +111,9 @@
 #define RM_WIRE_NONCE 32		/* AUTH nonce bytes */
 #define RM_WIRE_MAC 32			/* AUTH proof: an HMAC-SHA256 */
 #define RM_WIRE_AUTH_LABEL "rdmamig auth v3"	/* first bytes every proof covers */
+#define RM_WIRE_KEEPALIVE_MS 250	/* longest quiet spell on a channel: so a
+					 * peer's timeout of 1 s or more holds with
+					 * a 4x margin, whatever ours is */
 
 enum rm_wire_type {
 	RM_WIRE_INVALID = 0x00,
@@ -118,6 +128,7 @@ enum rm_wire_type {
 	RM_WIRE_ABORT = 0x09,
 	RM_WIRE_BYE = 0x0a,
 	RM_WIRE_AUTH = 0x0b,
+	RM_WIRE_KEEPALIVE = 0x0c,	/* no body */
 	RM_WIRE_TRANSPORT_LAST = 0xff,
 
 	/* Engine messages ride inside CTRL.  migration/ owns this range. */
