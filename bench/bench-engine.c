@@ -450,7 +450,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	/* Stage 0, so no heartbeat: the null transport has no control channel
+	/* Stage 0, so no progress report (ITER): the null transport has no control channel
 	 * (in a migration one goes out per second, nothing at this scale). */
 	m->t = &ntp->base;
 

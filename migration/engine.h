@@ -36,7 +36,7 @@ struct rdmamig {
 
 	uint64_t start_ns;
 	uint64_t last_progress_ns;
-	uint64_t last_heartbeat_ns;
+	uint64_t last_report_ns;
 	struct rdmamig_progress progress;
 
 	pthread_mutex_t lock;		/* guards stats and t against cancel */
@@ -70,8 +70,8 @@ uint64_t rm_ram_digest(const struct rdmamig_vm_desc *desc);
 
 /* migration.c */
 bool rm_mig_cancelled(struct rdmamig *m);
-/* Progress callback and, on the source, a heartbeat to the destination; at
- * most every 100 ms unless force. */
+/* Progress callback (at most every 100 ms) and, on the source, a progress
+ * report (ITER) to the destination (at most every second), unless force. */
 int rm_mig_tick(struct rdmamig *m, bool force);
 
 #endif

@@ -24,7 +24,10 @@
 #define DEFAULT_PORT "7471"
 #define DEFAULT_TIMEOUT_MS 20000
 #define TICK_NS 100000000ull		/* progress callback period */
-#define HEARTBEAT_NS 1000000000ull	/* source → destination keepalive */
+/* Source → destination progress report (ITER), for the destination's
+ * progress and stats.  Liveness is the transport's (KEEPALIVE), so this
+ * period bounds nothing. */
+#define PROGRESS_REPORT_NS 1000000000ull
 
 RM_EXPORT void rdmamig_log(enum rdmamig_log_level level, const char *fmt, ...)
 {
@@ -113,6 +116,7 @@ RM_EXPORT rdmamig_t *rdmamig_new(const struct rdmamig_opts *opts, const struct r
 		.reg = (enum rm_reg_strategy)opts->registration,
 		.psk_len = (unsigned)opts->psk_len,
 		.no_auth = opts->no_auth != 0,
+		.cancel = &m->cancelled,	/* reaches accept, connect and the handshake */
 	};
 	if (opts->psk_len)
 		memcpy(m->topts.psk, opts->psk, opts->psk_len);
@@ -204,18 +208,18 @@ int rm_mig_tick(struct rdmamig *m, bool force)
 	uint64_t now = rm_now_ns();
 	int err = 0;
 
-	/* Heartbeats flow through stop-and-copy too: its final pass can take
-	 * as long as any iteration on a slow link, and the destination must
-	 * not take that silence for a dead source. */
+	/* Progress reports go on through stop-and-copy too: its final pass
+	 * can take as long as any iteration on a slow link.  (Liveness is the
+	 * transport's keep-alives; these only carry progress.) */
 	if (m->opts.role == RDMAMIG_SOURCE && m->t && (m->progress.stage == 1 || m->progress.stage == 2) &&
-	    (force || now - m->last_heartbeat_ns >= HEARTBEAT_NS)) {
+	    (force || now - m->last_report_ns >= PROGRESS_REPORT_NS)) {
 		struct rm_mig_iter it = {
 			.index = htole32(m->progress.iteration),
 			.bytes = htole64(m->progress.sent_bytes),
 			.remaining_bytes = htole64(m->progress.remaining_bytes),
 		};
 
-		m->last_heartbeat_ns = now;
+		m->last_report_ns = now;
 		err = rm_tr_send(m->t, RM_MIG_ITER, &it, sizeof(it));
 	}
 	if (m->opts.progress && (force || now - m->last_progress_ns >= TICK_NS)) {
@@ -259,9 +263,10 @@ static void refuse(struct rdmamig *m, int reason, const char *text)
 		m->refused = true;
 }
 
-/* Wait for one message of type want; a REFUSE from the peer is reported as
- * RDMAMIG_E_REFUSED with its text; anything else unexpected is a protocol
- * error. */
+/* Wait for one message of type want, as long as the peer is alive (its
+ * VMM may take long to prepare a VM or load state); a REFUSE from the peer
+ * is reported as RDMAMIG_E_REFUSED with its text; anything else unexpected
+ * is a protocol error. */
 static int expect(struct rdmamig *m, uint16_t want, struct rm_msg *msg, int timeout_ms)
 {
 	for (;;) {
@@ -745,8 +750,9 @@ static int run_dest(struct rdmamig *m)
 	set_stage(m, 1);
 
 	for (;;) {
-		/* The source sends a heartbeat at least every second, so a
-		 * timeout here means it is gone. */
+		/* As long as the source is alive: a paced or huge pass may
+		 * send nothing here for long; the transport's keep-alives
+		 * tell a quiet source from a dead one. */
 		err = rm_tr_recv(m->t, &msg, -1);
 		if (err < 0) {
 			rm_err("migration: lost the source while receiving: %s", rdmamig_strerror(err));

@@ -31,14 +31,16 @@
 #define BATCH_RANGES 256
 /* The pass works in chunks of this many pages (64 bitmap words, 16 MiB of
  * 4 KiB pages): dirty_clear() is called at most once per chunk, just before
- * the chunk's first page is read, and progress, heartbeats, cancellation and
- * the bandwidth cap are looked after between chunks. */
+ * the chunk's first page is read, and progress (and its report to the
+ * destination), cancellation and the bandwidth cap are looked after between
+ * chunks. */
 #define CHUNK_PAGES 4096ull
 /* What is ready (the batch and the open run) goes to the transport once it
  * holds this many bytes, or the batch is full: one rm_tr_write() then moves
  * at most 16 MiB, and between two chunks there is at most one, so progress
- * and heartbeats (the destination's only sign of life from a slow link)
- * keep flowing.  It also caps a range at 16 MiB. */
+ * and cancellation are looked after at least that often on a slow link.
+ * (Liveness does not hang on it: the transport's keep-alives flow during a
+ * long write.)  It also caps a range at 16 MiB. */
 #define FLUSH_BYTES (16ull << 20)
 
 int rm_ram_setup(struct rdmamig *m)

@@ -815,7 +815,7 @@ Test(ram, iterate_pass_sends_exactly_the_reported_pages_in_maximal_ranges)
 	cr_assert_eq(rig_describe(&g, &m->desc), 0);
 	cr_assert_eq(rm_ram_setup(m), 0);
 	/* A source connection as rm_tr_layout() leaves one, default options;
-	 * no control channel (stage 0: the pass sends no heartbeat). */
+	 * no control channel (stage 0: the pass sends no progress report). */
 	struct rm_region regions[RAM_REGIONS];
 	struct rm_transport_opts defaults = { .no_auth = true };
 
@@ -852,7 +852,7 @@ Test(ram, iterate_pass_sends_exactly_the_reported_pages_in_maximal_ranges)
 		     "one before them in the same write", (unsigned long long)g.base.st.ranges,
 		     (unsigned long long)g.segments);
 	/* Region 1 is one run of 40000 pages, cut where 16 MiB are ready to go:
-	 * no write moves more, so heartbeats keep flowing on a slow link. */
+	 * no write moves more, so progress is reported at least that often on a slow link. */
 	cr_assert_leq(g.biggest_call, 4096, "one write of %llu pages", (unsigned long long)g.biggest_call);
 	cr_assert_geq(g.biggest_call, 4000, "writes of at most %llu pages: runs cut short",
 		      (unsigned long long)g.biggest_call);
