@@ -17,7 +17,9 @@
  * RAM and places into destination RAM.
  *
  * Send queues: at most SQ_DEPTH WRs outstanding per QP, counted exactly.
- * Every SIG_EVERY-th WRITE is signalled; every SEND is.  A completion retires
+ * At most INFLIGHT_BYTES of WRITEs are outstanding per QP.  Every SIG_EVERY-th
+ * WRITE is signalled, and one at least every INFLIGHT_BYTES / 4; every SEND
+ * is.  A completion retires
  * its WR and every unsignalled WR before it on that QP (RC completes in
  * order), which is why wr_id carries the WR's sequence number:
  *
@@ -117,8 +119,12 @@ static int post_msg(struct rd_conn *c, unsigned chan, uint16_t type, uint16_t fl
 
 	if (len > (chan == 0 ? CTRL_BUF : DATA_BUF))
 		return -EMSGSIZE;
-	if (c->credits < need || q->posted + q->nchain - q->retired >= SQ_DEPTH)
+	if (c->credits < need || q->posted + q->nchain - q->retired >= SQ_DEPTH || !c->tx_free)
 		return -EAGAIN;
+	/* Keep the QP's order: WRITEs queued in the chain go first — and
+	 * before this WR's sequence number is taken from q->posted. */
+	if (q->nchain && (ret = flush_chain(c, chan)))
+		return ret;
 	slot = take_slot(c);
 	if (slot < 0)
 		return -EAGAIN;
@@ -143,18 +149,15 @@ static int post_msg(struct rd_conn *c, unsigned chan, uint16_t type, uint16_t fl
 		.opcode = IBV_WR_SEND,
 		.send_flags = IBV_SEND_SIGNALED,
 	};
-	/* Keep the QP's order: WRITEs queued in the chain go first. */
-	if (q->nchain && (ret = flush_chain(c, chan))) {
-		c->tx_free |= 1ull << slot;
-		return ret;
-	}
 	ret = ibv_post_send(q->qp, &wr, &bad);
 	if (ret) {
 		c->tx_free |= 1ull << slot;
 		return -ret;
 	}
 	q->posted++;
+	q->mark[q->posted % SQ_DEPTH] = q->wbytes;
 	q->unsig = 0;
+	q->unsig_bytes = 0;
 	c->base.st.wrs_posted++;
 	rm_ctrl_sent(&c->base, chan);
 	if (chan == 0 && !raw) {
@@ -291,8 +294,11 @@ static int handle_wc(struct rd_conn *c, const struct ibv_wc *wc)
 			c->tx_free |= 1ull << slot;
 		/* fall through */
 	case WR_WRITE:
-		/* Everything up to this WR's sequence number has completed. */
+		/* Everything up to this WR's sequence number has completed.  Its
+		 * mark is still there: that slot is reused only for WR
+		 * seq + SQ_DEPTH, which is posted only after this one retired. */
 		q->retired = q->posted - (uint32_t)((uint32_t)q->posted - (uint32_t)wc->wr_id);
+		q->wbytes_done = q->mark[q->retired % SQ_DEPTH];
 		return 0;
 	case WR_RECV:
 		if (slot >= q->rx_n)
@@ -491,8 +497,13 @@ static int add_write(struct rd_conn *c, unsigned i, void *laddr, uint32_t lkey, 
 
 	if (q->nchain == CHAIN && (err = flush_chain(c, i)))
 		return err;
-	/* Never overrun the send queue: wait for completions to retire WRs. */
-	while (q->posted + q->nchain + 1 - q->retired > SQ_DEPTH) {
+	/* Never overrun the send queue, nor INFLIGHT_BYTES: wait for
+	 * completions to retire WRs.  Only bytes a signalled WR covers are
+	 * waited for (the rest, under a quarter of the bound, cannot
+	 * complete visibly until the next signal). */
+	while (q->posted + q->nchain + 1 - q->retired > SQ_DEPTH ||
+	       (q->wbytes - q->wbytes_done > q->unsig_bytes &&
+		q->wbytes - q->wbytes_done + len > INFLIGHT_BYTES)) {
 		err = flush_chain(c, i);
 		if (!err)
 			err = rd_progress(c, deadline);
@@ -513,9 +524,13 @@ static int add_write(struct rd_conn *c, unsigned i, void *laddr, uint32_t lkey, 
 		.opcode = IBV_WR_RDMA_WRITE,
 		.wr.rdma = { .remote_addr = raddr, .rkey = rkey },
 	};
-	if (++q->unsig >= SIG_EVERY) {
+	q->wbytes += len;
+	q->mark[(q->posted + q->nchain + 1) % SQ_DEPTH] = q->wbytes;
+	q->unsig_bytes += len;
+	if (++q->unsig >= SIG_EVERY || q->unsig_bytes >= INFLIGHT_BYTES / 4) {
 		wr->send_flags = IBV_SEND_SIGNALED;
 		q->unsig = 0;
+		q->unsig_bytes = 0;
 	}
 	q->nchain++;
 	c->base.st.writes++;
