@@ -225,7 +225,11 @@ struct rdmamig_opts {
 	unsigned channels;		/* QPs / TCP connections; 0: default (2) */
 	uint32_t max_write;		/* largest single write, power of two; 0: 1 MiB */
 	enum rdmamig_registration registration;
-	int timeout_ms;			/* bound on every network wait; 0: 20000 */
+	int timeout_ms;			/* how long a silent peer still counts as alive
+					 * (keep-alives flow both ways, so a live peer
+					 * is never silent), and the bound on accept and
+					 * connect; never a bound on how long a migration
+					 * takes.  At least 100; 0: 20000 */
 
 	/*
 	 * Peer authentication.  Both sides hold the same pre-shared key of
@@ -325,7 +329,9 @@ rdmamig_t *rdmamig_new(const struct rdmamig_opts *opts, const struct rdmamig_vmm
 int rdmamig_run(rdmamig_t *m);
 
 /* Any thread, any time (not from a signal handler): make rdmamig_run()
- * give up within about 100 ms; it returns RDMAMIG_E_ABORTED. */
+ * give up within about 100 ms in any phase — listening, connecting, the
+ * handshake, iterating — once a VMM callback in progress has returned; it
+ * returns RDMAMIG_E_ABORTED. */
 void rdmamig_cancel(rdmamig_t *m);
 
 /* Stats so far; complete after rdmamig_run() returns.  Any thread. */
