@@ -13,6 +13,7 @@
  * the source is held at a pause point (RDMAMIG_FAULT, common/fault.h), not
  * while it happens to be iterating.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -372,6 +375,109 @@ static void refused(bool rdma)
 	source_ran_on(&src);
 }
 
+/*
+ * Any length: --timeout 2000 on both sides and a bulk pass paced to ~7 s by
+ * --max-bandwidth.  The sweep guest writes every page of its 8 MiB before
+ * the migration starts, so the bulk pass has 8 MiB to send at 1.2 MB/s, in
+ * naps of seconds with nothing else on the wire.
+ */
+static void outlives_timeout(bool rdma)
+{
+	char ep[64], json[128];
+	const char *tr = rdma ? "rdma" : "tcp";
+	struct proc dst, src;
+
+	need_bed(rdma);
+	snprintf(ep, sizeof(ep), "%s:0", addr(rdma));
+	snprintf(json, sizeof(json), "/tmp/rdmamig-e2e-%d-long.json", getpid());
+	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--timeout", "2000",
+				"--run-after", "1", "--psk", key_file("key"), NULL };
+	start(&dst, "dst", dargs);
+	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), wait_listening(&dst));
+	const char *sargs[] = { "--src", "--connect", ep, "--transport", tr, "--timeout", "2000",
+				"--mem", "8M", "--vcpus", "1", "--workload", "sweep:1000", "--warmup", "3",
+				"--max-bandwidth", "1.2M", "--deadline", "6s", "--verify", "--json", json,
+				"--psk", key_file("key"), NULL };
+	start(&src, "src", sargs);
+	int src_rc = wait_exit(&src, 120), dst_rc = wait_exit(&dst, 60);
+	if (src_rc || dst_rc) {
+		show(&src);
+		show(&dst);
+	}
+	cr_assert_eq(src_rc, 0, "source exited %d", src_rc);
+	cr_assert_eq(dst_rc, 0, "destination exited %d", dst_rc);
+	cr_assert(log_has(&src, "matches on both sides"));
+	printf("e2e %s long: total %.2f s with --timeout 2000\n", tr, json_u64(json, "total_ns") / 1e9);
+	cr_assert_geq(json_u64(json, "total_ns"), 6000000000ull,
+		      "not longer than 3 timeouts: the case proves nothing");
+}
+
+/* SIGTERM to a destination waiting for a source: it leaves at once. */
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (t.tv_sec - t0->tv_sec) * 1e3 + (t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static void sigterm_listening_destination(bool rdma)
+{
+	char ep[64];
+	const char *tr = rdma ? "rdma" : "tcp";
+	struct timespec t0;
+	struct proc dst;
+
+	need_bed(rdma);
+	snprintf(ep, sizeof(ep), "%s:0", addr(rdma));
+	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--psk", key_file("key"),
+				NULL };
+	start(&dst, "dst", dargs);
+	wait_listening(&dst);
+	usleep(200000);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	kill(dst.pid, SIGTERM);
+	expect_exit(&dst, 30, 5);
+	double ms = ms_since(&t0);
+	printf("e2e %s: SIGTERM to a listening destination: exit after %.0f ms\n", tr, ms);
+	cr_assert_lt(ms, 1000, "exit %.0f ms after SIGTERM", ms);
+}
+
+/* SIGINT to a source whose destination never answers its HELLO. */
+static void sigint_source_in_handshake(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sa);
+	char ep[64];
+	struct timespec t0;
+	struct proc src;
+	int lfd = socket(AF_INET, SOCK_STREAM, 0);
+
+	need_bed(false);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(lfd, 8), 0);	/* the kernel accepts; nobody answers */
+	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+	snprintf(ep, sizeof(ep), "127.0.0.1:%u", ntohs(sa.sin_port));
+	const char *sargs[] = { "--src", "--connect", ep, "--transport", "tcp", "--mem", "16M",
+				"--workload", "uniform:300", "--warmup", "0", "--psk", key_file("key"), NULL };
+	start(&src, "src", sargs);
+	wait_for_log(&src, "migrating to", 30);
+	usleep(300000);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	kill(src.pid, SIGINT);
+	wait_for_log(&src, "migration failed", 30);
+	double ms = ms_since(&t0);
+	expect_exit(&src, 30, 5);
+	close(lfd);
+	printf("e2e tcp: SIGINT to a source in the handshake: gave up after %.0f ms\n", ms);
+	cr_assert_lt(ms, 1000, "gave up %.0f ms after SIGINT", ms);
+	source_ran_on(&src);
+}
+
+Test(e2e_tcp, outlives_its_timeout_threefold, .timeout = 300) { outlives_timeout(false); }
+Test(e2e_tcp, sigterm_listening_destination_is_prompt, .timeout = 120) { sigterm_listening_destination(false); }
+Test(e2e_rdma, sigterm_listening_destination_is_prompt, .timeout = 120) { sigterm_listening_destination(true); }
+Test(e2e_tcp, sigint_source_in_handshake_is_prompt, .timeout = 120) { sigint_source_in_handshake(); }
 Test(e2e_tcp, sigint_cancels_source_runs_on, .timeout = 300) { sigint_source(false); }
 Test(e2e_rdma, sigint_cancels_source_runs_on, .timeout = 300) { sigint_source(true); }
 Test(e2e_tcp, killed_destination_source_runs_on, .timeout = 300) { kill_destination(false); }

@@ -10,10 +10,14 @@
  * TCP cases run everywhere; RDMA cases run on the soft-RoCE bed (they skip,
  * saying so, where RDMAMIG_RXE_ADDR is not set — make test runs them there).
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/fault.h"
@@ -26,9 +30,9 @@
 
 #define MiB (1ull << 20)
 #define KEY "test-migration's pre-shared key"
-/* How long a side waits on a silent peer: far above the longest gap
- * between heartbeats on the nested bed (a 16 MiB chunk on rxe there took
- * over 3 s under load), so only a dead peer reaches it. */
+/* How long a side waits on a silent peer: keep-alives flow every 250 ms,
+ * but a loaded nested bed can stall a process for seconds, so only a dead
+ * peer reaches this. */
 #define SILENCE_MS 60000
 
 struct side {
@@ -70,9 +74,10 @@ static const char *bed_addr(enum rdmamig_transport t)
 /* The next pair_setup()'s destination cap on guest RAM (0: the default). */
 static uint64_t next_max_mem;
 
-/* Destination listening on an ephemeral port; source options ready. */
-static void pair_setup(struct side *src, struct side *dst, enum rdmamig_transport tr,
-		       uint64_t region_size, uint64_t rate)
+/* Destination listening on an ephemeral port; source options ready; both
+ * sides with timeout_ms. */
+static void pair_setup_timeout(struct side *src, struct side *dst, enum rdmamig_transport tr,
+			       uint64_t region_size, uint64_t rate, int timeout_ms)
 {
 	static char port[16];
 
@@ -83,7 +88,7 @@ static void pair_setup(struct side *src, struct side *dst, enum rdmamig_transpor
 
 	dst->opts = (struct rdmamig_opts){
 		.role = RDMAMIG_DESTINATION, .transport = tr, .addr = bed_addr(tr), .port = "0",
-		.timeout_ms = SILENCE_MS, .psk = KEY, .psk_len = sizeof(KEY) - 1, .max_mem = next_max_mem,
+		.timeout_ms = timeout_ms, .psk = KEY, .psk_len = sizeof(KEY) - 1, .max_mem = next_max_mem,
 	};
 	next_max_mem = 0;
 	dst->m = rdmamig_new(&dst->opts, &fake_ops, &dst->vmm);
@@ -96,8 +101,14 @@ static void pair_setup(struct side *src, struct side *dst, enum rdmamig_transpor
 	snprintf(port, sizeof(port), "%d", p);
 	src->opts = (struct rdmamig_opts){
 		.role = RDMAMIG_SOURCE, .transport = tr, .addr = bed_addr(tr), .port = port,
-		.timeout_ms = SILENCE_MS, .channels = 2, .psk = KEY, .psk_len = sizeof(KEY) - 1,
+		.timeout_ms = timeout_ms, .channels = 2, .psk = KEY, .psk_len = sizeof(KEY) - 1,
 	};
+}
+
+static void pair_setup(struct side *src, struct side *dst, enum rdmamig_transport tr,
+		       uint64_t region_size, uint64_t rate)
+{
+	pair_setup_timeout(src, dst, tr, region_size, rate, SILENCE_MS);
 }
 
 static void start_source(struct side *src)
@@ -132,6 +143,17 @@ static void assert_source_runs(struct side *src)
 		usleep(5000);
 	cr_assert_gt(atomic_load(&src->vmm.counter), c0, "source guest does not run");
 	cr_assert_eq(src->vmm.dirty_stop_calls, 1, "dirty logging left on");
+}
+
+/* Cancelled before dirty logging started: the guest ran throughout. */
+static void assert_source_runs_no_logging(struct side *src)
+{
+	uint64_t c0 = atomic_load(&src->vmm.counter);
+
+	cr_assert(!atomic_load(&src->vmm.paused), "source guest left paused");
+	for (int i = 0; i < 200 && atomic_load(&src->vmm.counter) == c0; i++)
+		usleep(5000);
+	cr_assert_gt(atomic_load(&src->vmm.counter), c0, "source guest does not run");
 }
 
 static void busy_guest_migrates(enum rdmamig_transport tr)
@@ -495,6 +517,163 @@ static void bad_describe_is_refused(enum rdmamig_transport tr)
 	}
 	fake_vmm_destroy(&src.vmm);
 	(void)dst;
+}
+
+/*
+ * Any length: a migration paced to last several times --timeout succeeds.
+ * The bulk pass sends 8 MiB of non-zero pages at 1 MiB/s, in naps of
+ * seconds during which the source sends no RAM and the engine no message:
+ * only keep-alives show either side that the other lives.
+ */
+static void outlives_its_timeout(enum rdmamig_transport tr)
+{
+	struct side src = { 0 }, dst = { 0 };
+	const uint64_t cap = 1 * MiB;
+	const int timeout_ms = 2000;
+
+	pair_setup_timeout(&src, &dst, want_transport(tr), 8 * MiB, 0, timeout_ms);
+	src.opts.max_bandwidth = cap;
+	start_source(&src);
+	pair_join(&src, &dst);
+	cr_assert_eq(src.rc, 0, "source: %s", rdmamig_strerror(src.rc));
+	cr_assert_eq(dst.rc, 0, "destination: %s", rdmamig_strerror(dst.rc));
+	for (unsigned r = 0; r < 2; r++)
+		cr_assert_eq(memcmp(src.vmm.ram[r], dst.vmm.ram[r], src.vmm.region_size), 0,
+			     "region %u differs", r);
+	/* What makes the case mean something: the cap held it for > 3 timeouts. */
+	cr_assert_geq(src.stats.total_ns, 3ull * timeout_ms * 1000000ull,
+		      "took only %.2f s: not longer than 3 timeouts", src.stats.total_ns / 1e9);
+	printf("long migration (%s): %.1f MiB in %.2f s at a %.0f MiB/s cap, timeout %d ms\n",
+	       tr == RDMAMIG_TRANSPORT_TCP ? "tcp" : "rdma", src.stats.bytes / 1048576.0,
+	       src.stats.total_ns / 1e9, cap / 1048576.0, timeout_ms);
+	pair_free(&src, &dst);
+}
+
+/* ---- cancel: prompt in every phase ---- */
+
+static double secs_since(uint64_t t0)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec - t0) / 1e9;
+}
+
+static uint64_t now_ns(void)
+{
+	return secs_since(0) * 1e9;
+}
+
+/* Cancel s and wait for its rdmamig_run() to return: the seconds it took. */
+static double cancel_latency(struct side *s)
+{
+	uint64_t t0 = now_ns();
+
+	rdmamig_cancel(s->m);
+	pthread_join(s->thread, NULL);
+	return secs_since(t0);
+}
+
+/* The bound is generous: the point is "not a timeout" (20 s before). */
+#define CANCEL_BOUND_S 1.0
+
+static void check_cancel(struct side *s, const char *phase, enum rdmamig_transport tr)
+{
+	double lat = cancel_latency(s);
+
+	printf("cancel (%s, %s): %.0f ms\n", tr == RDMAMIG_TRANSPORT_TCP ? "tcp" : "rdma", phase,
+	       lat * 1000);
+	cr_assert_lt(lat, CANCEL_BOUND_S, "%s: rdmamig_run returned %.2f s after the cancel", phase,
+		     lat);
+	cr_assert_eq(s->rc, RDMAMIG_E_ABORTED, "%s: %s", phase, rdmamig_strerror(s->rc));
+}
+
+/* A destination listening, no source in sight. */
+static void cancel_while_listening(enum rdmamig_transport tr)
+{
+	struct side dst = { 0 };
+
+	want_transport(tr);
+	rdmamig_set_log(log_to_stderr, "engine", RDMAMIG_LOG_DEBUG);
+	cr_assert_eq(fake_vmm_init(&dst.vmm, 2, 1 * MiB, 0), 0);
+	dst.opts = (struct rdmamig_opts){
+		.role = RDMAMIG_DESTINATION, .transport = tr, .addr = bed_addr(tr), .port = "0",
+		.timeout_ms = 20000, .psk = KEY, .psk_len = sizeof(KEY) - 1,
+	};
+	dst.m = rdmamig_new(&dst.opts, &fake_ops, &dst.vmm);
+	cr_assert_not_null(dst.m);
+	cr_assert_eq(pthread_create(&dst.thread, NULL, run_side, &dst), 0);
+	for (int i = 0; i < 500 && rdmamig_listen_port(dst.m) <= 0; i++)
+		usleep(10000);
+	cr_assert_gt(rdmamig_listen_port(dst.m), 0, "destination never listened");
+	usleep(200000);		/* inside accept's wait, not before it */
+	check_cancel(&dst, "listening", tr);
+	rdmamig_free(dst.m);
+	fake_vmm_destroy(&dst.vmm);
+	rdmamig_set_log(NULL, NULL, RDMAMIG_LOG_ERR);
+}
+
+/* A source connecting to a listener that never answers its HELLO (TCP: the
+ * kernel accepts; RDMA: the connect request waits, unanswered). */
+static void cancel_source_in_handshake(enum rdmamig_transport tr)
+{
+	struct rm_transport_opts lo = {
+		.kind = tr == RDMAMIG_TRANSPORT_TCP ? RM_TRANSPORT_TCP : RM_TRANSPORT_RDMA,
+		.addr = bed_addr(want_transport(tr)), .port = "0", .no_auth = true,
+	};
+	struct rm_listener *l;
+	struct side src = { 0 };
+	char port[16];
+
+	rdmamig_set_log(log_to_stderr, "engine", RDMAMIG_LOG_DEBUG);
+	cr_assert_eq(rm_tr_listen(&lo, &l), 0);
+	snprintf(port, sizeof(port), "%d", rm_tr_listener_port(l));
+	cr_assert_eq(fake_vmm_init(&src.vmm, 2, 1 * MiB, 2000), 0);
+	cr_assert_eq(fake_vmm_start(&src.vmm), 0);
+	src.opts = (struct rdmamig_opts){
+		.role = RDMAMIG_SOURCE, .transport = tr, .addr = bed_addr(tr), .port = port,
+		.timeout_ms = 20000, .psk = KEY, .psk_len = sizeof(KEY) - 1,
+	};
+	start_source(&src);
+	usleep(300000);		/* connected, waiting for HELLO_ACK */
+	check_cancel(&src, "source handshake", tr);
+	cr_assert_eq(src.vmm.pause_calls, 0);
+	assert_source_runs_no_logging(&src);
+	rdmamig_free(src.m);
+	rm_tr_listener_close(l);
+	fake_vmm_destroy(&src.vmm);
+	rdmamig_set_log(NULL, NULL, RDMAMIG_LOG_ERR);
+}
+
+/* A destination that accepted a connection on which no HELLO ever comes. */
+static void cancel_destination_in_handshake(enum rdmamig_transport tr)
+{
+	struct side dst = { 0 };
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	int fd, p = -1;
+
+	want_transport(tr);
+	rdmamig_set_log(log_to_stderr, "engine", RDMAMIG_LOG_DEBUG);
+	cr_assert_eq(fake_vmm_init(&dst.vmm, 2, 1 * MiB, 0), 0);
+	dst.opts = (struct rdmamig_opts){
+		.role = RDMAMIG_DESTINATION, .transport = tr, .addr = "127.0.0.1", .port = "0",
+		.timeout_ms = 20000, .psk = KEY, .psk_len = sizeof(KEY) - 1,
+	};
+	dst.m = rdmamig_new(&dst.opts, &fake_ops, &dst.vmm);
+	cr_assert_not_null(dst.m);
+	cr_assert_eq(pthread_create(&dst.thread, NULL, run_side, &dst), 0);
+	for (int i = 0; i < 500 && (p = rdmamig_listen_port(dst.m)) <= 0; i++)
+		usleep(10000);
+	cr_assert_gt(p, 0, "destination never listened");
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_port = htons((uint16_t)p);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	usleep(300000);		/* accepted, waiting for HELLO */
+	check_cancel(&dst, "destination handshake", tr);
+	close(fd);
+	rdmamig_free(dst.m);
+	fake_vmm_destroy(&dst.vmm);
 	rdmamig_set_log(NULL, NULL, RDMAMIG_LOG_ERR);
 }
 
@@ -547,6 +726,14 @@ Test(migration, options_must_choose_authentication)
 		rdmamig_free(m);
 	}
 	fake_vmm_destroy(&v);
+}
+
+BOTH(outlives_its_timeout_threefold, outlives_its_timeout)
+BOTH(cancel_while_listening_is_prompt, cancel_while_listening)
+BOTH(cancel_in_source_handshake_is_prompt, cancel_source_in_handshake)
+Test(migration_tcp, cancel_in_destination_handshake_is_prompt, .timeout = 60)
+{
+	cancel_destination_in_handshake(RDMAMIG_TRANSPORT_TCP);
 }
 
 /* ---- pure parts: policy and SETUP decoding ---- */
