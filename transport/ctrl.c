@@ -834,19 +834,32 @@ static uint64_t keepalive_ns(const struct rm_transport *t)
 	return q < RM_WIRE_KEEPALIVE_MS * 1000000ull ? q : RM_WIRE_KEEPALIVE_MS * 1000000ull;
 }
 
+static bool peer_said_bye(struct rm_transport *t)
+{
+	bool bye;
+
+	pthread_mutex_lock(&t->ctrl.lock);
+	bye = t->ctrl.peer_bye;
+	pthread_mutex_unlock(&t->ctrl.lock);
+	return bye;
+}
+
+bool rm_ctrl_keepalive_due(struct rm_transport *t, unsigned chan, uint64_t now)
+{
+	uint64_t sent = atomic_load(&t->ctrl.last_tx[chan]);
+
+	return now > sent && now - sent >= keepalive_ns(t) && !peer_said_bye(t);
+}
+
 int rm_ctrl_live(struct rm_transport *t, uint64_t now)
 {
 	struct rm_ctrl *q = &t->ctrl;
-	uint64_t silent = (uint64_t)t->opts.timeout_ms * 1000000ull, quiet = keepalive_ns(t);
-	bool bye;
+	uint64_t silent = (uint64_t)t->opts.timeout_ms * 1000000ull;
 	int err = rm_tr_check(t);
 
 	if (err)
 		return err;
-	pthread_mutex_lock(&q->lock);
-	bye = q->peer_bye;
-	pthread_mutex_unlock(&q->lock);
-	if (bye)
+	if (peer_said_bye(t))
 		return 0;	/* the peer has finished: nothing more will come */
 	for (unsigned i = 0; i < t->nchan; i++) {
 		uint64_t heard = atomic_load(&q->last_rx[i]);
@@ -860,9 +873,7 @@ int rm_ctrl_live(struct rm_transport *t, uint64_t now)
 		}
 	}
 	for (unsigned i = 0; i < t->nchan; i++) {
-		uint64_t sent = atomic_load(&q->last_tx[i]);
-
-		if (now <= sent || now - sent < quiet)
+		if (!rm_ctrl_keepalive_due(t, i, now))
 			continue;
 		err = t->ops->post(t, i, RM_WIRE_KEEPALIVE, 0, NULL, 0, NULL, 0, RM_NOW);
 		if (!err)

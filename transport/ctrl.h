@@ -197,6 +197,11 @@ void rm_ctrl_heard(struct rm_transport *t, unsigned chan);
  * (the silence is recorded with rm_tr_fail). */
 int rm_ctrl_live(struct rm_transport *t, uint64_t now);
 
+/* Is a KEEPALIVE due on chan at time now?  For a backend that also sends
+ * them from its own progress loop (RDMA: where the owner keeps the data path
+ * busy, the liveness thread's RM_NOW post finds it taken). */
+bool rm_ctrl_keepalive_due(struct rm_transport *t, unsigned chan, uint64_t now);
+
 /* Start the liveness thread (every channel counts as just heard from and
  * sent on), and stop it: before the backend tears down.  Stop is safe when
  * never started.  0 or -errno. */

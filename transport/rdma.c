@@ -198,7 +198,13 @@ static int rd_post(struct rm_transport *t, unsigned chan, uint16_t type, uint16_
 	struct rd_conn *c = (struct rd_conn *)t;
 	int err;
 
-	pthread_mutex_lock(&c->lock);
+	if (deadline == RM_NOW) {
+		/* The liveness thread: an owner inside an op posts them itself. */
+		if (pthread_mutex_trylock(&c->lock))
+			return -EAGAIN;
+	} else {
+		pthread_mutex_lock(&c->lock);
+	}
 	err = post_wait(c, chan, type, flags, body, blen, data, dlen, deadline);
 	pthread_mutex_unlock(&c->lock);
 	return err;
@@ -414,6 +420,15 @@ int rd_progress(struct rd_conn *c, uint64_t deadline)
 	if (n >= 0)
 		handle_cm_events(c);
 	c->in_progress = false;
+	/* Keep-alives due: the liveness thread cannot post them while an
+	 * owner busy in an op holds the lock. */
+	if (!atomic_load(&c->base.error)) {
+		uint64_t now = rm_now_ns();
+
+		for (unsigned i = 0; i < c->base.nchan; i++)
+			if (rm_ctrl_keepalive_due(&c->base, i, now))
+				post_msg(c, i, RM_WIRE_KEEPALIVE, 0, NULL, 0, NULL, 0, NULL);
+	}
 	/* Return grants on their own when nothing else carries them. */
 	if (c->grant >= CREDIT_BATCH && !atomic_load(&c->base.error)) {
 		struct rm_wire_credit cr = { 0 };
@@ -429,7 +444,13 @@ static int rd_pump(struct rm_transport *t, uint64_t deadline)
 	struct rd_conn *c = (struct rd_conn *)t;
 	int err;
 
-	pthread_mutex_lock(&c->lock);
+	if (deadline == RM_NOW) {
+		/* The liveness thread: an owner inside an op makes progress. */
+		if (pthread_mutex_trylock(&c->lock))
+			return rm_tr_check(t);
+	} else {
+		pthread_mutex_lock(&c->lock);
+	}
 	err = rd_progress(c, deadline);
 	pthread_mutex_unlock(&c->lock);
 	return err;
@@ -501,7 +522,7 @@ static int add_write(struct rd_conn *c, unsigned i, void *laddr, uint32_t lkey, 
 	 * completions to retire WRs.  Only bytes a signalled WR covers are
 	 * waited for (the rest, under a quarter of the bound, cannot
 	 * complete visibly until the next signal). */
-	while (q->posted + q->nchain + 1 - q->retired > SQ_DEPTH ||
+	while (q->posted + q->nchain + 1 - q->retired > SQ_DEPTH - SQ_CTRL_RESERVE ||
 	       (q->wbytes - q->wbytes_done > q->unsig_bytes &&
 		q->wbytes - q->wbytes_done + len > INFLIGHT_BYTES)) {
 		err = flush_chain(c, i);

@@ -21,6 +21,9 @@
 #define TX_N 32			/* control send slots */
 #define SQ_DEPTH 512
 #define SIG_EVERY 64
+/* Send-queue entries WRITEs leave free on each QP, so a MARKER or a KEEPALIVE
+ * never waits behind a send queue the writer refills as fast as it drains. */
+#define SQ_CTRL_RESERVE 8
 /*
  * Bytes of WRITEs in flight on one QP, at most (a single larger WRITE goes
  * alone).  A KEEPALIVE or MARKER posted behind them reaches the peer only
@@ -69,8 +72,10 @@ struct rd_conn {
 	struct rm_transport base;	/* first */
 	/* Everything below that the data path touches — QPs, CQs, tx slots,
 	 * credits — is under lock: the owner holds it inside every op, except
-	 * while it sleeps in poll(), and the liveness thread takes it to poll
-	 * the CQs and post a KEEPALIVE while the owner is away. */
+	 * while it sleeps in poll(), and the liveness thread takes it (trylock:
+	 * it never waits for the owner) to poll the CQs and post a KEEPALIVE
+	 * while the owner is away.  While the owner is in, rd_progress() posts
+	 * the keep-alives that are due. */
 	pthread_mutex_t lock;
 	struct rdma_event_channel *ec;
 	struct ibv_context *verbs;

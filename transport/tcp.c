@@ -287,6 +287,9 @@ static int rx_fence_wait(struct tcp_conn *c, unsigned chan)
 	       !atomic_load(&c->stopping)) {
 		struct timespec ts = rm_abstime_in(TCP_SLICE_MS * 1000000ull);
 
+		/* This channel is not read meanwhile: the quiet is ours, not
+		 * the peer's, so its silence clock does not run. */
+		rm_ctrl_heard(&c->base, chan);
 		pthread_cond_timedwait(&q->cond, &q->lock, &ts);
 	}
 	pthread_mutex_unlock(&q->lock);
