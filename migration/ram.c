@@ -290,8 +290,11 @@ int rm_ram_send_pass(struct rdmamig *m, bool bulk, bool fence, struct rm_pass *o
 				err = RDMAMIG_E_ABORTED;
 			if (err || s.pages + s.run_len == before)
 				continue;
-			/* Under a cap, what is ready goes out before the nap. */
-			if (m->opts.max_bandwidth && (err = flush(&s)))
+			/* Under a cap, what is ready goes out before the nap —
+			 * the open run too: pace() counts only pages in ranges,
+			 * and a run left open to the region's end was never
+			 * paced (a region of one chunk went out at full speed). */
+			if (m->opts.max_bandwidth && ((err = emit(&s)) || (err = flush(&s))))
 				continue;
 			pace(m, t0, s.pages * ps);
 			pthread_mutex_lock(&m->lock);
