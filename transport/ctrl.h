@@ -138,7 +138,8 @@ bool rm_ctrl_epoch_reached(const struct rm_transport *t, uint64_t epoch);
 /* Send one engine message, in fragments of frag_max.  0 or error. */
 int rm_ctrl_send(struct rm_transport *t, uint16_t type, const void *buf, size_t len);
 
-/* The next deliverable message: 1, 0 when timeout_ms passed, or error. */
+/* The next deliverable message: 1, 0 when timeout_ms passed (< 0: waits
+ * while the peer is alive), or error. */
 int rm_ctrl_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms);
 
 /*
