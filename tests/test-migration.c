@@ -606,7 +606,7 @@ static void cancel_while_listening(enum rdmamig_transport tr)
 	for (int i = 0; i < 500 && rdmamig_listen_port(dst.m) <= 0; i++)
 		usleep(10000);
 	cr_assert_gt(rdmamig_listen_port(dst.m), 0, "destination never listened");
-	usleep(200000);		/* inside accept's wait, not before it */
+	usleep(250000);		/* inside accept's wait, mid-slice */
 	check_cancel(&dst, "listening", tr);
 	rdmamig_free(dst.m);
 	fake_vmm_destroy(&dst.vmm);
@@ -635,7 +635,7 @@ static void cancel_source_in_handshake(enum rdmamig_transport tr)
 		.timeout_ms = 20000, .psk = KEY, .psk_len = sizeof(KEY) - 1,
 	};
 	start_source(&src);
-	usleep(300000);		/* connected, waiting for HELLO_ACK */
+	usleep(350000);		/* connected, waiting for HELLO_ACK, mid-slice */
 	check_cancel(&src, "source handshake", tr);
 	cr_assert_eq(src.vmm.pause_calls, 0);
 	assert_source_runs_no_logging(&src);
@@ -669,7 +669,7 @@ static void cancel_destination_in_handshake(enum rdmamig_transport tr)
 	sa.sin_port = htons((uint16_t)p);
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	usleep(300000);		/* accepted, waiting for HELLO */
+	usleep(350000);		/* accepted, waiting for HELLO, mid-slice */
 	check_cancel(&dst, "destination handshake", tr);
 	close(fd);
 	rdmamig_free(dst.m);
