@@ -1,11 +1,15 @@
-# transport/ — one ops table (transport.h), the control protocol both backends
-# speak (ctrl.c), and the backends: rdma (libibverbs + librdmacm, with RDMA
-# memory registration in register.c) and tcp.  Part of librdmamig.  Includes
-# common/ and include/ only: never migration/ (it sits above), kvm/ or
-# pinning/.
+# transport/ — one ops table (transport.h), the control protocol both
+# backends speak (ctrl.c; handshake bodies in ctrl-hello.c, the pre-shared-key
+# exchange in ctrl-auth.c, keep-alives in ctrl-live.c), and the backends: rdma
+# (libibverbs + librdmacm, with RDMA memory registration in register.c) and
+# tcp.  Part of librdmamig.  Includes common/ and include/ only: never
+# migration/ (it sits above), kvm/ or pinning/.
 LIB_OBJS += transport/wire.o
 LIB_OBJS += transport/transport.o
 LIB_OBJS += transport/ctrl.o
+LIB_OBJS += transport/ctrl-hello.o
+LIB_OBJS += transport/ctrl-auth.o
+LIB_OBJS += transport/ctrl-live.o
 LIB_OBJS += transport/net.o
 LIB_OBJS += transport/register.o
 LIB_OBJS += transport/tcp.o

@@ -9,9 +9,6 @@
  */
 #include <limits.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +16,6 @@
 #include "transport/priv.h"
 
 #define SLICE_MS 100
-#define LIVE_TICK_MAX_NS 50000000ull	/* the liveness thread's round, at most */
-#define LIVE_TICK_MIN_NS 5000000ull
 
 struct rm_ctrl_msg {
 	struct rm_ctrl_msg *next;
@@ -282,7 +277,7 @@ static int rx_layout(struct rm_transport *t, unsigned chan, const void *body, si
 }
 
 /* Who the peer is, for logs. */
-static const char *peer_name(const struct rm_transport *t)
+const char *rm_ctrl_peer_name(const struct rm_transport *t)
 {
 	return t->role == RM_ROLE_SOURCE ? "the destination" : "the source";
 }
@@ -302,11 +297,11 @@ static int rx_abort(struct rm_transport *t, const void *body, size_t len, const 
 	wire = rm_wire_get32(a.reason);
 	reason = rm_ctrl_abort_reason(wire);
 	if (reason)
-		rm_err("transport %s: %s aborted: %s (%s)", t->ops->name, peer_name(t), a.text,
+		rm_err("transport %s: %s aborted: %s (%s)", t->ops->name, rm_ctrl_peer_name(t), a.text,
 		       rdmamig_strerror(reason));
 	else
 		rm_err("transport %s: %s aborted: %s (reason %#x, not an error code)", t->ops->name,
-		       peer_name(t), a.text, wire);
+		       rm_ctrl_peer_name(t), a.text, wire);
 	*why = "peer sent ABORT";
 	return RDMAMIG_E_ABORTED;
 }
@@ -325,11 +320,11 @@ static int rx_refuse(struct rm_transport *t, const void *body, size_t len, const
 	reason = rm_wire_get32(r.reason);
 	if (reason == RM_REFUSE_AUTH) {
 		rm_err("transport %s: %s refused our proof of the pre-shared key: %s", t->ops->name,
-		       peer_name(t), RM_AUTH_HINT);
+		       rm_ctrl_peer_name(t), RM_AUTH_HINT);
 		*why = "peer refused authentication";
 		return RDMAMIG_E_AUTH;
 	}
-	rm_err("transport %s: %s refused: %s: %s", t->ops->name, peer_name(t),
+	rm_err("transport %s: %s refused: %s: %s", t->ops->name, rm_ctrl_peer_name(t),
 	       rm_wire_refuse_name(reason), r.text);
 	*why = "peer sent REFUSE";
 	return RDMAMIG_E_REFUSED;
@@ -520,7 +515,7 @@ int rm_ctrl_send(struct rm_transport *t, uint16_t type, const void *buf, size_t 
  * pump op is driven by it (at least once, even with the deadline passed);
  * otherwise receiver threads wake ctrl.cond.
  */
-static int wait_for(struct rm_transport *t, uint64_t deadline,
+int rm_ctrl_wait_for(struct rm_transport *t, uint64_t deadline,
 		    bool (*done)(struct rm_transport *t, void *arg), void *arg)
 {
 	struct rm_ctrl *q = &t->ctrl;
@@ -586,7 +581,7 @@ static bool pop_ready(struct rm_transport *t, void *arg)
 
 int rm_ctrl_recv(struct rm_transport *t, struct rm_msg *msg, int timeout_ms)
 {
-	return wait_for(t, timeout_ms < 0 ? RM_NO_DEADLINE : rm_deadline(timeout_ms), pop_ready, msg);
+	return rm_ctrl_wait_for(t, timeout_ms < 0 ? RM_NO_DEADLINE : rm_deadline(timeout_ms), pop_ready, msg);
 }
 
 static bool have_layout(struct rm_transport *t, void *arg)
@@ -654,7 +649,7 @@ int rm_ctrl_layout(struct rm_transport *t, const struct rm_region *r, unsigned n
 		return t->ops->post(t, 0, RM_WIRE_LAYOUT, 0, &lay,
 				    sizeof(lay.l) + n * sizeof(lay.r[0]), NULL, 0, deadline);
 
-	err = wait_for(t, deadline, have_layout, NULL);
+	err = rm_ctrl_wait_for(t, deadline, have_layout, NULL);
 	if (err < 0)
 		return err;
 	if (!err)
@@ -666,501 +661,4 @@ int rm_ctrl_layout(struct rm_transport *t, const struct rm_region *r, unsigned n
 		t->ops->post(t, 0, RM_WIRE_REFUSE, 0, &rf, sizeof(rf), NULL, 0, rm_deadline(1000));
 	}
 	return err;
-}
-
-/* ---- authentication ---- */
-
-int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIRE_MAC])
-{
-	static const char label[] = RM_WIRE_AUTH_LABEL;
-	uint8_t msg[sizeof(label) + 1 + 8 + 2 + 2 * RM_WIRE_NONCE], *p = msg;
-	__le64 session = rm_wire_put64(t->session);
-	__le16 nchan = rm_wire_put16((uint16_t)t->nchan);
-	unsigned mlen = 0;
-
-	/* label (with its NUL), role, session, nchan, nonce_s, nonce_d */
-	memcpy(p, label, sizeof(label));
-	p += sizeof(label);
-	*p++ = (uint8_t)role;
-	memcpy(p, &session, 8);
-	p += 8;
-	memcpy(p, &nchan, 2);
-	p += 2;
-	memcpy(p, t->ctrl.nonce_src, RM_WIRE_NONCE);
-	p += RM_WIRE_NONCE;
-	memcpy(p, t->ctrl.nonce_dst, RM_WIRE_NONCE);
-	if (!HMAC(EVP_sha256(), t->opts.psk, (int)t->opts.psk_len, msg, sizeof(msg), mac, &mlen) ||
-	    mlen != RM_WIRE_MAC)
-		return -ENOMEM;
-	return 0;
-}
-
-static bool never(struct rm_transport *t, void *arg)
-{
-	return false;
-}
-
-struct auth_wait {
-	unsigned step;		/* wait for the peer's step ... */
-	bool verdict;		/* ... or for its proof's verdict */
-};
-
-static bool auth_progress(struct rm_transport *t, void *arg)
-{
-	const struct auth_wait *w = arg;
-
-	if (w->verdict)
-		return t->ctrl.authed || t->ctrl.auth_bad;
-	return t->ctrl.auth_got >= w->step;
-}
-
-/* Send our step; a nonce is drawn fresh for it, a proof computed. */
-static int auth_send(struct rm_transport *t, unsigned step, uint64_t deadline)
-{
-	struct rm_wire_auth a = { .step = rm_wire_put32(step) };
-	bool src = t->role == RM_ROLE_SOURCE;
-	int err = 0;
-
-	pthread_mutex_lock(&t->ctrl.lock);
-	if (step <= RM_AUTH_NONCE_DST) {
-		uint8_t *mine = src ? t->ctrl.nonce_src : t->ctrl.nonce_dst;
-
-		if (RAND_bytes(mine, RM_WIRE_NONCE) != 1)
-			err = -EIO;
-		memcpy(a.nonce, mine, RM_WIRE_NONCE);
-	} else if (rm_ctrl_auth_mac(t, src ? 'S' : 'D', a.mac)) {
-		err = -ENOMEM;
-	}
-	/* Recorded before the post: the peer's answer may arrive before
-	 * post returns, and the receive path checks the order by it. */
-	if (!err)
-		t->ctrl.auth_sent = step;
-	pthread_mutex_unlock(&t->ctrl.lock);
-	if (!err)
-		err = t->ops->post(t, 0, RM_WIRE_AUTH, 0, &a, sizeof(a), NULL, 0, deadline);
-	OPENSSL_cleanse(&a, sizeof(a));
-	return err;
-}
-
-static int auth_wait(struct rm_transport *t, unsigned step, bool verdict, uint64_t deadline)
-{
-	struct auth_wait w = { .step = step, .verdict = verdict };
-	int ret = wait_for(t, deadline, auth_progress, &w);
-
-	return ret < 0 ? ret : ret ? 0 : -ETIMEDOUT;
-}
-
-/* Has the peer's proof checked out?  Takes the lock for the verdict. */
-static bool auth_ok(struct rm_transport *t)
-{
-	bool ok;
-
-	pthread_mutex_lock(&t->ctrl.lock);
-	ok = t->ctrl.authed;
-	pthread_mutex_unlock(&t->ctrl.lock);
-	return ok;
-}
-
-int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
-{
-	struct rm_wire_refuse_body rf;
-	int err;
-
-	if (!t->opts.psk_len)
-		return 0;
-	if (t->role == RM_ROLE_SOURCE) {
-		err = auth_send(t, RM_AUTH_NONCE_SRC, deadline);
-		if (!err)
-			err = auth_wait(t, RM_AUTH_NONCE_DST, false, deadline);
-		if (!err)
-			err = auth_send(t, RM_AUTH_PROOF_SRC, deadline);
-		if (!err)
-			err = auth_wait(t, 0, true, deadline);
-		if (err) {
-			if (err != RDMAMIG_E_AUTH)
-				rm_err("transport %s: authenticating the destination: %s", t->ops->name,
-				       rdmamig_strerror(err));
-			return err;
-		}
-		if (!auth_ok(t)) {
-			rm_err("transport %s: the destination did not prove the pre-shared key: %s",
-			       t->ops->name, RM_AUTH_HINT);
-			return RDMAMIG_E_AUTH;
-		}
-		return 0;
-	}
-	err = auth_wait(t, RM_AUTH_NONCE_SRC, false, deadline);
-	if (!err)
-		err = auth_send(t, RM_AUTH_NONCE_DST, deadline);
-	if (!err)
-		err = auth_wait(t, 0, true, deadline);
-	if (err) {
-		rm_warn("transport %s: dropping a source that did not authenticate: %s", t->ops->name,
-			rdmamig_strerror(err));
-		return err;
-	}
-	if (!auth_ok(t)) {
-		rm_warn("transport %s: refusing a source: %s", t->ops->name, RM_AUTH_HINT);
-		rm_ctrl_refuse_body(&rf, RM_REFUSE_AUTH, "no proof of the pre-shared key");
-		if (!t->ops->post(t, 0, RM_WIRE_REFUSE, 0, &rf, sizeof(rf), NULL, 0,
-				  rm_deadline(1000)))
-			/* Linger (bounded) until the source hangs up on reading
-			 * it: an RDMA disconnect could overtake the SEND. */
-			wait_for(t, rm_deadline(1000), never, NULL);
-		return RDMAMIG_E_AUTH;
-	}
-	return auth_send(t, RM_AUTH_PROOF_DST, deadline);
-}
-
-/* ---- liveness ---- */
-
-void rm_ctrl_sent(struct rm_transport *t, unsigned chan)
-{
-	atomic_store(&t->ctrl.last_tx[chan], rm_now_ns());
-}
-
-void rm_ctrl_heard(struct rm_transport *t, unsigned chan)
-{
-	atomic_store(&t->ctrl.last_rx[chan], rm_now_ns());
-}
-
-/* A quarter of our own timeout at most, so a peer with the same timeout
- * has a 4x margin; RM_WIRE_KEEPALIVE_MS at most, so any peer timeout of
- * 4x that holds too, whatever ours is. */
-static uint64_t keepalive_ns(const struct rm_transport *t)
-{
-	uint64_t q = (uint64_t)t->opts.timeout_ms * 1000000ull / 4;
-
-	return q < RM_WIRE_KEEPALIVE_MS * 1000000ull ? q : RM_WIRE_KEEPALIVE_MS * 1000000ull;
-}
-
-static bool peer_said_bye(struct rm_transport *t)
-{
-	bool bye;
-
-	pthread_mutex_lock(&t->ctrl.lock);
-	bye = t->ctrl.peer_bye;
-	pthread_mutex_unlock(&t->ctrl.lock);
-	return bye;
-}
-
-bool rm_ctrl_keepalive_due(struct rm_transport *t, unsigned chan, uint64_t now)
-{
-	uint64_t sent = atomic_load(&t->ctrl.last_tx[chan]);
-
-	return now > sent && now - sent >= keepalive_ns(t) && !peer_said_bye(t);
-}
-
-int rm_ctrl_live(struct rm_transport *t, uint64_t now)
-{
-	struct rm_ctrl *q = &t->ctrl;
-	uint64_t silent = (uint64_t)t->opts.timeout_ms * 1000000ull;
-	int err = rm_tr_check(t);
-
-	if (err)
-		return err;
-	if (peer_said_bye(t))
-		return 0;	/* the peer has finished: nothing more will come */
-	for (unsigned i = 0; i < t->nchan; i++) {
-		uint64_t heard = atomic_load(&q->last_rx[i]);
-
-		if (now > heard && now - heard >= silent) {
-			char what[96];
-
-			snprintf(what, sizeof(what), "channel %u: nothing from %s for %llu ms", i,
-				 peer_name(t), (unsigned long long)((now - heard) / 1000000));
-			return rm_tr_fail(t, -ETIMEDOUT, what);
-		}
-	}
-	for (unsigned i = 0; i < t->nchan; i++) {
-		if (!rm_ctrl_keepalive_due(t, i, now))
-			continue;
-		err = t->ops->post(t, i, RM_WIRE_KEEPALIVE, 0, NULL, 0, NULL, 0, RM_NOW);
-		if (!err)
-			atomic_store(&q->last_tx[i], now);
-		else if (err != -EAGAIN)
-			return rm_tr_fail(t, err, "sending a keep-alive");
-	}
-	return 0;
-}
-
-static void *live_thread(void *arg)
-{
-	struct rm_transport *t = arg;
-	struct rm_ctrl *q = &t->ctrl;
-	uint64_t tick = keepalive_ns(t) / 5;
-
-	if (tick > LIVE_TICK_MAX_NS)
-		tick = LIVE_TICK_MAX_NS;
-	if (tick < LIVE_TICK_MIN_NS)
-		tick = LIVE_TICK_MIN_NS;
-	pthread_mutex_lock(&q->lock);
-	while (!q->live_stop) {
-		struct timespec ts = rm_abstime_in(tick);
-		int err;
-
-		pthread_cond_timedwait(&q->live_cond, &q->lock, &ts);
-		if (q->live_stop)
-			break;
-		pthread_mutex_unlock(&q->lock);
-		/* Take in what arrived (RDMA) while the owner may be away: the
-		 * peer's keep-alives, credits, a DISCONNECT. */
-		if (t->ops->pump)
-			t->ops->pump(t, RM_NOW);
-		err = rm_ctrl_live(t, rm_now_ns());
-		pthread_mutex_lock(&q->lock);
-		if (err)
-			break;	/* failed or cancelled: the owner sees it */
-	}
-	pthread_mutex_unlock(&q->lock);
-	return NULL;
-}
-
-int rm_ctrl_live_start(struct rm_transport *t)
-{
-	struct rm_ctrl *q = &t->ctrl;
-	uint64_t now = rm_now_ns();
-	int err;
-
-	for (unsigned i = 0; i < t->nchan; i++) {
-		atomic_store(&q->last_tx[i], now);
-		atomic_store(&q->last_rx[i], now);
-	}
-	q->live_stop = false;
-	err = pthread_create(&q->live, NULL, live_thread, t);
-	if (err)
-		return -err;
-	q->live_started = true;
-	return 0;
-}
-
-void rm_ctrl_live_stop(struct rm_transport *t)
-{
-	struct rm_ctrl *q = &t->ctrl;
-
-	if (!q->live_started)
-		return;
-	pthread_mutex_lock(&q->lock);
-	q->live_stop = true;
-	pthread_cond_broadcast(&q->live_cond);
-	pthread_mutex_unlock(&q->lock);
-	pthread_join(q->live, NULL);
-	q->live_started = false;
-}
-
-/* ---- handshake ---- */
-
-void rm_ctrl_hello(struct rm_wire_hello *h, const struct rm_transport_opts *o, unsigned chan,
-		   uint64_t session, uint32_t credits)
-{
-	*h = (struct rm_wire_hello){
-		.magic = rm_wire_put32(RM_WIRE_MAGIC),
-		.version_min = rm_wire_put16(RM_WIRE_VERSION_MIN),
-		.version_max = rm_wire_put16(RM_WIRE_VERSION),
-		.caps = rm_wire_put32(RM_CAP_FENCE_EPOCH | (o->nchan > 1 ? RM_CAP_MULTICHAN : 0) |
-				      (o->psk_len ? RM_CAP_AUTH : 0)),
-		.nchan = rm_wire_put16((uint16_t)o->nchan),
-		.chan = rm_wire_put16((uint16_t)chan),
-		.session = rm_wire_put64(session),
-		.max_write = rm_wire_put32(o->max_write),
-		.credits = rm_wire_put32(credits),
-	};
-}
-
-static bool write_size_ok(uint32_t w)
-{
-	return w >= RM_WIRE_MIN_WRITE && w <= RM_WIRE_MAX_WRITE && !(w & (w - 1));
-}
-
-static bool credits_ok(uint32_t credits, bool rdma)
-{
-	return rdma ? credits && credits <= RM_WIRE_MAX_CREDITS : !credits;
-}
-
-uint32_t rm_ctrl_hello_check(const struct rm_wire_hello *h, bool rdma, bool auth, char *why,
-			     size_t n)
-{
-	unsigned nchan = rm_wire_get16(h->nchan), chan = rm_wire_get16(h->chan);
-	unsigned vmin = rm_wire_get16(h->version_min), vmax = rm_wire_get16(h->version_max);
-	uint32_t caps = rm_wire_get32(h->caps);
-
-	if (rm_wire_get32(h->magic) != RM_WIRE_MAGIC) {
-		snprintf(why, n, "bad magic %#x", rm_wire_get32(h->magic));
-		return RM_REFUSE_MAGIC;
-	}
-	if (vmin > vmax || vmax < RM_WIRE_VERSION_MIN || vmin > RM_WIRE_VERSION) {
-		snprintf(why, n, "versions %u-%u, we speak %u-%u", vmin, vmax, RM_WIRE_VERSION_MIN,
-			 RM_WIRE_VERSION);
-		return RM_REFUSE_VERSION;
-	}
-	if ((caps & RM_CAP_REQUIRED) != RM_CAP_REQUIRED) {
-		snprintf(why, n, "caps %#x lack required %#x", caps, RM_CAP_REQUIRED);
-		return RM_REFUSE_CAPS;
-	}
-	if (auth && !(caps & RM_CAP_AUTH)) {
-		snprintf(why, n, "no pre-shared key offered");
-		return RM_REFUSE_AUTH;
-	}
-	if (!nchan || nchan > RM_WIRE_MAX_CHANNELS || chan >= nchan) {
-		snprintf(why, n, "channel %u of %u (max %u)", chan, nchan, RM_WIRE_MAX_CHANNELS);
-		return RM_REFUSE_CHANNELS;
-	}
-	if (!write_size_ok(rm_wire_get32(h->max_write))) {
-		snprintf(why, n, "max_write %u is not a power of two in [%u, %u]",
-			 rm_wire_get32(h->max_write), RM_WIRE_MIN_WRITE, RM_WIRE_MAX_WRITE);
-		return RM_REFUSE_PARAMS;
-	}
-	if (!credits_ok(rm_wire_get32(h->credits), rdma)) {
-		snprintf(why, n, "%u control credits (expected %s)", rm_wire_get32(h->credits),
-			 rdma ? "1-4096" : "0");
-		return RM_REFUSE_PARAMS;
-	}
-	return 0;
-}
-
-uint32_t rm_ctrl_hello_parse(uint16_t type, const void *body, size_t blen, bool rdma, bool auth,
-			     struct rm_wire_hello *h, char *why, size_t n)
-{
-	if (type != RM_WIRE_HELLO) {
-		snprintf(why, n, "expected HELLO, got %s (%#x)", rm_wire_type_name(type), type);
-		return RM_REFUSE_MAGIC;
-	}
-	if (blen != sizeof(*h)) {
-		snprintf(why, n, "HELLO of %zu bytes, expected %zu", blen, sizeof(*h));
-		return RM_REFUSE_MAGIC;
-	}
-	memcpy(h, body, sizeof(*h));
-	return rm_ctrl_hello_check(h, rdma, auth, why, n);
-}
-
-uint32_t rm_ctrl_hello_join(const struct rm_wire_hello *h, const struct rm_transport *t,
-			    uint64_t session, bool chan_taken, char *why, size_t n)
-{
-	if (!t)
-		return 0;
-	if (rm_wire_get64(h->session) != session || rm_wire_get16(h->nchan) != t->nchan ||
-	    rm_wire_get32(h->max_write) != t->peer_max_write) {
-		snprintf(why, n, "another migration is being accepted");
-		return RM_REFUSE_BUSY;
-	}
-	if (chan_taken) {
-		snprintf(why, n, "channel %u connected twice", rm_wire_get16(h->chan));
-		return RM_REFUSE_CHANNELS;
-	}
-	return 0;
-}
-
-void rm_ctrl_hello_ack(struct rm_wire_hello_ack *a, const struct rm_wire_hello *h,
-		       uint32_t credits, uint32_t ctrl_buf, bool auth)
-{
-	unsigned vmax = rm_wire_get16(h->version_max);
-
-	*a = (struct rm_wire_hello_ack){
-		.version = rm_wire_put16(vmax < RM_WIRE_VERSION ? vmax : RM_WIRE_VERSION),
-		.nchan = h->nchan,
-		.caps = rm_wire_put32(rm_wire_get32(h->caps) & RM_CAP_KNOWN &
-				      (auth ? ~0u : ~(uint32_t)RM_CAP_AUTH)),
-		.credits = rm_wire_put32(credits),
-		.ctrl_buf = rm_wire_put32(ctrl_buf),
-	};
-}
-
-int rm_ctrl_hello_reply(const char *backend, unsigned chan, uint16_t type, const void *body,
-			size_t blen, const struct rm_wire_hello *h, uint32_t ctrl_buf,
-			struct rm_wire_hello_ack *ack)
-{
-	struct rm_wire_refuse_body rf;
-	char bad[96] = "";
-	unsigned version;
-	uint32_t caps, offered = rm_wire_get32(h->caps);
-
-	if (type == RM_WIRE_REFUSE && blen == sizeof(rf)) {
-		memcpy(&rf, body, sizeof(rf));
-		rf.text[RM_WIRE_TEXT - 1] = 0;
-		if (rm_wire_get32(rf.reason) == RM_REFUSE_AUTH) {
-			rm_err("transport %s: the destination refused: %s (it said: %s)", backend,
-			       RM_AUTH_HINT, rf.text);
-			return RDMAMIG_E_AUTH;
-		}
-		rm_err("transport %s: the destination refused: %s: %s", backend,
-		       rm_wire_refuse_name(rm_wire_get32(rf.reason)), rf.text);
-		return RDMAMIG_E_REFUSED;
-	}
-	if (type != RM_WIRE_HELLO_ACK || blen != sizeof(*ack)) {
-		rm_err("transport %s: channel %u: the destination answered HELLO with %s of %zu bytes",
-		       backend, chan, rm_wire_type_name(type), blen);
-		return RDMAMIG_E_PROTO;
-	}
-	memcpy(ack, body, sizeof(*ack));
-	version = rm_wire_get16(ack->version);
-	caps = rm_wire_get32(ack->caps);
-	if (version < RM_WIRE_VERSION_MIN || version > RM_WIRE_VERSION)
-		snprintf(bad, sizeof(bad), "version %u, we offered %u-%u", version,
-			 RM_WIRE_VERSION_MIN, RM_WIRE_VERSION);
-	else if (rm_wire_get16(ack->nchan) != rm_wire_get16(h->nchan))
-		snprintf(bad, sizeof(bad), "nchan %u, we asked for %u", rm_wire_get16(ack->nchan),
-			 rm_wire_get16(h->nchan));
-	else if ((caps & ~offered) || (caps & RM_CAP_REQUIRED) != RM_CAP_REQUIRED)
-		snprintf(bad, sizeof(bad), "caps %#x, we offered %#x and require %#x", caps, offered,
-			 RM_CAP_REQUIRED);
-	else if (!credits_ok(rm_wire_get32(ack->credits), ctrl_buf != 0))
-		snprintf(bad, sizeof(bad), "credits %u, expected %s", rm_wire_get32(ack->credits),
-			 ctrl_buf ? "1-4096" : "0");
-	else if (rm_wire_get32(ack->ctrl_buf) != ctrl_buf)
-		snprintf(bad, sizeof(bad), "ctrl_buf %u, expected %u", rm_wire_get32(ack->ctrl_buf),
-			 ctrl_buf);
-	if (bad[0]) {
-		rm_err("transport %s: channel %u: bad HELLO_ACK from the destination: %s", backend,
-		       chan, bad);
-		return RDMAMIG_E_PROTO;
-	}
-	if ((offered & RM_CAP_AUTH) && !(caps & RM_CAP_AUTH)) {
-		/* Handing the guest to a destination that proves nothing would
-		 * let any host that answers on this address receive it. */
-		rm_err("transport %s: the destination runs without a pre-shared key (--no-auth) and "
-		       "this side has one: refusing to send the guest to an unauthenticated peer",
-		       backend);
-		return RDMAMIG_E_AUTH;
-	}
-	return 0;
-}
-
-/* ---- REFUSE, ABORT, frames ---- */
-
-void rm_ctrl_refuse_body(struct rm_wire_refuse_body *b, uint32_t reason, const char *text)
-{
-	*b = (struct rm_wire_refuse_body){ .reason = rm_wire_put32(reason) };
-	rm_wire_text(b->text, text);
-}
-
-void rm_ctrl_abort_body(struct rm_wire_abort_body *b, int reason, const char *text)
-{
-	/* Negate in unsigned arithmetic: -INT_MIN does not exist as an int. */
-	uint32_t wire = reason < 0 ? 0u - (uint32_t)reason : (uint32_t)reason;
-
-	*b = (struct rm_wire_abort_body){ .reason = rm_wire_put32(wire) };
-	rm_wire_text(b->text, text);
-}
-
-int rm_ctrl_abort_reason(uint32_t wire)
-{
-	/* Codes are negative ints: only 1..INT_MAX negate to one. */
-	if (!wire || wire > INT_MAX)
-		return 0;
-	return -(int)wire;
-}
-
-int rm_ctrl_unframe(const void *buf, size_t len, uint16_t *type, const void **body, size_t *blen)
-{
-	struct rm_wire_hdr h;
-
-	if (len < sizeof(h))
-		return -EPROTO;
-	memcpy(&h, buf, sizeof(h));
-	if (rm_wire_get32(h.len) > len - sizeof(h) || h.reserved || h.flags || h.credits)
-		return -EPROTO;
-	*type = rm_wire_get16(h.type);
-	*body = (const char *)buf + sizeof(h);
-	*blen = rm_wire_get32(h.len);
-	return 0;
 }

@@ -273,4 +273,16 @@ int rm_ctrl_abort_reason(uint32_t wire);
  */
 int rm_ctrl_unframe(const void *buf, size_t len, uint16_t *type, const void **body, size_t *blen);
 
+/* Shared by ctrl*.c only. */
+
+/*
+ * Wait, under ctrl.lock, until done(t, arg) holds (1), the connection fails,
+ * the peer said BYE (-EPIPE) or the deadline passes (0).
+ */
+int rm_ctrl_wait_for(struct rm_transport *t, uint64_t deadline,
+		     bool (*done)(struct rm_transport *t, void *arg), void *arg);
+
+/* Who the peer is, for logs: "the destination" or "the source". */
+const char *rm_ctrl_peer_name(const struct rm_transport *t);
+
 #endif

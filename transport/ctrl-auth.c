@@ -1,0 +1,158 @@
+/*
+ * transport/ctrl-auth.c — the pre-shared-key challenge–response of the
+ * handshake (ctrl.h, wire.h's AUTH): both sides send a nonce, then each
+ * proves the key with an HMAC-SHA256 over its role, the session, the channel
+ * count and both nonces.  The answers are checked on the receive path
+ * (ctrl.c's rx_auth), so this file only drives the exchange.
+ */
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <string.h>
+
+#include "transport/priv.h"
+
+/* ---- authentication ---- */
+
+int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIRE_MAC])
+{
+	static const char label[] = RM_WIRE_AUTH_LABEL;
+	uint8_t msg[sizeof(label) + 1 + 8 + 2 + 2 * RM_WIRE_NONCE], *p = msg;
+	__le64 session = rm_wire_put64(t->session);
+	__le16 nchan = rm_wire_put16((uint16_t)t->nchan);
+	unsigned mlen = 0;
+
+	/* label (with its NUL), role, session, nchan, nonce_s, nonce_d */
+	memcpy(p, label, sizeof(label));
+	p += sizeof(label);
+	*p++ = (uint8_t)role;
+	memcpy(p, &session, 8);
+	p += 8;
+	memcpy(p, &nchan, 2);
+	p += 2;
+	memcpy(p, t->ctrl.nonce_src, RM_WIRE_NONCE);
+	p += RM_WIRE_NONCE;
+	memcpy(p, t->ctrl.nonce_dst, RM_WIRE_NONCE);
+	if (!HMAC(EVP_sha256(), t->opts.psk, (int)t->opts.psk_len, msg, sizeof(msg), mac, &mlen) ||
+	    mlen != RM_WIRE_MAC)
+		return -ENOMEM;
+	return 0;
+}
+
+static bool never(struct rm_transport *t, void *arg)
+{
+	return false;
+}
+
+struct auth_wait {
+	unsigned step;		/* wait for the peer's step ... */
+	bool verdict;		/* ... or for its proof's verdict */
+};
+
+static bool auth_progress(struct rm_transport *t, void *arg)
+{
+	const struct auth_wait *w = arg;
+
+	if (w->verdict)
+		return t->ctrl.authed || t->ctrl.auth_bad;
+	return t->ctrl.auth_got >= w->step;
+}
+
+/* Send our step; a nonce is drawn fresh for it, a proof computed. */
+static int auth_send(struct rm_transport *t, unsigned step, uint64_t deadline)
+{
+	struct rm_wire_auth a = { .step = rm_wire_put32(step) };
+	bool src = t->role == RM_ROLE_SOURCE;
+	int err = 0;
+
+	pthread_mutex_lock(&t->ctrl.lock);
+	if (step <= RM_AUTH_NONCE_DST) {
+		uint8_t *mine = src ? t->ctrl.nonce_src : t->ctrl.nonce_dst;
+
+		if (RAND_bytes(mine, RM_WIRE_NONCE) != 1)
+			err = -EIO;
+		memcpy(a.nonce, mine, RM_WIRE_NONCE);
+	} else if (rm_ctrl_auth_mac(t, src ? 'S' : 'D', a.mac)) {
+		err = -ENOMEM;
+	}
+	/* Recorded before the post: the peer's answer may arrive before
+	 * post returns, and the receive path checks the order by it. */
+	if (!err)
+		t->ctrl.auth_sent = step;
+	pthread_mutex_unlock(&t->ctrl.lock);
+	if (!err)
+		err = t->ops->post(t, 0, RM_WIRE_AUTH, 0, &a, sizeof(a), NULL, 0, deadline);
+	OPENSSL_cleanse(&a, sizeof(a));
+	return err;
+}
+
+static int auth_wait(struct rm_transport *t, unsigned step, bool verdict, uint64_t deadline)
+{
+	struct auth_wait w = { .step = step, .verdict = verdict };
+	int ret = rm_ctrl_wait_for(t, deadline, auth_progress, &w);
+
+	return ret < 0 ? ret : ret ? 0 : -ETIMEDOUT;
+}
+
+/* Has the peer's proof checked out?  Takes the lock for the verdict. */
+static bool auth_ok(struct rm_transport *t)
+{
+	bool ok;
+
+	pthread_mutex_lock(&t->ctrl.lock);
+	ok = t->ctrl.authed;
+	pthread_mutex_unlock(&t->ctrl.lock);
+	return ok;
+}
+
+int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
+{
+	struct rm_wire_refuse_body rf;
+	int err;
+
+	if (!t->opts.psk_len)
+		return 0;
+	if (t->role == RM_ROLE_SOURCE) {
+		err = auth_send(t, RM_AUTH_NONCE_SRC, deadline);
+		if (!err)
+			err = auth_wait(t, RM_AUTH_NONCE_DST, false, deadline);
+		if (!err)
+			err = auth_send(t, RM_AUTH_PROOF_SRC, deadline);
+		if (!err)
+			err = auth_wait(t, 0, true, deadline);
+		if (err) {
+			if (err != RDMAMIG_E_AUTH)
+				rm_err("transport %s: authenticating the destination: %s", t->ops->name,
+				       rdmamig_strerror(err));
+			return err;
+		}
+		if (!auth_ok(t)) {
+			rm_err("transport %s: the destination did not prove the pre-shared key: %s",
+			       t->ops->name, RM_AUTH_HINT);
+			return RDMAMIG_E_AUTH;
+		}
+		return 0;
+	}
+	err = auth_wait(t, RM_AUTH_NONCE_SRC, false, deadline);
+	if (!err)
+		err = auth_send(t, RM_AUTH_NONCE_DST, deadline);
+	if (!err)
+		err = auth_wait(t, 0, true, deadline);
+	if (err) {
+		rm_warn("transport %s: dropping a source that did not authenticate: %s", t->ops->name,
+			rdmamig_strerror(err));
+		return err;
+	}
+	if (!auth_ok(t)) {
+		rm_warn("transport %s: refusing a source: %s", t->ops->name, RM_AUTH_HINT);
+		rm_ctrl_refuse_body(&rf, RM_REFUSE_AUTH, "no proof of the pre-shared key");
+		if (!t->ops->post(t, 0, RM_WIRE_REFUSE, 0, &rf, sizeof(rf), NULL, 0,
+				  rm_deadline(1000)))
+			/* Linger (bounded) until the source hangs up on reading
+			 * it: an RDMA disconnect could overtake the SEND. */
+			rm_ctrl_wait_for(t, rm_deadline(1000), never, NULL);
+		return RDMAMIG_E_AUTH;
+	}
+	return auth_send(t, RM_AUTH_PROOF_DST, deadline);
+}

@@ -1,0 +1,151 @@
+/*
+ * transport/ctrl-live.c — liveness: a keep-alive on every channel that has
+ * been quiet for a while, and failure once the peer has been silent on a
+ * channel for timeout_ms.  Silence is bounded, never the length of a
+ * migration.  A thread per connection runs the checks between the owner's
+ * calls; backends report traffic with rm_ctrl_sent() / rm_ctrl_heard().
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "transport/priv.h"
+
+#define LIVE_TICK_MAX_NS 50000000ull	/* the liveness thread's round, at most */
+#define LIVE_TICK_MIN_NS 5000000ull
+
+/* ---- liveness ---- */
+
+void rm_ctrl_sent(struct rm_transport *t, unsigned chan)
+{
+	atomic_store(&t->ctrl.last_tx[chan], rm_now_ns());
+}
+
+void rm_ctrl_heard(struct rm_transport *t, unsigned chan)
+{
+	atomic_store(&t->ctrl.last_rx[chan], rm_now_ns());
+}
+
+/* A quarter of our own timeout at most, so a peer with the same timeout
+ * has a 4x margin; RM_WIRE_KEEPALIVE_MS at most, so any peer timeout of
+ * 4x that holds too, whatever ours is. */
+static uint64_t keepalive_ns(const struct rm_transport *t)
+{
+	uint64_t q = (uint64_t)t->opts.timeout_ms * 1000000ull / 4;
+
+	return q < RM_WIRE_KEEPALIVE_MS * 1000000ull ? q : RM_WIRE_KEEPALIVE_MS * 1000000ull;
+}
+
+static bool peer_said_bye(struct rm_transport *t)
+{
+	bool bye;
+
+	pthread_mutex_lock(&t->ctrl.lock);
+	bye = t->ctrl.peer_bye;
+	pthread_mutex_unlock(&t->ctrl.lock);
+	return bye;
+}
+
+bool rm_ctrl_keepalive_due(struct rm_transport *t, unsigned chan, uint64_t now)
+{
+	uint64_t sent = atomic_load(&t->ctrl.last_tx[chan]);
+
+	return now > sent && now - sent >= keepalive_ns(t) && !peer_said_bye(t);
+}
+
+int rm_ctrl_live(struct rm_transport *t, uint64_t now)
+{
+	struct rm_ctrl *q = &t->ctrl;
+	uint64_t silent = (uint64_t)t->opts.timeout_ms * 1000000ull;
+	int err = rm_tr_check(t);
+
+	if (err)
+		return err;
+	if (peer_said_bye(t))
+		return 0;	/* the peer has finished: nothing more will come */
+	for (unsigned i = 0; i < t->nchan; i++) {
+		uint64_t heard = atomic_load(&q->last_rx[i]);
+
+		if (now > heard && now - heard >= silent) {
+			char what[96];
+
+			snprintf(what, sizeof(what), "channel %u: nothing from %s for %llu ms", i,
+				 rm_ctrl_peer_name(t), (unsigned long long)((now - heard) / 1000000));
+			return rm_tr_fail(t, -ETIMEDOUT, what);
+		}
+	}
+	for (unsigned i = 0; i < t->nchan; i++) {
+		if (!rm_ctrl_keepalive_due(t, i, now))
+			continue;
+		err = t->ops->post(t, i, RM_WIRE_KEEPALIVE, 0, NULL, 0, NULL, 0, RM_NOW);
+		if (!err)
+			atomic_store(&q->last_tx[i], now);
+		else if (err != -EAGAIN)
+			return rm_tr_fail(t, err, "sending a keep-alive");
+	}
+	return 0;
+}
+
+static void *live_thread(void *arg)
+{
+	struct rm_transport *t = arg;
+	struct rm_ctrl *q = &t->ctrl;
+	uint64_t tick = keepalive_ns(t) / 5;
+
+	if (tick > LIVE_TICK_MAX_NS)
+		tick = LIVE_TICK_MAX_NS;
+	if (tick < LIVE_TICK_MIN_NS)
+		tick = LIVE_TICK_MIN_NS;
+	pthread_mutex_lock(&q->lock);
+	while (!q->live_stop) {
+		struct timespec ts = rm_abstime_in(tick);
+		int err;
+
+		pthread_cond_timedwait(&q->live_cond, &q->lock, &ts);
+		if (q->live_stop)
+			break;
+		pthread_mutex_unlock(&q->lock);
+		/* Take in what arrived (RDMA) while the owner may be away: the
+		 * peer's keep-alives, credits, a DISCONNECT. */
+		if (t->ops->pump)
+			t->ops->pump(t, RM_NOW);
+		err = rm_ctrl_live(t, rm_now_ns());
+		pthread_mutex_lock(&q->lock);
+		if (err)
+			break;	/* failed or cancelled: the owner sees it */
+	}
+	pthread_mutex_unlock(&q->lock);
+	return NULL;
+}
+
+int rm_ctrl_live_start(struct rm_transport *t)
+{
+	struct rm_ctrl *q = &t->ctrl;
+	uint64_t now = rm_now_ns();
+	int err;
+
+	for (unsigned i = 0; i < t->nchan; i++) {
+		atomic_store(&q->last_tx[i], now);
+		atomic_store(&q->last_rx[i], now);
+	}
+	q->live_stop = false;
+	err = pthread_create(&q->live, NULL, live_thread, t);
+	if (err)
+		return -err;
+	q->live_started = true;
+	return 0;
+}
+
+void rm_ctrl_live_stop(struct rm_transport *t)
+{
+	struct rm_ctrl *q = &t->ctrl;
+
+	if (!q->live_started)
+		return;
+	pthread_mutex_lock(&q->lock);
+	q->live_stop = true;
+	pthread_cond_broadcast(&q->live_cond);
+	pthread_mutex_unlock(&q->lock);
+	pthread_join(q->live, NULL);
+	q->live_started = false;
+}
