@@ -20,9 +20,9 @@
 /* One vCPU's state as the "cpu" section describes it. */
 struct cpu_state {
 	struct rm_kvm_vm *vm;
-	/* Which optional parts the stream carried (set by post_load).  They sit
-	 * before xsave so the per-vCPU memset clears them: one vCPU must never
-	 * inherit another's subsections. */
+	/* Which optional parts the stream carried (set by post_load); the
+	 * parser gives each vCPU a zeroed cpu_state of its own, so one vCPU
+	 * never inherits another's subsections. */
 	bool got_xsave, got_xcrs, got_debugregs;
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
@@ -39,10 +39,6 @@ struct cpu_state {
 	uint8_t xsave[CPU_MAX_XSAVE] __attribute__((aligned(64)));
 };
 
-/* The loader clears a cpu_state up to xsave for each vCPU (the XSAVE area is
- * large and fully rewritten when present): everything per-vCPU lives before it. */
-_Static_assert(offsetof(struct cpu_state, got_debugregs) < offsetof(struct cpu_state, xsave),
-	       "per-vCPU flags must be cleared by the loader's memset");
 
 static bool cpu_has_xsave(void *opaque)
 {
@@ -269,14 +265,8 @@ static int cpu_get(struct rm_kvm_vcpu *vcpu, struct cpu_state *s)
 
 static int cpu_set(struct rm_kvm_vcpu *vcpu, struct cpu_state *s)
 {
-	struct rm_kvm_vm *vm = vcpu->vm;
 	int fd = vcpu->fd, ret;
 
-	if (s->got_xsave && s->xsave_len != vm->xsave_size) {
-		rm_err("kvm: vCPU %u: stream's XSAVE area is %u bytes, this host's is %zu",
-		       vcpu->id, s->xsave_len, vm->xsave_size);
-		return -ENOTSUP;
-	}
 	if ((ret = kvm_ioctl(fd, KVM_SET_SREGS, &s->sregs)) < 0 ||
 	    (ret = set_msrs(vcpu, s)) < 0)
 		return ret;
@@ -460,78 +450,118 @@ out:
 	return ret;
 }
 
+/* A whole stream, read and checked, not yet given to KVM. */
+struct rm_kvm_state {
+	struct vm_shape shape;
+	struct clock_state clock;
+	struct irqchip_state irq;
+	struct progress_state prog;
+	unsigned nr_cpus;
+	struct cpu_state cpu[];
+};
+
+void rm_kvm_state_free(struct rm_kvm_state *s)
+{
+	free(s);
+}
+
+int rm_kvm_state_parse(const struct rm_kvm_vm *vm, const void *data, size_t len,
+		       struct rm_kvm_state **out)
+{
+	/* The descriptors' callbacks take a mutable VM; parsing only reads it. */
+	struct rm_kvm_vm *v = (struct rm_kvm_vm *)vm;
+	struct rm_kvm_state *s;
+	struct rm_vms_reader r;
+	int ret;
+
+	*out = NULL;
+	if (!vm->nr_vcpus || vm->nr_vcpus > RM_GUEST_MAX_VCPUS)
+		return -EINVAL;
+	s = calloc(1, sizeof(*s) + vm->nr_vcpus * sizeof(s->cpu[0]));
+	if (!s)
+		return -ENOMEM;
+	s->shape.vm = v;
+	s->nr_cpus = vm->nr_vcpus;
+	/* The shape first, so a wrong-sized VM is refused up front. */
+	if ((ret = rm_vms_reader_init(&r, data, len)) < 0 ||
+	    (ret = rm_vms_load(&r, &vm_shape_desc, 0, &s->shape)) < 0 ||
+	    (ret = rm_vms_load(&r, &clock_desc, 0, &s->clock)) < 0 ||
+	    (ret = rm_vms_load(&r, &irqchip_desc, 0, &s->irq)) < 0)
+		goto fail;
+	if (s->irq.pic_master.chip_id != KVM_IRQCHIP_PIC_MASTER ||
+	    s->irq.pic_slave.chip_id != KVM_IRQCHIP_PIC_SLAVE ||
+	    s->irq.ioapic.chip_id != KVM_IRQCHIP_IOAPIC) {
+		rm_err("kvm: irqchip section names the wrong chips");
+		ret = -EPROTO;
+		goto fail;
+	}
+	for (unsigned i = 0; i < vm->nr_vcpus; i++) {
+		struct cpu_state *c = &s->cpu[i];
+
+		c->vm = v;
+		ret = rm_vms_load(&r, &cpu_desc, i, c);
+		if (ret < 0)
+			goto fail;
+		if (c->got_xsave && c->xsave_len != vm->xsave_size) {
+			rm_err("kvm: vCPU %u: stream's XSAVE area is %u bytes, this host's is %zu", i,
+			       c->xsave_len, vm->xsave_size);
+			ret = -ENOTSUP;
+			goto fail;
+		}
+	}
+	ret = rm_vms_load(&r, &progress_desc, 0, &s->prog);
+	if (ret < 0)
+		goto fail;
+	if (s->prog.nr_vcpus != vm->nr_vcpus) {
+		rm_err("kvm: progress section has %u vCPUs, the VM %u", s->prog.nr_vcpus, vm->nr_vcpus);
+		ret = -EPROTO;
+		goto fail;
+	}
+	ret = rm_vms_reader_end(&r);
+	if (ret < 0)
+		goto fail;
+	*out = s;
+	return 0;
+fail:
+	free(s);
+	return ret;
+}
+
 int rm_kvm_vm_load_state(struct rm_kvm_vm *vm, const void *data, size_t len)
 {
-	struct vm_shape shape = { .vm = vm };
-	struct clock_state clock = { 0 };
-	struct irqchip_state irq = { 0 };
-	struct progress_state *prog = NULL;
-	struct cpu_state *cpu = NULL;
-	struct rm_vms_reader r;
+	struct rm_kvm_state *s;
 	int ret;
 
 	if (!rm_kvm_vm_is_paused(vm)) {
 		rm_err("kvm: loading state wants a paused VM");
 		return -EBUSY;
 	}
-	cpu = malloc(sizeof(*cpu));
-	prog = calloc(1, sizeof(*prog));
-	if (!cpu || !prog) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	/* Read and check every section before touching KVM where possible:
-	 * the shape first, so a wrong-sized VM is refused up front. */
-	if ((ret = rm_vms_reader_init(&r, data, len)) < 0 ||
-	    (ret = rm_vms_load(&r, &vm_shape_desc, 0, &shape)) < 0 ||
-	    (ret = rm_vms_load(&r, &clock_desc, 0, &clock)) < 0 ||
-	    (ret = rm_vms_load(&r, &irqchip_desc, 0, &irq)) < 0)
-		goto out;
-	if (irq.pic_master.chip_id != KVM_IRQCHIP_PIC_MASTER || irq.pic_slave.chip_id != KVM_IRQCHIP_PIC_SLAVE ||
-	    irq.ioapic.chip_id != KVM_IRQCHIP_IOAPIC) {
-		rm_err("kvm: irqchip section names the wrong chips");
-		ret = -EPROTO;
-		goto out;
-	}
-	if ((ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &irq.pic_master)) < 0 ||
-	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &irq.pic_slave)) < 0 ||
-	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &irq.ioapic)) < 0 ||
-	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_PIT2, &irq.pit)) < 0)
+	/* Every section is read and checked before KVM sees any of it: a
+	 * malformed or hostile stream leaves the VM as it was. */
+	ret = rm_kvm_state_parse(vm, data, len, &s);
+	if (ret < 0)
+		return ret;
+	if ((ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &s->irq.pic_master)) < 0 ||
+	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &s->irq.pic_slave)) < 0 ||
+	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &s->irq.ioapic)) < 0 ||
+	    (ret = kvm_ioctl(vm->vm_fd, KVM_SET_PIT2, &s->irq.pit)) < 0)
 		goto out;
 	for (unsigned i = 0; i < vm->nr_vcpus; i++) {
-		memset(cpu, 0, offsetof(struct cpu_state, xsave));
-		cpu->vm = vm;
-		ret = rm_vms_load(&r, &cpu_desc, i, cpu);
-		if (ret < 0)
-			goto out;
-		ret = cpu_set(&vm->vcpus[i], cpu);
+		ret = cpu_set(&vm->vcpus[i], &s->cpu[i]);
 		if (ret < 0)
 			goto out;
 	}
-	ret = rm_vms_load(&r, &progress_desc, 0, prog);
-	if (ret < 0)
-		goto out;
-	if (prog->nr_vcpus != vm->nr_vcpus) {
-		rm_err("kvm: progress section has %u vCPUs, the VM %u", prog->nr_vcpus, vm->nr_vcpus);
-		ret = -EPROTO;
-		goto out;
-	}
-	ret = rm_vms_reader_end(&r);
-	if (ret < 0)
-		goto out;
-
 	for (unsigned i = 0; i < vm->nr_vcpus; i++) {
-		atomic_store(&vm->vcpus[i].progress, prog->progress[i]);
-		atomic_store(&vm->vcpus[i].errors, prog->errors[i]);
+		atomic_store(&vm->vcpus[i].progress, s->prog.progress[i]);
+		atomic_store(&vm->vcpus[i].errors, s->prog.errors[i]);
 	}
-	atomic_store(&vm->integrity_errors, prog->integrity_errors);
-	vm->clock.clock = clock.clock;
-	vm->clock.flags = clock.flags;
+	atomic_store(&vm->integrity_errors, s->prog.integrity_errors);
+	vm->clock.clock = s->clock.clock;
+	vm->clock.flags = s->clock.flags;
 	vm->clock_valid = true;		/* resume sets it */
 	vm->params = rm_kvm_vm_gpa_to_hva(vm, RM_GUEST_PARAMS_GPA);
 	vm->booted = true;
 out:
-	free(cpu);
-	free(prog);
+	rm_kvm_state_free(s);
 	return ret;
 }
