@@ -11,6 +11,8 @@
 #   make demo       a live migration of a busy guest over soft-RoCE
 #   make check-asan the host suites under AddressSanitizer + UBSan
 #   make check-valgrind  the host suites under valgrind memcheck
+#   make fuzz       each libFuzzer target of fuzz/ for FUZZ_SECONDS (clang,
+#                   into build-fuzz/); make fuzz-replay runs each corpus once
 #   make deps       install build and test dependencies (apt-get, as root)
 #   make install    PREFIX=/usr/local
 #   make clean
@@ -19,10 +21,18 @@ PREFIX   ?= /usr/local
 V        ?= 0
 WERROR   ?= 1
 SANITIZE ?= 0
+# FUZZ=1: the libFuzzer build (fuzz/Build.mk): clang, ASan + UBSan, every
+# object instrumented for coverage, into build-fuzz/.
+FUZZ     ?= 0
 
 CC       ?= cc
+ifeq ($(FUZZ),1)
+CC       := clang
+endif
 # Output folder; override (make O=build-mine) to build side by side.
-ifeq ($(SANITIZE),1)
+ifeq ($(FUZZ),1)
+O        ?= build-fuzz
+else ifeq ($(SANITIZE),1)
 O        ?= build-asan
 else
 O        ?= build
@@ -45,6 +55,14 @@ endif
 CFLAGS   += $(WARNINGS)
 ifeq ($(SANITIZE),1)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=address,undefined
+endif
+ifeq ($(FUZZ),1)
+CFLAGS   += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+	    -fno-sanitize-recover=undefined
+# GCC takes a struct ending in a flexible array inside another (kvm_msrs in
+# kvm/state.c) without a word; clang names it a GNU extension.
+CFLAGS   += -Wno-gnu-variable-sized-type-not-at-end
 LDFLAGS  += -fsanitize=address,undefined
 endif
 # libcrypto (OpenSSL): HMAC-SHA256, RAND_bytes and CRYPTO_memcmp for peer
@@ -86,6 +104,7 @@ include kvm/Build.mk
 include cli/Build.mk
 include tests/Build.mk
 include bench/Build.mk
+include fuzz/Build.mk
 
 all: $(LIB_A) $(LIB_SO) $(VMM_A) $(BIN)
 
@@ -168,9 +187,9 @@ install: all
 
 clean:
 	$(quiet) CLEAN build
-	$(Q)rm -rf build build-asan $(O)
+	$(Q)rm -rf build build-asan build-fuzz $(O)
 
-.PHONY: all tests benches deps test check-asan check-valgrind demo install clean
+.PHONY: all tests benches deps test check-asan check-valgrind demo install clean fuzz fuzz-bins fuzz-replay fuzz-merge
 .DELETE_ON_ERROR:
 
 # Name every test and bench object as a prerequisite, so none is an

@@ -7,6 +7,7 @@ set -euo pipefail
 
 pkgs=(
 	gcc make pkg-config
+	clang libclang-rt-14-dev
 	rdma-core libibverbs-dev librdmacm-dev ibverbs-providers ibverbs-utils rdmacm-utils perftest
 	libnuma-dev numactl libhugetlbfs-dev
 	libssl-dev

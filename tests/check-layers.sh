@@ -11,7 +11,8 @@
 #                        common/, include/; never transport/ or migration/
 #   kvm/guest/           the freestanding guest payload: kvm/guest/ only
 #   cli/                 include/rdmamig.h and kvm/vmm.h, nothing else
-#   tests/, bench/       any layer, never cli/
+#   tests/, bench/,      any layer, never cli/
+#   fuzz/
 #
 # An include is resolved as the compiler does (the including file's folder,
 # then include/, then the top folder); one that names a project header that
@@ -35,7 +36,7 @@ allowed() {
 	kvm/guest)	echo "kvm/guest" ;;
 	kvm)		echo "kvm pinning common include" ;;
 	cli)		echo "include kvm/vmm.h" ;;
-	tests|bench)	echo "include common transport pinning migration kvm tests bench" ;;
+	tests|bench|fuzz)	echo "include common transport pinning migration kvm tests bench fuzz" ;;
 	*)		echo "" ;;
 	esac
 }
@@ -49,7 +50,7 @@ layer() {
 	esac
 }
 
-files=$(find include common transport pinning migration kvm cli tests bench \
+files=$(find include common transport pinning migration kvm cli tests bench fuzz \
 	-type f \( -name '*.c' -o -name '*.h' -o -name '*.S' \) | sort)
 [ -n "$files" ] || { echo "[FAIL] check layers: no sources found"; exit 1; }
 
