@@ -282,7 +282,8 @@ static int expect(struct rdmamig *m, uint16_t want, struct rm_msg *msg, int time
 		if (msg->type == RM_MIG_REFUSE) {
 			struct rm_mig_refuse r = { 0 };
 
-			memcpy(&r, msg->data, msg->len < sizeof(r) ? msg->len : sizeof(r));
+			if (msg->len)	/* data is NULL for an empty message */
+				memcpy(&r, msg->data, msg->len < sizeof(r) ? msg->len : sizeof(r));
 			r.text[sizeof(r.text) - 1] = '\0';
 			rm_err("migration: the destination refused: %s", r.text);
 			rm_msg_free(msg);
@@ -739,6 +740,7 @@ static int run_dest(struct rdmamig *m)
 	struct rm_msg msg = { 0 }, state = { 0 };
 	struct rm_mig_commit commit;
 	uint32_t flags = 0;
+	bool got_state = false;	/* a STATE of 0 bytes leaves state.data NULL */
 	int err;
 
 	err = dest_accept(m);
@@ -772,7 +774,8 @@ static int run_dest(struct rdmamig *m)
 			rm_mig_tick(m, false);
 			continue;
 		}
-		if (msg.type == RM_MIG_STATE && !state.data && !state.len) {
+		if (msg.type == RM_MIG_STATE && !got_state) {
+			got_state = true;
 			state = msg;
 			memset(&msg, 0, sizeof(msg));
 			set_stage(m, 2);
@@ -788,6 +791,12 @@ static int run_dest(struct rdmamig *m)
 	}
 	memcpy(&commit, msg.data, sizeof(commit));
 	rm_msg_free(&msg);
+	if (!got_state) {
+		rm_err("migration: COMMIT before any STATE from the source");
+		refuse(m, RDMAMIG_E_PROTO, "COMMIT before any STATE");
+		err = RDMAMIG_E_PROTO;
+		goto out;
+	}
 	if (le64toh(commit.state_len) != state.len) {
 		rm_err("migration: COMMIT says %llu bytes of state, %zu arrived",
 		       (unsigned long long)le64toh(commit.state_len), state.len);
