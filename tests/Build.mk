@@ -11,6 +11,7 @@ HOST_TESTS += test-kvm-smoke
 BED_TESTS  += test-verbs-smoke
 BED_TESTS  += test-kvm-smoke
 HOST_TESTS += test-linkage
+HOST_TESTS += test-hostile
 
 # Linked against the shared library alone: only what it exports may link.
 # (An explicit rule would become make's default goal: keep the Makefile's.)

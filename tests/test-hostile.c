@@ -1,0 +1,1559 @@
+/*
+ * tests/test-hostile.c — a hostile peer speaking the wire from outside, over
+ * TCP on 127.0.0.1, against both roles of the library: a raw socket plays
+ * the source against rm_tr_accept()/rdmamig_run() destinations, and a raw
+ * listener plays the destination against rm_tr_connect()/rdmamig_run()
+ * sources.  Field by field it tries every bound of transport/wire.h and
+ * migration/protocol.h (0, max, max + 1, 2^32 - 1), every message out of
+ * order, truncation and silence, and asserts for each: the library returns
+ * the error the contract names, within a bound of the timeout (no hang), the
+ * log names the cause, a protocol error is told to the peer in an ABORT or
+ * REFUSE, a hostile source never gets a destination guest run, and a hostile
+ * destination never gets the source guest released (it runs on).
+ * Host suite: TCP only, no KVM.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fake-vmm.h"
+#include "migration/protocol.h"
+#include "transport/priv.h"
+
+#define TMO_MS 1500			/* the library's timeout in every case */
+#define BOUND_MS (3 * TMO_MS + 2000)	/* what "no hang" allows */
+#define MiB (1ull << 20)
+
+/* ---- the library's log, kept for assertions ---- */
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char logbuf[32768];
+static size_t loglen;
+
+static void keep_log(void *o, enum rdmamig_log_level l, const char *msg)
+{
+	size_t n = strlen(msg);
+
+	pthread_mutex_lock(&log_lock);
+	if (n + 2 < sizeof(logbuf) - loglen) {
+		memcpy(logbuf + loglen, msg, n);
+		loglen += n;
+		logbuf[loglen++] = '\n';
+		logbuf[loglen] = 0;
+	}
+	pthread_mutex_unlock(&log_lock);
+	if (getenv("RDMAMIG_TEST_VERBOSE"))
+		fprintf(stderr, "  [lib] %s\n", msg);
+}
+
+static void log_start(void)
+{
+	pthread_mutex_lock(&log_lock);
+	loglen = 0;
+	logbuf[0] = 0;
+	pthread_mutex_unlock(&log_lock);
+	rdmamig_set_log(keep_log, NULL, RDMAMIG_LOG_DEBUG);
+}
+
+static bool log_has(const char *s)
+{
+	bool r;
+
+	pthread_mutex_lock(&log_lock);
+	r = strstr(logbuf, s) != NULL;
+	pthread_mutex_unlock(&log_lock);
+	return r;
+}
+
+#define assert_log(what, ...) \
+	cr_assert(log_has(what), __VA_ARGS__)
+
+static uint64_t now_ms(void)
+{
+	return rm_now_ns() / 1000000;
+}
+
+/* Join a thread, failing the test (not hanging it) past the bound. */
+static void join_bounded(pthread_t th, const char *what)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += BOUND_MS / 1000 + 1;
+	cr_assert_eq(pthread_timedjoin_np(th, NULL, &ts), 0, "%s: still running after %d ms: a hang",
+		     what, BOUND_MS);
+}
+
+/* ---- raw wire ---- */
+
+/* Append a frame with a header as given (len may lie) and blen body bytes. */
+static size_t put_frame(uint8_t *buf, uint16_t type, uint16_t flags, uint32_t len, uint32_t credits,
+			uint32_t reserved, const void *body, size_t blen)
+{
+	struct rm_wire_hdr h = {
+		.type = rm_wire_put16(type), .flags = rm_wire_put16(flags), .len = rm_wire_put32(len),
+		.credits = rm_wire_put32(credits), .reserved = rm_wire_put32(reserved),
+	};
+
+	memcpy(buf, &h, sizeof(h));
+	if (blen)
+		memcpy(buf + sizeof(h), body, blen);
+	return sizeof(h) + blen;
+}
+
+static size_t frame(uint8_t *buf, uint16_t type, uint16_t flags, const void *body, size_t blen)
+{
+	return put_frame(buf, type, flags, (uint32_t)blen, 0, 0, body, blen);
+}
+
+/* One CTRL fragment: header, body header as given, n payload bytes. */
+static size_t ctrl_frag(uint8_t *buf, uint16_t flags, uint16_t type, uint32_t frag, uint64_t total,
+			uint64_t epoch, const void *data, size_t n)
+{
+	struct rm_wire_ctrl b = {
+		.type = rm_wire_put16(type), .frag_len = rm_wire_put32(frag),
+		.total_len = rm_wire_put64(total), .epoch = rm_wire_put64(epoch),
+	};
+	size_t off = put_frame(buf, RM_WIRE_CTRL, flags, (uint32_t)(sizeof(b) + n), 0, 0, &b, sizeof(b));
+
+	if (n)
+		memcpy(buf + off, data, n);
+	return off + n;
+}
+
+/* A whole engine message in one fragment. */
+static size_t engine_msg(uint8_t *buf, uint16_t type, const void *data, size_t n)
+{
+	return ctrl_frag(buf, RM_WIRE_F_FIRST | RM_WIRE_F_LAST, type, (uint32_t)n, n, 0, data, n);
+}
+
+static void send_all(int fd, const void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = send(fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
+
+		if (n <= 0)
+			return;	/* the library may close on us mid-way: that is its right */
+		done += (size_t)n;
+	}
+}
+
+static int recv_all(int fd, void *buf, size_t len, int timeout_ms)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&p, 1, timeout_ms) <= 0)
+			return -ETIMEDOUT;
+		n = recv(fd, (char *)buf + got, len - got, 0);
+		if (n <= 0)
+			return -ECONNRESET;
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+/* Next frame: type, first cap bytes of the body (rest skipped), its length. */
+static int recv_frame(int fd, uint16_t *type, uint16_t *flags, void *body, size_t cap, uint32_t *len)
+{
+	struct rm_wire_hdr h;
+	uint8_t skip[4096];
+	uint32_t n, left;
+	int err = recv_all(fd, &h, sizeof(h), BOUND_MS);
+
+	if (err)
+		return err;
+	*type = rm_wire_get16(h.type);
+	*flags = rm_wire_get16(h.flags);
+	n = rm_wire_get32(h.len);
+	*len = n;
+	left = n;
+	if (cap) {
+		uint32_t take = n < cap ? n : (uint32_t)cap;
+
+		err = recv_all(fd, body, take, BOUND_MS);
+		left -= take;
+	}
+	while (!err && left) {
+		uint32_t take = left < sizeof(skip) ? left : (uint32_t)sizeof(skip);
+
+		err = recv_all(fd, skip, take, BOUND_MS);
+		left -= take;
+	}
+	return err;
+}
+
+/* Read frames until one of type want (returned 0, body in buf) or the end. */
+static int recv_until(int fd, uint16_t want, void *buf, size_t cap, uint32_t *len)
+{
+	uint16_t type, flags;
+
+	for (;;) {
+		int err = recv_frame(fd, &type, &flags, buf, cap, len);
+
+		if (err)
+			return err;
+		if (type == want)
+			return 0;
+	}
+}
+
+/* The peer's ABORT names the cause. */
+static void assert_abort_names(int fd, const char *cause)
+{
+	struct rm_wire_abort_body a;
+	uint32_t len;
+
+	memset(&a, 0, sizeof(a));
+	cr_assert_eq(recv_until(fd, RM_WIRE_ABORT, &a, sizeof(a), &len), 0,
+		     "no ABORT came back for %s", cause);
+	a.text[RM_WIRE_TEXT - 1] = 0;
+	/* Texts are cut to 47 bytes: a WRITE's names its numbers first. */
+	if (!strcmp(cause, "outside RAM"))
+		cause = "WRITE {region";
+	cr_assert(a.text[0] && (strstr(a.text, cause) || strstr(cause, a.text) ||
+				!strncmp(a.text, cause, strlen(cause))),
+		  "ABORT says \"%s\", expected it to name \"%s\"", a.text, cause);
+}
+
+static int connect_to(int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	for (int i = 0; i < 200; i++) {
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			return fd;
+		usleep(10000);
+	}
+	cr_assert_fail("cannot connect to port %d", port);
+	return -1;
+}
+
+static int listen_any(int *port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(fd, 16), 0);
+	getsockname(fd, (struct sockaddr *)&sa, &sl);
+	*port = ntohs(sa.sin_port);
+	return fd;
+}
+
+static int accept_bounded(int lfd)
+{
+	struct pollfd p = { .fd = lfd, .events = POLLIN };
+
+	cr_assert_eq(poll(&p, 1, BOUND_MS), 1, "the library never connected");
+	return accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+static void good_hello(struct rm_wire_hello *h, unsigned nchan, unsigned chan, uint64_t session)
+{
+	struct rm_transport_opts o = { .nchan = nchan, .max_write = 1u << 20 };
+
+	rm_ctrl_hello(h, &o, chan, session, 0);
+}
+
+/* ---- a library destination at the transport level ---- */
+
+static uint8_t dst_ram[2][1 << 20];
+
+struct tdst {
+	struct rm_listener *l;
+	int port;
+	pthread_t th;
+	int accept_rc, layout_rc, recv_rc;
+	unsigned msgs;
+	uint64_t ms;
+};
+
+static void *tdst_run(void *arg)
+{
+	struct tdst *d = arg;
+	struct rm_transport *t = NULL;
+	struct rm_region r[2] = {
+		{ .id = 0, .addr = dst_ram[0], .size = sizeof(dst_ram[0]) },
+		{ .id = 1, .addr = dst_ram[1], .size = sizeof(dst_ram[1]) },
+	};
+	uint64_t t0 = now_ms();
+	struct rm_msg msg;
+
+	d->accept_rc = rm_tr_accept(d->l, &t);
+	if (!d->accept_rc) {
+		d->layout_rc = rm_tr_layout(t, r, 2);
+		d->recv_rc = d->layout_rc;
+		while (!d->layout_rc && (d->recv_rc = rm_tr_recv(t, &msg, -1)) == 1) {
+			d->msgs++;
+			rm_msg_free(&msg);
+		}
+		rm_tr_close(t);
+	}
+	d->ms = now_ms() - t0;
+	return NULL;
+}
+
+static void tdst_start(struct tdst *d)
+{
+	struct rm_transport_opts o = {
+		.kind = RM_TRANSPORT_TCP, .addr = "127.0.0.1", .port = "0", .timeout_ms = TMO_MS,
+	};
+
+	memset(d, 0, sizeof(*d));
+	log_start();
+	cr_assert_eq(rm_tr_listen(&o, &d->l), 0);
+	d->port = rm_tr_listener_port(d->l);
+	cr_assert_eq(pthread_create(&d->th, NULL, tdst_run, d), 0);
+}
+
+static void tdst_finish(struct tdst *d)
+{
+	join_bounded(d->th, "the destination");
+	rm_tr_listener_close(d->l);
+	cr_assert_leq(d->ms, BOUND_MS, "the destination took %llu ms", (unsigned long long)d->ms);
+}
+
+/* Connect one channel and complete the handshake (nchan channels in all);
+ * on channel 0 read the LAYOUT too. */
+static int raw_source_chan(int port, unsigned nchan, unsigned chan, uint64_t session)
+{
+	struct rm_wire_hello h;
+	struct rm_wire_hello_ack ack;
+	uint8_t buf[64];
+	uint16_t type, flags;
+	uint32_t len;
+	int fd = connect_to(port);
+
+	good_hello(&h, nchan, chan, session);
+	send_all(fd, buf, frame(buf, RM_WIRE_HELLO, 0, &h, sizeof(h)));
+	cr_assert_eq(recv_frame(fd, &type, &flags, &ack, sizeof(ack), &len), 0);
+	cr_assert_eq(type, RM_WIRE_HELLO_ACK, "HELLO answered with %s", rm_wire_type_name(type));
+	return fd;
+}
+
+static int raw_source(int port)
+{
+	uint8_t lay[sizeof(struct rm_ctrl_layout_msg)];
+	uint32_t len;
+	int fd = raw_source_chan(port, 1, 0, 42);
+
+	cr_assert_eq(recv_until(fd, RM_WIRE_LAYOUT, lay, sizeof(lay), &len), 0, "no LAYOUT");
+	return fd;
+}
+
+/* ---- handshake: a hostile source against rm_tr_accept ---- */
+
+struct hello_case {
+	const char *name;
+	void (*spoil)(struct rm_wire_hello *h);
+	uint32_t reason;	/* RM_REFUSE_* expected */
+	const char *why;	/* in the REFUSE text */
+};
+
+#define SPOIL(n, stmt) static void n(struct rm_wire_hello *h) { stmt; }
+SPOIL(bad_magic, h->magic = rm_wire_put32(0x12345678))
+SPOIL(magic_zero, h->magic = 0)
+SPOIL(vmin_gt_vmax, (h->version_min = rm_wire_put16(3), h->version_max = rm_wire_put16(2)))
+SPOIL(vmax_old, (h->version_min = rm_wire_put16(1), h->version_max = rm_wire_put16(1)))
+SPOIL(vmin_new, (h->version_min = rm_wire_put16(3), h->version_max = rm_wire_put16(0xffff)))
+SPOIL(caps_none, h->caps = 0)
+SPOIL(caps_only_unknown, h->caps = rm_wire_put32(0xfffffffcu))
+SPOIL(nchan_zero, h->nchan = 0)
+SPOIL(nchan_max1, (h->nchan = rm_wire_put16(RM_WIRE_MAX_CHANNELS + 1)))
+SPOIL(nchan_ffff, (h->nchan = rm_wire_put16(0xffff), h->chan = 0))
+SPOIL(chan_eq_nchan, (h->nchan = rm_wire_put16(2), h->chan = rm_wire_put16(2)))
+SPOIL(chan_ffff, h->chan = rm_wire_put16(0xffff))
+SPOIL(write_zero, h->max_write = 0)
+SPOIL(write_min1, h->max_write = rm_wire_put32(RM_WIRE_MIN_WRITE - 1))
+SPOIL(write_not_pow2, h->max_write = rm_wire_put32(RM_WIRE_MIN_WRITE + 1))
+SPOIL(write_max1, h->max_write = rm_wire_put32(RM_WIRE_MAX_WRITE * 2))
+SPOIL(write_u32max, h->max_write = rm_wire_put32(0xffffffffu))
+SPOIL(credits_tcp, h->credits = rm_wire_put32(1))
+SPOIL(credits_u32max, h->credits = rm_wire_put32(0xffffffffu))
+
+static const struct hello_case hello_cases[] = {
+	{ "magic", bad_magic, RM_REFUSE_MAGIC, "magic" },
+	{ "magic 0", magic_zero, RM_REFUSE_MAGIC, "magic" },
+	{ "version_min > version_max", vmin_gt_vmax, RM_REFUSE_VERSION, "versions" },
+	{ "version 1 only", vmax_old, RM_REFUSE_VERSION, "versions" },
+	{ "versions 3-65535", vmin_new, RM_REFUSE_VERSION, "versions" },
+	{ "no caps", caps_none, RM_REFUSE_CAPS, "caps" },
+	{ "unknown caps only", caps_only_unknown, RM_REFUSE_CAPS, "caps" },
+	{ "nchan 0", nchan_zero, RM_REFUSE_CHANNELS, "channel" },
+	{ "nchan max + 1", nchan_max1, RM_REFUSE_CHANNELS, "channel" },
+	{ "nchan 65535", nchan_ffff, RM_REFUSE_CHANNELS, "channel" },
+	{ "chan == nchan", chan_eq_nchan, RM_REFUSE_CHANNELS, "channel" },
+	{ "chan 65535", chan_ffff, RM_REFUSE_CHANNELS, "channel" },
+	{ "max_write 0", write_zero, RM_REFUSE_PARAMS, "max_write" },
+	{ "max_write min - 1", write_min1, RM_REFUSE_PARAMS, "max_write" },
+	{ "max_write not a power of two", write_not_pow2, RM_REFUSE_PARAMS, "max_write" },
+	{ "max_write max * 2", write_max1, RM_REFUSE_PARAMS, "max_write" },
+	{ "max_write 2^32 - 1", write_u32max, RM_REFUSE_PARAMS, "max_write" },
+	{ "credits on TCP", credits_tcp, RM_REFUSE_PARAMS, "credits" },
+	{ "credits 2^32 - 1", credits_u32max, RM_REFUSE_PARAMS, "credits" },
+};
+
+/* Every bad HELLO field is refused with its reason, the destination keeps
+ * listening, and a good source is accepted after all of them. */
+Test(hostile_handshake, every_hello_field_refused_then_a_good_source_accepted, .timeout = 60)
+{
+	struct tdst d;
+
+	tdst_start(&d);
+	for (size_t i = 0; i < ARRAY_SIZE(hello_cases); i++) {
+		const struct hello_case *c = &hello_cases[i];
+		struct rm_wire_hello h;
+		struct rm_wire_refuse_body rf;
+		uint8_t buf[64];
+		uint16_t type, flags;
+		uint32_t len;
+		int fd = connect_to(d.port);
+
+		good_hello(&h, 1, 0, 7);
+		c->spoil(&h);
+		send_all(fd, buf, frame(buf, RM_WIRE_HELLO, 0, &h, sizeof(h)));
+		memset(&rf, 0, sizeof(rf));
+		cr_assert_eq(recv_frame(fd, &type, &flags, &rf, sizeof(rf), &len), 0,
+			     "%s: no answer", c->name);
+		cr_assert_eq(type, RM_WIRE_REFUSE, "%s: answered with %s", c->name, rm_wire_type_name(type));
+		cr_assert_eq(rm_wire_get32(rf.reason), c->reason, "%s: reason %u, expected %u", c->name,
+			     rm_wire_get32(rf.reason), c->reason);
+		rf.text[RM_WIRE_TEXT - 1] = 0;
+		cr_assert(strstr(rf.text, c->why), "%s: REFUSE text \"%s\" does not name %s", c->name,
+			  rf.text, c->why);
+		close(fd);
+	}
+	close(raw_source(d.port));
+	tdst_finish(&d);
+	cr_assert_eq(d.accept_rc, 0, "a good source after %zu bad ones: %s", ARRAY_SIZE(hello_cases),
+		     rdmamig_strerror(d.accept_rc));
+}
+
+/* Handshake frames that are not a HELLO at all: dropped (or refused), and
+ * the destination keeps waiting for a real source. */
+Test(hostile_handshake, malformed_first_frames_dropped, .timeout = 60)
+{
+	struct rm_wire_hello h;
+	uint8_t hb[sizeof(h) + 8] = { 0 };	/* a HELLO with room to run long */
+	uint8_t buf[256];
+	struct {
+		const char *name;
+		size_t n;
+	} cases[12];
+	uint8_t store[12][256];
+	unsigned nc = 0;
+	struct tdst d;
+
+	good_hello(&h, 1, 0, 7);
+	memcpy(hb, &h, sizeof(h));
+#define ADD(nm, expr) do { cases[nc].name = nm; cases[nc].n = (expr); memcpy(store[nc], buf, cases[nc].n); nc++; } while (0)
+	ADD("HELLO of 0 bytes", put_frame(buf, RM_WIRE_HELLO, 0, 0, 0, 0, NULL, 0));
+	ADD("HELLO one byte short", put_frame(buf, RM_WIRE_HELLO, 0, sizeof(h) - 1, 0, 0, &h, sizeof(h) - 1));
+	ADD("HELLO one byte long", put_frame(buf, RM_WIRE_HELLO, 0, sizeof(h) + 1, 0, 0, hb, sizeof(h) + 1));
+	ADD("HELLO of 2^32 - 1 bytes", put_frame(buf, RM_WIRE_HELLO, 0, 0xffffffffu, 0, 0, &h, sizeof(h)));
+	ADD("HELLO with flags", put_frame(buf, RM_WIRE_HELLO, 1, sizeof(h), 0, 0, &h, sizeof(h)));
+	ADD("HELLO with credits", put_frame(buf, RM_WIRE_HELLO, 0, sizeof(h), 5, 0, &h, sizeof(h)));
+	ADD("HELLO with reserved", put_frame(buf, RM_WIRE_HELLO, 0, sizeof(h), 0, 1, &h, sizeof(h)));
+	ADD("BYE first", put_frame(buf, RM_WIRE_BYE, 0, 0, 0, 0, NULL, 0));
+	ADD("HELLO_ACK first", put_frame(buf, RM_WIRE_HELLO_ACK, 0, sizeof(h), 0, 0, &h, sizeof(h)));
+	ADD("type 0", put_frame(buf, RM_WIRE_INVALID, 0, sizeof(h), 0, 0, &h, sizeof(h)));
+	ADD("type 0xffff", put_frame(buf, 0xffff, 0, sizeof(h), 0, 0, &h, sizeof(h)));
+	ADD("half a header", 7);
+#undef ADD
+	tdst_start(&d);
+	for (unsigned i = 0; i < nc; i++) {
+		uint16_t type, flags;
+		uint32_t len;
+		uint8_t body[64];
+		int fd = connect_to(d.port);
+
+		send_all(fd, store[i], cases[i].n);
+		shutdown(fd, SHUT_WR);
+		/* A REFUSE, or the connection closed: never a HELLO_ACK. */
+		if (recv_frame(fd, &type, &flags, body, sizeof(body), &len) == 0)
+			cr_assert_eq(type, RM_WIRE_REFUSE, "%s: answered with %s", cases[i].name,
+				     rm_wire_type_name(type));
+		close(fd);
+	}
+	cr_assert(log_has("dropping a peer") || log_has("refusing a peer"), "no log names a dropped peer");
+	close(raw_source(d.port));
+	tdst_finish(&d);
+	cr_assert_eq(d.accept_rc, 0, "a good source after the bad frames: %s", rdmamig_strerror(d.accept_rc));
+}
+
+/* A peer that connects and says nothing holds accept at most its timeout. */
+Test(hostile_handshake, silent_peer_bounded, .timeout = 30)
+{
+	struct tdst d;
+	int fd;
+
+	tdst_start(&d);
+	fd = connect_to(d.port);
+	send_all(fd, "\x01\x00", 2);	/* two bytes of a header, then nothing */
+	tdst_finish(&d);
+	close(fd);
+	cr_assert_eq(d.accept_rc, -ETIMEDOUT, "accept: %s", rdmamig_strerror(d.accept_rc));
+}
+
+/* A second source's channel, or the same channel twice, while one is being
+ * accepted (nchan 2): refused BUSY / CHANNELS, the first one completes. */
+Test(hostile_handshake, channel_twice_and_foreign_session_refused, .timeout = 30)
+{
+	struct rm_wire_hello h;
+	struct rm_wire_refuse_body rf;
+	uint8_t buf[64];
+	uint16_t type, flags;
+	uint32_t len;
+	struct tdst d;
+	int a, b, fd;
+
+	tdst_start(&d);
+	a = raw_source_chan(d.port, 2, 0, 99);
+	for (int i = 0; i < 2; i++) {
+		fd = connect_to(d.port);
+		good_hello(&h, 2, 0, i ? 99 : 100);	/* other session; then chan 0 again */
+		send_all(fd, buf, frame(buf, RM_WIRE_HELLO, 0, &h, sizeof(h)));
+		cr_assert_eq(recv_frame(fd, &type, &flags, &rf, sizeof(rf), &len), 0);
+		cr_assert_eq(type, RM_WIRE_REFUSE);
+		cr_assert_eq(rm_wire_get32(rf.reason), i ? RM_REFUSE_CHANNELS : RM_REFUSE_BUSY,
+			     "case %d: reason %u", i, rm_wire_get32(rf.reason));
+		close(fd);
+	}
+	b = raw_source_chan(d.port, 2, 1, 99);
+	close(a);
+	close(b);
+	tdst_finish(&d);
+	cr_assert_eq(d.accept_rc, 0);
+}
+
+/* ---- after the handshake: a hostile source's frames against the destination ---- */
+
+struct frame_case {
+	const char *name;
+	size_t (*build)(uint8_t *buf);	/* the hostile bytes */
+	int rc;				/* rm_tr_recv's error */
+	const char *why;		/* in the log and the ABORT back */
+};
+
+static size_t f_hdr_reserved(uint8_t *b) { return put_frame(b, RM_WIRE_BYE, 0, 0, 0, 1, NULL, 0); }
+static size_t f_hdr_credits(uint8_t *b) { return put_frame(b, RM_WIRE_BYE, 0, 0, 1, 0, NULL, 0); }
+static size_t f_len_u32max(uint8_t *b) { return put_frame(b, RM_WIRE_ABORT, 0, 0xffffffffu, 0, 0, NULL, 0); }
+static size_t f_len_body_max1(uint8_t *b)
+{
+	return put_frame(b, RM_WIRE_MARKER, 0, RM_CTRL_BODY_MAX + 1, 0, 0, NULL, 0);
+}
+static size_t f_type_invalid(uint8_t *b) { return put_frame(b, RM_WIRE_INVALID, 0, 0, 0, 0, NULL, 0); }
+static size_t f_type_0b(uint8_t *b) { return put_frame(b, RM_WIRE_BYE + 1, 0, 0, 0, 0, NULL, 0); }
+static size_t f_type_engine(uint8_t *b) { return put_frame(b, RM_MIG_SETUP, 0, 0, 0, 0, NULL, 0); }
+static size_t f_type_ffff(uint8_t *b) { return put_frame(b, 0xffff, 0, 0, 0, 0, NULL, 0); }
+static size_t f_hello_again(uint8_t *b)
+{
+	struct rm_wire_hello h;
+
+	good_hello(&h, 1, 0, 42);
+	return frame(b, RM_WIRE_HELLO, 0, &h, sizeof(h));
+}
+static size_t f_layout_to_dest(uint8_t *b)
+{
+	struct rm_wire_layout l = { 0 };
+
+	return frame(b, RM_WIRE_LAYOUT, 0, &l, sizeof(l));
+}
+static size_t f_credit(uint8_t *b)
+{
+	struct rm_wire_credit c = { 0 };
+
+	return frame(b, RM_WIRE_CREDIT, 0, &c, sizeof(c));
+}
+static size_t f_bye_body(uint8_t *b) { return frame(b, RM_WIRE_BYE, 0, "x", 1); }
+static size_t f_flags_on_marker(uint8_t *b)
+{
+	struct rm_wire_marker m = { .epoch = rm_wire_put64(1) };
+
+	return frame(b, RM_WIRE_MARKER, RM_WIRE_F_FIRST, &m, sizeof(m));
+}
+
+/* MARKER */
+static size_t f_marker_short(uint8_t *b)
+{
+	struct rm_wire_marker m = { .epoch = rm_wire_put64(1) };
+
+	return frame(b, RM_WIRE_MARKER, 0, &m, sizeof(m) - 1);
+}
+static size_t f_marker_chan(uint8_t *b)
+{
+	struct rm_wire_marker m = { .epoch = rm_wire_put64(1), .chan = rm_wire_put32(0xffffffffu) };
+
+	return frame(b, RM_WIRE_MARKER, 0, &m, sizeof(m));
+}
+static size_t f_marker_zero(uint8_t *b)
+{
+	struct rm_wire_marker m = { .epoch = 0 };
+
+	return frame(b, RM_WIRE_MARKER, 0, &m, sizeof(m));
+}
+static size_t f_marker_back(uint8_t *b)
+{
+	struct rm_wire_marker m = { .epoch = rm_wire_put64(UINT64_MAX) };
+	size_t n = frame(b, RM_WIRE_MARKER, 0, &m, sizeof(m));
+
+	m.epoch = rm_wire_put64(5);
+	return n + frame(b + n, RM_WIRE_MARKER, 0, &m, sizeof(m));
+}
+static size_t f_marker_reserved(uint8_t *b)
+{
+	struct rm_wire_marker m = { .epoch = rm_wire_put64(1), .reserved = rm_wire_put32(1) };
+
+	return frame(b, RM_WIRE_MARKER, 0, &m, sizeof(m));
+}
+
+/* WRITE: region 0 and 1 are 1 MiB each; max_write is 1 MiB. */
+static size_t write_frame(uint8_t *b, uint16_t flags, uint32_t region, uint32_t reserved, uint64_t off,
+			  uint64_t length, uint32_t hdr_len)
+{
+	struct rm_wire_write w = {
+		.region = rm_wire_put32(region), .reserved = rm_wire_put32(reserved),
+		.offset = rm_wire_put64(off), .length = rm_wire_put64(length),
+	};
+
+	return put_frame(b, RM_WIRE_WRITE, flags, hdr_len, 0, 0, &w, sizeof(w));
+}
+#define WLEN(n) (uint32_t)(sizeof(struct rm_wire_write) + (n))
+static size_t f_write_region(uint8_t *b) { return write_frame(b, 0, 7, 0, 0, 0, WLEN(0)); }
+static size_t f_write_region_max(uint8_t *b) { return write_frame(b, 0, 0xffffffffu, 0, 0, 0, WLEN(0)); }
+static size_t f_write_off_end(uint8_t *b) { return write_frame(b, 0, 0, 0, 1 << 20, 1, WLEN(1)); }
+static size_t f_write_off_wrap(uint8_t *b) { return write_frame(b, 0, 0, 0, UINT64_MAX, 2, WLEN(2)); }
+static size_t f_write_len_end(uint8_t *b) { return write_frame(b, 0, 1, 0, 4096, (1 << 20) - 4095, WLEN((1 << 20) - 4095)); }
+static size_t f_write_len_max1(uint8_t *b) { return write_frame(b, 0, 0, 0, 0, (1 << 20) + 1, WLEN((1 << 20) + 1)); }
+static size_t f_write_len_mismatch(uint8_t *b) { return write_frame(b, 0, 0, 0, 0, 16, WLEN(8)); }
+static size_t f_write_len_u64(uint8_t *b) { return write_frame(b, 0, 0, 0, 0, UINT64_MAX, WLEN(0)); }
+static size_t f_write_short(uint8_t *b) { return write_frame(b, 0, 0, 0, 0, 0, WLEN(0) - 1); }
+static size_t f_write_reserved(uint8_t *b) { return write_frame(b, 0, 0, 1, 0, 0, WLEN(0)); }
+static size_t f_write_flags(uint8_t *b) { return write_frame(b, 1, 0, 0, 0, 0, WLEN(0)); }
+
+/* CTRL */
+#define FL (RM_WIRE_F_FIRST | RM_WIRE_F_LAST)
+static size_t f_ctrl_short(uint8_t *b) { return put_frame(b, RM_WIRE_CTRL, FL, 23, 0, 0, "012345678901234567890123", 23); }
+static size_t f_ctrl_type_ff(uint8_t *b) { return ctrl_frag(b, FL, 0xff, 0, 0, 0, NULL, 0); }
+static size_t f_ctrl_type_200(uint8_t *b) { return ctrl_frag(b, FL, 0x200, 0, 0, 0, NULL, 0); }
+static size_t f_ctrl_type_0(uint8_t *b) { return ctrl_frag(b, FL, 0, 0, 0, 0, NULL, 0); }
+static size_t f_ctrl_frag_max1(uint8_t *b)
+{
+	return ctrl_frag(b, FL, RM_MIG_ITER, RM_WIRE_MAX_FRAG + 1, RM_WIRE_MAX_FRAG + 1, 0, NULL, 0);
+}
+static size_t f_ctrl_frag_u32(uint8_t *b) { return ctrl_frag(b, FL, RM_MIG_ITER, 0xffffffffu, 4, 0, NULL, 0); }
+static size_t f_ctrl_total_max1(uint8_t *b)
+{
+	return ctrl_frag(b, RM_WIRE_F_FIRST, RM_MIG_ITER, 4, RM_WIRE_MAX_CTRL + 1ull, 0, "abcd", 4);
+}
+static size_t f_ctrl_total_u64(uint8_t *b) { return ctrl_frag(b, RM_WIRE_F_FIRST, RM_MIG_ITER, 4, UINT64_MAX, 0, "abcd", 4); }
+static size_t f_ctrl_frag_mismatch(uint8_t *b)
+{
+	/* frag_len 8, but the header carries 4 bytes after the body header */
+	return ctrl_frag(b, FL, RM_MIG_ITER, 8, 8, 0, "abcd", 4);
+}
+static size_t f_ctrl_no_first(uint8_t *b) { return ctrl_frag(b, RM_WIRE_F_LAST, RM_MIG_ITER, 4, 4, 0, "abcd", 4); }
+static size_t f_ctrl_first_twice(uint8_t *b)
+{
+	size_t n = ctrl_frag(b, RM_WIRE_F_FIRST, RM_MIG_ITER, 4, 8, 0, "abcd", 4);
+
+	return n + ctrl_frag(b + n, RM_WIRE_F_FIRST, RM_MIG_ITER, 4, 8, 0, "abcd", 4);
+}
+static size_t f_ctrl_last_early(uint8_t *b) { return ctrl_frag(b, FL, RM_MIG_ITER, 4, 8, 0, "abcd", 4); }
+static size_t f_ctrl_past_total(uint8_t *b)
+{
+	size_t n = ctrl_frag(b, RM_WIRE_F_FIRST, RM_MIG_ITER, 4, 6, 0, "abcd", 4);
+
+	return n + ctrl_frag(b + n, RM_WIRE_F_LAST, RM_MIG_ITER, 4, 6, 0, "efgh", 4);
+}
+static size_t f_ctrl_other_type(uint8_t *b)
+{
+	size_t n = ctrl_frag(b, RM_WIRE_F_FIRST, RM_MIG_ITER, 4, 8, 0, "abcd", 4);
+
+	return n + ctrl_frag(b + n, RM_WIRE_F_LAST, RM_MIG_STATE, 4, 8, 0, "efgh", 4);
+}
+static size_t f_ctrl_flags(uint8_t *b) { return ctrl_frag(b, FL | 4, RM_MIG_ITER, 0, 0, 0, NULL, 0); }
+static size_t f_ctrl_reserved(uint8_t *b)
+{
+	struct rm_wire_ctrl c = { .type = rm_wire_put16(RM_MIG_ITER), .reserved = rm_wire_put16(1) };
+
+	return frame(b, RM_WIRE_CTRL, FL, &c, sizeof(c));
+}
+/* One message more than the receiver holds unread. */
+static size_t f_ctrl_flood(uint8_t *b)
+{
+	size_t n = 0;
+
+	for (unsigned i = 0; i <= RM_WIRE_MAX_QUEUED; i++)
+		n += ctrl_frag(b + n, FL, RM_MIG_ITER, 0, 0, UINT64_MAX, NULL, 0);
+	return n;
+}
+
+/* What the peer may say: its ABORT and REFUSE, and BYE. */
+static size_t f_abort(uint8_t *b)
+{
+	struct rm_wire_abort_body a;
+
+	rm_ctrl_abort_body(&a, -EIO, "hostile test aborts");
+	memset(a.text, 'A', sizeof(a.text));	/* no NUL: the receiver must bound it */
+	return frame(b, RM_WIRE_ABORT, 0, &a, sizeof(a));
+}
+static size_t f_abort_intmin(uint8_t *b)
+{
+	struct rm_wire_abort_body a = { .reason = rm_wire_put32(0x80000000u) };
+
+	rm_wire_text(a.text, "reason 2^31");
+	return frame(b, RM_WIRE_ABORT, 0, &a, sizeof(a));
+}
+static size_t f_abort_short(uint8_t *b)
+{
+	struct rm_wire_abort_body a = { 0 };
+
+	return frame(b, RM_WIRE_ABORT, 0, &a, sizeof(a) - 1);
+}
+static size_t f_refuse(uint8_t *b)
+{
+	struct rm_wire_refuse_body r;
+
+	rm_ctrl_refuse_body(&r, 0xffffffffu, "hostile test refuses");
+	return frame(b, RM_WIRE_REFUSE, 0, &r, sizeof(r));
+}
+static size_t f_refuse_long(uint8_t *b)
+{
+	struct rm_wire_refuse_body r = { 0 };
+
+	return frame(b, RM_WIRE_REFUSE, 0, &r, sizeof(r) - 8);
+}
+static size_t f_bye(uint8_t *b) { return frame(b, RM_WIRE_BYE, 0, NULL, 0); }
+
+#define PROTO RDMAMIG_E_PROTO
+static const struct frame_case frame_cases[] = {
+	{ "header reserved", f_hdr_reserved, PROTO, "reserved or credit header field set" },
+	{ "header credits on TCP", f_hdr_credits, PROTO, "reserved or credit header field set" },
+	{ "len 2^32 - 1", f_len_u32max, PROTO, "message longer than any body" },
+	{ "len body max + 1", f_len_body_max1, PROTO, "message longer than any body" },
+	{ "type 0", f_type_invalid, PROTO, "unexpected message type" },
+	{ "type BYE + 1", f_type_0b, PROTO, "unexpected message type" },
+	{ "engine type as header type", f_type_engine, PROTO, "unexpected message type" },
+	{ "type 0xffff", f_type_ffff, PROTO, "unexpected message type" },
+	{ "HELLO after the handshake", f_hello_again, PROTO, "unexpected message type" },
+	{ "LAYOUT to a destination", f_layout_to_dest, PROTO, "LAYOUT to a destination" },
+	{ "CREDIT on TCP", f_credit, PROTO, "unexpected message type" },
+	{ "BYE with a body", f_bye_body, PROTO, "BYE with a body" },
+	{ "flags on a MARKER", f_flags_on_marker, PROTO, "flags on a message that has none" },
+	{ "MARKER short", f_marker_short, PROTO, "MARKER to a source or of the wrong length" },
+	{ "MARKER chan 2^32 - 1", f_marker_chan, PROTO, "MARKER for another channel or not increasing" },
+	{ "MARKER epoch 0", f_marker_zero, PROTO, "MARKER for another channel or not increasing" },
+	{ "MARKER epoch going back", f_marker_back, PROTO, "MARKER for another channel or not increasing" },
+	{ "MARKER reserved", f_marker_reserved, PROTO, "MARKER for another channel or not increasing" },
+	{ "WRITE region unknown", f_write_region, PROTO, "outside RAM" },
+	{ "WRITE region 2^32 - 1", f_write_region_max, PROTO, "outside RAM" },
+	{ "WRITE offset at the end", f_write_off_end, PROTO, "outside RAM" },
+	{ "WRITE offset 2^64 - 1", f_write_off_wrap, PROTO, "outside RAM" },
+	{ "WRITE past the end", f_write_len_end, PROTO, "outside RAM" },
+	{ "WRITE max_write + 1", f_write_len_max1, PROTO, "outside RAM" },
+	{ "WRITE length != frame", f_write_len_mismatch, PROTO, "outside RAM" },
+	{ "WRITE length 2^64 - 1", f_write_len_u64, PROTO, "outside RAM" },
+	{ "WRITE frame short", f_write_short, PROTO, "short WRITE frame or flags set" },
+	{ "WRITE reserved", f_write_reserved, PROTO, "outside RAM" },
+	{ "WRITE flags", f_write_flags, PROTO, "short WRITE frame or flags set" },
+	{ "CTRL shorter than its body", f_ctrl_short, PROTO, "CTRL shorter than its body" },
+	{ "CTRL type 0xff", f_ctrl_type_ff, PROTO, "CTRL of a type outside the engine range" },
+	{ "CTRL type 0x200", f_ctrl_type_200, PROTO, "CTRL of a type outside the engine range" },
+	{ "CTRL type 0", f_ctrl_type_0, PROTO, "CTRL of a type outside the engine range" },
+	{ "CTRL frag max + 1", f_ctrl_frag_max1, PROTO, "CTRL fragment or total length out of range" },
+	{ "CTRL frag 2^32 - 1", f_ctrl_frag_u32, PROTO, "CTRL fragment or total length out of range" },
+	{ "CTRL total max + 1", f_ctrl_total_max1, PROTO, "CTRL fragment or total length out of range" },
+	{ "CTRL total 2^64 - 1", f_ctrl_total_u64, PROTO, "CTRL fragment or total length out of range" },
+	{ "CTRL frag_len != frame", f_ctrl_frag_mismatch, PROTO, "CTRL fragment or total length out of range" },
+	{ "CTRL without FIRST", f_ctrl_no_first, PROTO, "CTRL fragment does not continue its message" },
+	{ "CTRL FIRST twice", f_ctrl_first_twice, PROTO, "CTRL FIRST inside a message" },
+	{ "CTRL LAST early", f_ctrl_last_early, PROTO, "CTRL LAST before the total length" },
+	{ "CTRL past its total", f_ctrl_past_total, PROTO, "CTRL fragment runs past the message's total length" },
+	{ "CTRL type changes", f_ctrl_other_type, PROTO, "CTRL fragment does not continue its message" },
+	{ "CTRL unknown flags", f_ctrl_flags, PROTO, "CTRL with unknown flags" },
+	{ "CTRL reserved", f_ctrl_reserved, PROTO, "CTRL of a type outside the engine range" },
+	{ "CTRL queue max + 1", f_ctrl_flood, PROTO, "more unread control messages than the receiver holds" },
+	{ "ABORT without NUL", f_abort, RDMAMIG_E_ABORTED, "AAAAAAAAAAAAAAAAAAAA" },
+	{ "ABORT reason 2^31", f_abort_intmin, RDMAMIG_E_ABORTED, "not an error code" },
+	{ "ABORT short", f_abort_short, PROTO, "ABORT of the wrong length" },
+	{ "REFUSE", f_refuse, RDMAMIG_E_REFUSED, "hostile test refuses" },
+	{ "REFUSE short", f_refuse_long, PROTO, "REFUSE of the wrong length" },
+	{ "BYE", f_bye, -EPIPE, NULL },
+};
+
+static uint8_t case_buf[(RM_WIRE_MAX_QUEUED + 1) * 48 + 4096];
+
+Test(hostile_frames, every_frame_bound_after_the_handshake, .timeout = 240)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(frame_cases); i++) {
+		const struct frame_case *c = &frame_cases[i];
+		struct tdst d;
+		size_t n = c->build(case_buf);
+		int fd;
+
+		tdst_start(&d);
+		fd = raw_source(d.port);
+		send_all(fd, case_buf, n);
+		tdst_finish(&d);
+		cr_assert_eq(d.accept_rc, 0, "%s: accept", c->name);
+		cr_assert_eq(d.recv_rc, c->rc, "%s: rm_tr_recv returned %d (%s), expected %d (%s)", c->name,
+			     d.recv_rc, rdmamig_strerror(d.recv_rc), c->rc, rdmamig_strerror(c->rc));
+		cr_assert_eq(d.msgs, 0, "%s: %u messages delivered from a hostile stream", c->name, d.msgs);
+		if (c->why)
+			assert_log(c->why, "%s: the log does not name \"%s\":\n%s", c->name, c->why, logbuf);
+		if (c->rc == PROTO)
+			assert_abort_names(fd, c->why);
+		close(fd);
+	}
+}
+
+/* A peer that stops mid-frame, or closes, ends the receiver within the
+ * timeout with -ETIMEDOUT / -ECONNRESET. */
+Test(hostile_frames, truncated_frame_and_close_bounded, .timeout = 60)
+{
+	uint8_t buf[128];
+	size_t n = f_marker_back(buf);
+
+	for (int close_it = 0; close_it < 2; close_it++) {
+		struct tdst d;
+		int fd;
+
+		tdst_start(&d);
+		fd = raw_source(d.port);
+		send_all(fd, buf, n - 5);	/* the last MARKER lacks 5 bytes */
+		if (close_it)
+			close(fd);
+		tdst_finish(&d);
+		if (!close_it)
+			close(fd);
+		cr_assert(d.recv_rc == -ETIMEDOUT || d.recv_rc == -ECONNRESET,
+			  "%s: rm_tr_recv returned %s", close_it ? "closed" : "stalled",
+			  rdmamig_strerror(d.recv_rc));
+		if (close_it)
+			assert_log("channel 0: reading message", "the log does not name the cause:\n%s", logbuf);
+	}
+}
+
+/* CTRL on a channel other than 0 (nchan 2). */
+Test(hostile_frames, ctrl_off_channel_0, .timeout = 30)
+{
+	struct tdst d;
+	uint8_t lay[sizeof(struct rm_ctrl_layout_msg)];
+	uint32_t len;
+	int a, b;
+
+	tdst_start(&d);
+	a = raw_source_chan(d.port, 2, 0, 5);
+	b = raw_source_chan(d.port, 2, 1, 5);
+	cr_assert_eq(recv_until(a, RM_WIRE_LAYOUT, lay, sizeof(lay), &len), 0);
+	send_all(b, case_buf, engine_msg(case_buf, RM_MIG_ITER, NULL, 0));
+	tdst_finish(&d);
+	cr_assert_eq(d.recv_rc, RDMAMIG_E_PROTO, "%s", rdmamig_strerror(d.recv_rc));
+	assert_log("CTRL off channel 0", "%s", logbuf);
+	close(a);
+	close(b);
+}
+
+/* ---- a hostile destination against rm_tr_connect + rm_tr_layout ---- */
+
+struct tsrc {
+	int lfd, port;
+	pthread_t th;
+	int connect_rc, layout_rc, recv_rc;
+	uint64_t ms;
+};
+
+static uint8_t src_ram[2][1 << 20];
+
+static void *tsrc_run(void *arg)
+{
+	struct tsrc *s = arg;
+	char port[16];
+	struct rm_transport_opts o = {
+		.kind = RM_TRANSPORT_TCP, .addr = "127.0.0.1", .port = port, .nchan = 1,
+		.timeout_ms = TMO_MS,
+	};
+	struct rm_region r[2] = {
+		{ .id = 0, .addr = src_ram[0], .size = sizeof(src_ram[0]) },
+		{ .id = 1, .addr = src_ram[1], .size = sizeof(src_ram[1]) },
+	};
+	struct rm_transport *t;
+	struct rm_msg msg;
+	uint64_t t0 = now_ms();
+
+	snprintf(port, sizeof(port), "%d", s->port);
+	s->connect_rc = rm_tr_connect(&o, &t);
+	if (!s->connect_rc) {
+		s->layout_rc = rm_tr_layout(t, r, 2);
+		if (!s->layout_rc)
+			while ((s->recv_rc = rm_tr_recv(t, &msg, -1)) == 1)
+				rm_msg_free(&msg);
+		rm_tr_close(t);
+	}
+	s->ms = now_ms() - t0;
+	return NULL;
+}
+
+static int tsrc_start(struct tsrc *s)
+{
+	struct rm_wire_hello h;
+	uint16_t type, flags;
+	uint32_t len;
+	int fd;
+
+	memset(s, 0, sizeof(*s));
+	log_start();
+	s->lfd = listen_any(&s->port);
+	cr_assert_eq(pthread_create(&s->th, NULL, tsrc_run, s), 0);
+	fd = accept_bounded(s->lfd);
+	cr_assert_eq(recv_frame(fd, &type, &flags, &h, sizeof(h), &len), 0);
+	cr_assert_eq(type, RM_WIRE_HELLO);
+	return fd;
+}
+
+static void tsrc_finish(struct tsrc *s)
+{
+	join_bounded(s->th, "the source");
+	close(s->lfd);
+	cr_assert_leq(s->ms, BOUND_MS);
+}
+
+static void good_ack(struct rm_wire_hello_ack *a)
+{
+	struct rm_wire_hello h;
+
+	good_hello(&h, 1, 0, 1);
+	rm_ctrl_hello_ack(a, &h, 0, 0);
+}
+
+struct ack_case {
+	const char *name;
+	uint16_t type;
+	uint32_t len;		/* header length; body is the (spoilt) ack */
+	void (*spoil)(struct rm_wire_hello_ack *a);
+	int rc;
+	const char *why;
+};
+
+#define SPOILA(n, stmt) static void n(struct rm_wire_hello_ack *a) { stmt; }
+SPOILA(ack_v0, a->version = 0)
+SPOILA(ack_v1, a->version = rm_wire_put16(1))
+SPOILA(ack_v3, a->version = rm_wire_put16(RM_WIRE_VERSION + 1))
+SPOILA(ack_nchan, a->nchan = rm_wire_put16(2))
+SPOILA(ack_nchan0, a->nchan = 0)
+SPOILA(ack_caps_more, a->caps = rm_wire_put32(0xffffffffu))
+SPOILA(ack_caps_less, a->caps = 0)
+SPOILA(ack_credits, a->credits = rm_wire_put32(1))
+SPOILA(ack_ctrl_buf, a->ctrl_buf = rm_wire_put32(0xffffffffu))
+SPOILA(ack_none, (void)a)
+
+#define ACK sizeof(struct rm_wire_hello_ack)
+static const struct ack_case ack_cases[] = {
+	{ "version 0", RM_WIRE_HELLO_ACK, ACK, ack_v0, PROTO, "a version we did not offer" },
+	{ "version 1", RM_WIRE_HELLO_ACK, ACK, ack_v1, PROTO, "a version we did not offer" },
+	{ "version max + 1", RM_WIRE_HELLO_ACK, ACK, ack_v3, PROTO, "a version we did not offer" },
+	{ "nchan 2", RM_WIRE_HELLO_ACK, ACK, ack_nchan, PROTO, "another channel count" },
+	{ "nchan 0", RM_WIRE_HELLO_ACK, ACK, ack_nchan0, PROTO, "another channel count" },
+	{ "caps not offered", RM_WIRE_HELLO_ACK, ACK, ack_caps_more, PROTO, "capabilities" },
+	{ "caps without the required", RM_WIRE_HELLO_ACK, ACK, ack_caps_less, PROTO, "capabilities" },
+	{ "credits on TCP", RM_WIRE_HELLO_ACK, ACK, ack_credits, PROTO, "control credits out of range" },
+	{ "ctrl_buf on TCP", RM_WIRE_HELLO_ACK, ACK, ack_ctrl_buf, PROTO, "another control buffer size" },
+	{ "HELLO_ACK of 0 bytes", RM_WIRE_HELLO_ACK, 0, ack_none, PROTO, "answered HELLO with HELLO_ACK of 0 bytes" },
+	{ "HELLO_ACK one byte short", RM_WIRE_HELLO_ACK, ACK - 1, ack_none, PROTO, "answered HELLO" },
+	{ "HELLO_ACK of 2^32 - 1 bytes", RM_WIRE_HELLO_ACK, 0xffffffffu, ack_none, PROTO, "handshake frame" },
+	{ "answered with a HELLO", RM_WIRE_HELLO, ACK, ack_none, PROTO, "answered HELLO with HELLO" },
+	{ "answered with BYE", RM_WIRE_BYE, 0, ack_none, PROTO, "answered HELLO with BYE" },
+};
+
+Test(hostile_peer_destination, every_hello_ack_field, .timeout = 120)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(ack_cases); i++) {
+		const struct ack_case *c = &ack_cases[i];
+		struct rm_wire_hello_ack a;
+		uint8_t buf[128];
+		struct tsrc s;
+		int fd = tsrc_start(&s);
+
+		good_ack(&a);
+		c->spoil(&a);
+		send_all(fd, buf, put_frame(buf, c->type, 0, c->len, 0, 0, &a,
+					    c->len < sizeof(a) ? c->len : sizeof(a)));
+		tsrc_finish(&s);
+		close(fd);
+		cr_assert_eq(s.connect_rc, c->rc, "%s: connect %s", c->name, rdmamig_strerror(s.connect_rc));
+		assert_log(c->why, "%s: the log does not name \"%s\":\n%s", c->name, c->why, logbuf);
+	}
+}
+
+Test(hostile_peer_destination, refuse_silence_close, .timeout = 60)
+{
+	for (int k = 0; k < 3; k++) {
+		struct rm_wire_refuse_body r;
+		uint8_t buf[128];
+		struct tsrc s;
+		int fd = tsrc_start(&s);
+
+		rm_ctrl_refuse_body(&r, RM_REFUSE_BUSY, "x");
+		memset(r.text, 'R', sizeof(r.text));	/* unterminated */
+		if (k == 0)
+			send_all(fd, buf, frame(buf, RM_WIRE_REFUSE, 0, &r, sizeof(r)));
+		else if (k == 2)
+			close(fd);
+		tsrc_finish(&s);
+		if (k != 2)
+			close(fd);
+		if (k == 0) {
+			cr_assert_eq(s.connect_rc, RDMAMIG_E_REFUSED, "%s", rdmamig_strerror(s.connect_rc));
+			assert_log("destination busy: RRRRRRRR", "%s", logbuf);
+		} else {
+			cr_assert(s.connect_rc == -ETIMEDOUT || s.connect_rc == -ECONNRESET,
+				  "%s: connect %s", k == 1 ? "silence" : "close",
+				  rdmamig_strerror(s.connect_rc));
+			assert_log("handshake on channel 0", "%s", logbuf);
+		}
+	}
+}
+
+/* LAYOUT bounds, as the source checks them. */
+struct layout_case {
+	const char *name;
+	uint32_t count, reserved, nbody;	/* count field; body entries sent */
+	uint32_t id[3];
+	uint64_t size[3];
+	int rc;
+	const char *why;
+};
+
+static const struct layout_case layout_cases[] = {
+	{ "count 0", 0, 0, 0, { 0 }, { 0 }, RDMAMIG_E_REFUSED, "peer has 0 regions, we have 2" },
+	{ "count 1", 1, 0, 1, { 0 }, { 1 << 20 }, RDMAMIG_E_REFUSED, "peer has 1 regions, we have 2" },
+	{ "count 3", 3, 0, 3, { 0, 1, 2 }, { 1 << 20, 1 << 20, 1 << 20 }, RDMAMIG_E_REFUSED, "peer has 3 regions" },
+	{ "count max + 1", RM_WIRE_MAX_REGIONS + 1, 0, 2, { 0, 1 }, { 1 << 20, 1 << 20 }, PROTO, "LAYOUT count or length out of range" },
+	{ "count 2^32 - 1", 0xffffffffu, 0, 2, { 0, 1 }, { 1 << 20, 1 << 20 }, PROTO, "LAYOUT count or length out of range" },
+	{ "count 2, 1 entry", 2, 0, 1, { 0 }, { 1 << 20 }, PROTO, "LAYOUT count or length out of range" },
+	{ "reserved", 2, 1, 2, { 0, 1 }, { 1 << 20, 1 << 20 }, PROTO, "LAYOUT count or length out of range" },
+	{ "unknown id", 2, 0, 2, { 0, 9 }, { 1 << 20, 1 << 20 }, RDMAMIG_E_REFUSED, "peer region 9 unknown here" },
+	{ "id twice", 2, 0, 2, { 1, 1 }, { 1 << 20, 1 << 20 }, PROTO, "peer region 1 listed twice" },
+	{ "size + 1", 2, 0, 2, { 0, 1 }, { 1 << 20, (1 << 20) + 1 }, RDMAMIG_E_REFUSED, "region 1: 1048576 bytes here, 1048577 at peer" },
+	{ "size 0", 2, 0, 2, { 0, 1 }, { 0, 1 << 20 }, RDMAMIG_E_REFUSED, "region 0: 1048576 bytes here, 0 at peer" },
+	{ "size 2^64 - 1", 2, 0, 2, { 0, 1 }, { 1 << 20, UINT64_MAX }, RDMAMIG_E_REFUSED, "at peer" },
+};
+
+Test(hostile_peer_destination, every_layout_bound, .timeout = 120)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(layout_cases); i++) {
+		const struct layout_case *c = &layout_cases[i];
+		struct rm_ctrl_layout_msg lay = { .l = { .count = rm_wire_put32(c->count),
+							  .reserved = rm_wire_put32(c->reserved) } };
+		struct rm_wire_hello_ack a;
+		struct rm_wire_refuse_body rf;
+		uint8_t buf[sizeof(lay) + 64];
+		uint16_t type, flags;
+		uint32_t len;
+		struct tsrc s;
+		int fd = tsrc_start(&s);
+
+		for (uint32_t k = 0; k < c->nbody; k++)
+			lay.r[k] = (struct rm_wire_region){ .id = rm_wire_put32(c->id[k]),
+							    .size = rm_wire_put64(c->size[k]) };
+		good_ack(&a);
+		send_all(fd, buf, frame(buf, RM_WIRE_HELLO_ACK, 0, &a, sizeof(a)));
+		send_all(fd, buf, frame(buf, RM_WIRE_LAYOUT, 0, &lay,
+					sizeof(lay.l) + c->nbody * sizeof(lay.r[0])));
+		tsrc_finish(&s);
+		cr_assert_eq(s.connect_rc, 0, "%s: connect", c->name);
+		cr_assert_eq(s.layout_rc, c->rc, "%s: layout %d (%s), expected %s", c->name, s.layout_rc,
+			     rdmamig_strerror(s.layout_rc), rdmamig_strerror(c->rc));
+		assert_log(c->why, "%s: the log does not name \"%s\":\n%s", c->name, c->why, logbuf);
+		/* The destination hears why: a REFUSE for a mismatch, an ABORT
+		 * for a malformed one. */
+		if (c->rc == RDMAMIG_E_REFUSED || strstr(c->why, "listed twice")) {
+			memset(&rf, 0, sizeof(rf));
+			cr_assert_eq(recv_frame(fd, &type, &flags, &rf, sizeof(rf), &len), 0, "%s", c->name);
+			cr_assert_eq(type, RM_WIRE_REFUSE, "%s: %s", c->name, rm_wire_type_name(type));
+			cr_assert_eq(rm_wire_get32(rf.reason), RM_REFUSE_LAYOUT);
+		} else {
+			assert_abort_names(fd, c->why);
+		}
+		close(fd);
+	}
+}
+
+/* A destination's frames the source never takes: MARKER, WRITE, a second LAYOUT. */
+Test(hostile_peer_destination, frames_a_source_never_takes, .timeout = 60)
+{
+	static const struct {
+		const char *name;
+		uint16_t type;
+		size_t blen;
+		const char *why;
+	} cases[] = {
+		{ "MARKER to a source", RM_WIRE_MARKER, sizeof(struct rm_wire_marker), "MARKER to a source" },
+		{ "WRITE to a source", RM_WIRE_WRITE, sizeof(struct rm_wire_write), "WRITE before the layout or to a source" },
+		{ "a second LAYOUT", RM_WIRE_LAYOUT, 8 + 2 * 24, "a second LAYOUT" },
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct rm_ctrl_layout_msg lay = { .l = { .count = rm_wire_put32(2) } };
+		struct rm_wire_hello_ack a;
+		uint8_t buf[sizeof(lay) + 64], body[64] = { 0 };
+		struct tsrc s;
+		int fd = tsrc_start(&s);
+
+		for (uint32_t k = 0; k < 2; k++)
+			lay.r[k] = (struct rm_wire_region){ .id = rm_wire_put32(k),
+							    .size = rm_wire_put64(1 << 20) };
+		good_ack(&a);
+		send_all(fd, buf, frame(buf, RM_WIRE_HELLO_ACK, 0, &a, sizeof(a)));
+		send_all(fd, buf, frame(buf, RM_WIRE_LAYOUT, 0, &lay, sizeof(lay.l) + 2 * sizeof(lay.r[0])));
+		if (cases[i].type == RM_WIRE_LAYOUT)
+			send_all(fd, buf, frame(buf, RM_WIRE_LAYOUT, 0, &lay, cases[i].blen));
+		else
+			send_all(fd, buf, frame(buf, cases[i].type, 0, body, cases[i].blen));
+		tsrc_finish(&s);
+		/* The LAYOUT came first, but the error may overtake the
+		 * owner's matching of it: it surfaces in layout or in recv. */
+		int rc = s.layout_rc ? s.layout_rc : s.recv_rc;
+
+		cr_assert_eq(rc, PROTO, "%s: layout %s, recv %s", cases[i].name,
+			     rdmamig_strerror(s.layout_rc), rdmamig_strerror(s.recv_rc));
+		assert_log(cases[i].why, "%s:\n%s", cases[i].name, logbuf);
+		close(fd);
+	}
+}
+
+/* ---- the engine: a hostile destination against rdmamig_run(source) ---- */
+
+struct esrc {
+	struct fake_vmm vmm;
+	rdmamig_t *m;
+	pthread_t th;
+	int rc, lfd, port;
+	uint64_t ms;
+};
+
+static void *esrc_run(void *arg)
+{
+	struct esrc *e = arg;
+	uint64_t t0 = now_ms();
+
+	e->rc = rdmamig_run(e->m);
+	e->ms = now_ms() - t0;
+	return NULL;
+}
+
+/* Reassemble channel 0's next engine message, skipping WRITE and MARKER
+ * frames.  Returns its type (0 on the end of the stream). */
+static uint16_t next_engine_msg(int fd, uint8_t *data, size_t cap, size_t *len)
+{
+	size_t got = 0;
+
+	for (;;) {
+		static uint8_t body[RM_WIRE_MAX_FRAG + 64];
+		struct rm_wire_ctrl c;
+		uint16_t type, flags;
+		uint32_t n;
+
+		if (recv_frame(fd, &type, &flags, body, sizeof(body), &n))
+			return 0;
+		if (type == RM_WIRE_BYE || type == RM_WIRE_ABORT)
+			return 0;
+		if (type != RM_WIRE_CTRL)
+			continue;
+		memcpy(&c, body, sizeof(c));
+		if (flags & RM_WIRE_F_FIRST)
+			got = 0;
+		if (got + n - sizeof(c) <= cap)
+			memcpy(data + got, body + sizeof(c), n - sizeof(c));
+		got += n - sizeof(c);
+		if (flags & RM_WIRE_F_LAST) {
+			*len = got;
+			return rm_wire_get16(c.type);
+		}
+	}
+}
+
+enum when { AT_SETUP, AT_COMMIT };
+
+/* Run a source against a raw destination that behaves until `when`, then
+ * sends the hostile bytes hostile(buf) (or closes: NULL). */
+static void engine_source_case(const char *name, enum when when, size_t (*hostile)(uint8_t *buf),
+			       int want_rc, const char *why)
+{
+	struct esrc e;
+	struct rm_wire_hello h;
+	struct rm_wire_hello_ack a;
+	static uint8_t msg[1 << 16];
+	uint8_t buf[4096];
+	char port[16];
+	uint16_t type, flags;
+	uint32_t len;
+	size_t mlen;
+	int fd;
+	struct rdmamig_opts o = {
+		.role = RDMAMIG_SOURCE, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "127.0.0.1",
+		.port = port, .channels = 1, .timeout_ms = TMO_MS, .max_iterations = 2,
+	};
+
+	memset(&e, 0, sizeof(e));
+	log_start();
+	cr_assert_eq(fake_vmm_init(&e.vmm, 2, MiB, 2000), 0);
+	cr_assert_eq(fake_vmm_start(&e.vmm), 0);
+	e.lfd = listen_any(&e.port);
+	snprintf(port, sizeof(port), "%d", e.port);
+	e.m = rdmamig_new(&o, &fake_ops, &e.vmm);
+	cr_assert_not_null(e.m);
+	cr_assert_eq(pthread_create(&e.th, NULL, esrc_run, &e), 0);
+
+	fd = accept_bounded(e.lfd);
+	cr_assert_eq(recv_frame(fd, &type, &flags, &h, sizeof(h), &len), 0);
+	rm_ctrl_hello_ack(&a, &h, 0, 0);
+	send_all(fd, buf, frame(buf, RM_WIRE_HELLO_ACK, 0, &a, sizeof(a)));
+	cr_assert_eq(next_engine_msg(fd, msg, sizeof(msg), &mlen), RM_MIG_SETUP, "%s: no SETUP", name);
+	if (when == AT_COMMIT) {
+		struct rm_ctrl_layout_msg lay = { .l = { .count = rm_wire_put32(2) } };
+
+		for (uint32_t k = 0; k < 2; k++)
+			lay.r[k] = (struct rm_wire_region){ .id = rm_wire_put32(10 + k),
+							    .size = rm_wire_put64(MiB) };
+		send_all(fd, buf, engine_msg(buf, RM_MIG_SETUP_OK, NULL, 0));
+		send_all(fd, buf, frame(buf, RM_WIRE_LAYOUT, 0, &lay, sizeof(lay.l) + 2 * sizeof(lay.r[0])));
+		while ((type = next_engine_msg(fd, msg, sizeof(msg), &mlen)) && type != RM_MIG_COMMIT)
+			;
+		cr_assert_eq(type, RM_MIG_COMMIT, "%s: no COMMIT", name);
+	}
+	if (hostile)
+		send_all(fd, buf, hostile(buf));
+	else
+		close(fd);
+	join_bounded(e.th, name);
+	if (hostile)
+		close(fd);
+	close(e.lfd);
+
+	cr_assert_eq(e.rc, want_rc, "%s: rdmamig_run returned %d (%s), expected %s", name, e.rc,
+		     rdmamig_strerror(e.rc), rdmamig_strerror(want_rc));
+	assert_log(why, "%s: the log does not name \"%s\":\n%s", name, why, logbuf);
+	/* Not released: every pause was undone, and the guest runs on. */
+	cr_assert_eq(e.vmm.resume_calls, e.vmm.pause_calls, "%s: paused %d times, resumed %d", name,
+		     e.vmm.pause_calls, e.vmm.resume_calls);
+	uint64_t c0 = atomic_load(&e.vmm.counter);
+	for (int i = 0; i < 200 && atomic_load(&e.vmm.counter) == c0; i++)
+		usleep(5000);
+	cr_assert_gt(atomic_load(&e.vmm.counter), c0, "%s: the source guest does not run", name);
+	rdmamig_free(e.m);
+	fake_vmm_destroy(&e.vmm);
+}
+
+static size_t h_refuse(uint8_t *b)
+{
+	struct rm_mig_refuse r = { .reason = (int32_t)htole32((uint32_t)RDMAMIG_E_REFUSED) };
+
+	memset(r.text, 'Z', sizeof(r.text));	/* unterminated */
+	return engine_msg(b, RM_MIG_REFUSE, &r, sizeof(r));
+}
+static size_t h_refuse_empty(uint8_t *b) { return engine_msg(b, RM_MIG_REFUSE, NULL, 0); }
+static size_t h_refuse_short(uint8_t *b) { return engine_msg(b, RM_MIG_REFUSE, "ab", 2); }
+static size_t h_resumed_early(uint8_t *b)
+{
+	struct rm_mig_resumed r = { 0 };
+
+	return engine_msg(b, RM_MIG_RESUMED, &r, sizeof(r));
+}
+static size_t h_setup_ok_body(uint8_t *b) { return engine_msg(b, RM_MIG_SETUP_OK, "junk", 4); }
+static size_t h_unknown(uint8_t *b) { return engine_msg(b, RM_WIRE_ENGINE_LAST, NULL, 0); }
+static size_t h_resumed_short(uint8_t *b)
+{
+	struct rm_mig_resumed r = { 0 };
+
+	return engine_msg(b, RM_MIG_RESUMED, &r, sizeof(r) - 1);
+}
+static size_t h_resumed_empty(uint8_t *b) { return engine_msg(b, RM_MIG_RESUMED, NULL, 0); }
+static size_t h_abort(uint8_t *b)
+{
+	struct rm_wire_abort_body a;
+
+	rm_ctrl_abort_body(&a, -EIO, "hostile destination aborts");
+	return frame(b, RM_WIRE_ABORT, 0, &a, sizeof(a));
+}
+static size_t h_garbage(uint8_t *b)
+{
+	memset(b, 0xff, 64);
+	return 64;
+}
+static size_t h_bye(uint8_t *b) { return frame(b, RM_WIRE_BYE, 0, NULL, 0); }
+
+Test(hostile_engine, destination_at_setup, .timeout = 120)
+{
+	engine_source_case("REFUSE unterminated", AT_SETUP, h_refuse, RDMAMIG_E_REFUSED, "ZZZZZZZZZZ");
+	engine_source_case("REFUSE of 0 bytes", AT_SETUP, h_refuse_empty, RDMAMIG_E_REFUSED, "the destination refused");
+	engine_source_case("REFUSE of 2 bytes", AT_SETUP, h_refuse_short, RDMAMIG_E_REFUSED, "the destination refused");
+	engine_source_case("RESUMED before SETUP_OK", AT_SETUP, h_resumed_early, PROTO, "expected SETUP_OK, the peer sent RESUMED");
+	engine_source_case("unknown engine type", AT_SETUP, h_unknown, PROTO, "expected SETUP_OK, the peer sent UNKNOWN");
+	engine_source_case("transport ABORT", AT_SETUP, h_abort, RDMAMIG_E_ABORTED, "hostile destination aborts");
+	engine_source_case("garbage", AT_SETUP, h_garbage, PROTO, "channel 0");
+	engine_source_case("close", AT_SETUP, NULL, -ECONNRESET, "waiting for SETUP_OK");
+}
+
+Test(hostile_engine, destination_after_commit, .timeout = 180)
+{
+	engine_source_case("REFUSE", AT_COMMIT, h_refuse, RDMAMIG_E_REFUSED, "ZZZZZZZZZZ");
+	engine_source_case("REFUSE of 0 bytes", AT_COMMIT, h_refuse_empty, RDMAMIG_E_REFUSED, "the destination refused");
+	engine_source_case("SETUP_OK instead of RESUMED", AT_COMMIT, h_setup_ok_body, PROTO, "expected RESUMED, the peer sent SETUP_OK");
+	engine_source_case("RESUMED one byte short", AT_COMMIT, h_resumed_short, PROTO, "RESUMED of 23 bytes");
+	engine_source_case("RESUMED of 0 bytes", AT_COMMIT, h_resumed_empty, PROTO, "RESUMED of 0 bytes");
+	engine_source_case("transport ABORT", AT_COMMIT, h_abort, RDMAMIG_E_ABORTED, "hostile destination aborts");
+	engine_source_case("BYE", AT_COMMIT, h_bye, -EPIPE, "waiting for RESUMED");
+	engine_source_case("close", AT_COMMIT, NULL, -ECONNRESET, "waiting for RESUMED");
+}
+
+/* ---- the engine: a hostile source against rdmamig_run(destination) ---- */
+
+struct edst {
+	struct fake_vmm vmm;
+	rdmamig_t *m;
+	pthread_t th;
+	int rc;
+};
+
+static void *edst_run(void *arg)
+{
+	struct edst *e = arg;
+
+	e->rc = rdmamig_run(e->m);
+	return NULL;
+}
+
+/* A SETUP for the fake destination VMM (2 regions of 1 MiB, ids 10, 11). */
+static size_t good_setup(uint8_t *out)
+{
+	struct fake_vmm v;
+	struct rdmamig_vm_desc d;
+	struct rm_mig_setup *s;
+	size_t n;
+
+	cr_assert_eq(fake_vmm_init(&v, 2, MiB, 0), 0);
+	fake_describe(&v, &d);
+	s = rm_mig_setup_encode(&d, 0, &n);
+	memcpy(out, s, n);
+	free(s);
+	fake_vmm_destroy(&v);
+	return n;
+}
+
+/* spoil(setup, len) edits a good SETUP and returns its new length; then
+ * after(buf) (may be NULL) follows a SETUP_OK. */
+static void engine_dest_case(const char *name, size_t (*spoil)(uint8_t *s, size_t n),
+			     size_t (*after)(uint8_t *buf), int want_rc, const char *why)
+{
+	struct edst e;
+	struct rdmamig_opts o = {
+		.role = RDMAMIG_DESTINATION, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "127.0.0.1",
+		.port = "0", .timeout_ms = TMO_MS,
+	};
+	static uint8_t setup[8192], buf[8192], msg[8192];
+	struct rm_mig_refuse rf;
+	size_t n, mlen;
+	uint16_t type;
+	int p = -1, fd;
+
+	memset(&e, 0, sizeof(e));
+	log_start();
+	cr_assert_eq(fake_vmm_init(&e.vmm, 2, MiB, 0), 0);
+	e.m = rdmamig_new(&o, &fake_ops, &e.vmm);
+	cr_assert_not_null(e.m);
+	cr_assert_eq(pthread_create(&e.th, NULL, edst_run, &e), 0);
+	for (int i = 0; i < 500 && (p = rdmamig_listen_port(e.m)) <= 0; i++)
+		usleep(10000);
+	cr_assert_gt(p, 0);
+	fd = raw_source_chan(p, 1, 0, 3);
+	n = good_setup(setup);
+	if (spoil)
+		n = spoil(setup, n);
+	send_all(fd, buf, engine_msg(buf, RM_MIG_SETUP, setup, n));
+	type = next_engine_msg(fd, msg, sizeof(msg), &mlen);
+	if (after) {
+		cr_assert_eq(type, RM_MIG_SETUP_OK, "%s: SETUP answered with %s", name, rm_mig_type_name(type));
+		send_all(fd, buf, after(buf));
+		type = next_engine_msg(fd, msg, sizeof(msg), &mlen);
+	}
+	join_bounded(e.th, name);
+	close(fd);
+	cr_assert_eq(e.rc, want_rc, "%s: rdmamig_run returned %d (%s), expected %s", name, e.rc,
+		     rdmamig_strerror(e.rc), rdmamig_strerror(want_rc));
+	assert_log(why, "%s: the log does not name \"%s\":\n%s", name, why, logbuf);
+	/* A protocol error is told to the source in a REFUSE (engine) naming it. */
+	if (want_rc == PROTO && type == RM_MIG_REFUSE) {
+		memset(&rf, 0, sizeof(rf));
+		memcpy(&rf, msg, mlen < sizeof(rf) ? mlen : sizeof(rf));
+		rf.text[sizeof(rf.text) - 1] = 0;
+		cr_assert(rf.text[0], "%s: REFUSE without a text", name);
+	}
+	/* Never a guest run from what a hostile source sent. */
+	cr_assert_eq(e.vmm.resume_calls, 0, "%s: the destination ran the guest", name);
+	rdmamig_free(e.m);
+	fake_vmm_destroy(&e.vmm);
+}
+
+#define SETUP_FIELD(s, f) (*(uint32_t *)((s) + offsetof(struct rm_mig_setup, f)))
+static size_t s_version(uint8_t *s, size_t n) { SETUP_FIELD(s, version) = htole32(2); return n; }
+static size_t s_regions0(uint8_t *s, size_t n) { SETUP_FIELD(s, nr_regions) = 0; return n; }
+static size_t s_regions_max1(uint8_t *s, size_t n) { SETUP_FIELD(s, nr_regions) = htole32(RDMAMIG_MAX_REGIONS + 1); return n; }
+static size_t s_regions_u32(uint8_t *s, size_t n) { SETUP_FIELD(s, nr_regions) = 0xffffffffu; return n; }
+static size_t s_regions_3(uint8_t *s, size_t n) { SETUP_FIELD(s, nr_regions) = htole32(3); return n; }
+static size_t s_short(uint8_t *s, size_t n) { return sizeof(struct rm_mig_setup) - 1; }
+static size_t s_empty(uint8_t *s, size_t n) { return 0; }
+static size_t s_page0(uint8_t *s, size_t n) { SETUP_FIELD(s, page_size) = 0; return n; }
+static size_t s_page_odd(uint8_t *s, size_t n) { SETUP_FIELD(s, page_size) = htole32(4097); return n; }
+static size_t s_page_u32(uint8_t *s, size_t n) { SETUP_FIELD(s, page_size) = 0xffffffffu; return n; }
+static size_t s_dup(uint8_t *s, size_t n)
+{
+	struct rm_mig_setup *h = (struct rm_mig_setup *)s;
+
+	h->regions[1].id = h->regions[0].id;
+	return n;
+}
+static size_t s_size0(uint8_t *s, size_t n) { ((struct rm_mig_setup *)s)->regions[0].size = 0; return n; }
+static size_t s_size_u64(uint8_t *s, size_t n) { ((struct rm_mig_setup *)s)->regions[1].size = UINT64_MAX; return n; }
+static size_t s_vcpus(uint8_t *s, size_t n) { SETUP_FIELD(s, nr_vcpus) = 0xffffffffu; return n; }
+static size_t s_model(uint8_t *s, size_t n)
+{
+	memset(((struct rm_mig_setup *)s)->cpu_model, 'M', RDMAMIG_CPU_MODEL_LEN);	/* unterminated */
+	return n;
+}
+
+Test(hostile_engine, source_setup_fields, .timeout = 180)
+{
+	engine_dest_case("version 2", s_version, NULL, PROTO, "engine protocol version 2");
+	engine_dest_case("0 regions", s_regions0, NULL, PROTO, "SETUP announces 0 RAM regions");
+	engine_dest_case("max + 1 regions", s_regions_max1, NULL, PROTO, "SETUP announces 65 RAM regions");
+	engine_dest_case("2^32 - 1 regions", s_regions_u32, NULL, PROTO, "SETUP announces 4294967295 RAM regions");
+	engine_dest_case("3 regions, 2 sent", s_regions_3, NULL, PROTO, "3 regions need");
+	engine_dest_case("SETUP one byte short", s_short, NULL, PROTO, "shorter than its");
+	engine_dest_case("SETUP of 0 bytes", s_empty, NULL, PROTO, "SETUP of 0 bytes");
+	engine_dest_case("page size 0", s_page0, NULL, PROTO, "page size 0 is not");
+	engine_dest_case("page size 4097", s_page_odd, NULL, PROTO, "page size 4097 is not");
+	engine_dest_case("page size 2^32 - 1", s_page_u32, NULL, PROTO, "page size 4294967295 is not");
+	engine_dest_case("region id twice", s_dup, NULL, PROTO, "appears twice");
+	engine_dest_case("region size 0", s_size0, NULL, PROTO, "size 0 is not a page multiple");
+	engine_dest_case("region size 2^64 - 1", s_size_u64, NULL, PROTO, "is not a page multiple");
+	engine_dest_case("vCPUs 2^32 - 1", s_vcpus, NULL, RDMAMIG_E_REFUSED, "vCPU count: source 4294967295");
+	engine_dest_case("CPU model unterminated", s_model, NULL, RDMAMIG_E_REFUSED, "CPU model");
+}
+
+static size_t a_commit_first(uint8_t *b)
+{
+	struct rm_mig_commit c = { 0 };
+
+	return engine_msg(b, RM_MIG_COMMIT, &c, sizeof(c));
+}
+static size_t a_commit_len(uint8_t *b)
+{
+	uint64_t st[2] = { 0xfa4e57a7e0000001ull, 1 };
+	struct rm_mig_commit c = { .state_len = htole64(17) };
+	size_t n = engine_msg(b, RM_MIG_STATE, st, sizeof(st));
+
+	return n + engine_msg(b + n, RM_MIG_COMMIT, &c, sizeof(c));
+}
+static size_t a_commit_u64(uint8_t *b)
+{
+	uint64_t st[2] = { 0xfa4e57a7e0000001ull, 1 };
+	struct rm_mig_commit c = { .state_len = htole64(UINT64_MAX) };
+	size_t n = engine_msg(b, RM_MIG_STATE, st, sizeof(st));
+
+	return n + engine_msg(b + n, RM_MIG_COMMIT, &c, sizeof(c));
+}
+static size_t a_commit_short(uint8_t *b)
+{
+	struct rm_mig_commit c = { 0 };
+
+	return engine_msg(b, RM_MIG_COMMIT, &c, sizeof(c) - 1);
+}
+static size_t a_state_twice(uint8_t *b)
+{
+	size_t n = engine_msg(b, RM_MIG_STATE, "s", 1);
+
+	return n + engine_msg(b + n, RM_MIG_STATE, "s", 1);
+}
+static size_t a_iter_short(uint8_t *b)
+{
+	struct rm_mig_iter it = { 0 };
+
+	return engine_msg(b, RM_MIG_ITER, &it, sizeof(it) - 1);
+}
+static size_t a_iter_max(uint8_t *b)
+{
+	struct rm_mig_iter it = { .index = 0xffffffffu, .pages = UINT64_MAX, .bytes = UINT64_MAX,
+				  .remaining_bytes = UINT64_MAX };
+	size_t n = engine_msg(b, RM_MIG_ITER, &it, sizeof(it));
+
+	return n + engine_msg(b + n, RM_MIG_RESUMED, NULL, 0);	/* then out of order */
+}
+static size_t a_setup_again(uint8_t *b) { return engine_msg(b, RM_MIG_SETUP, NULL, 0); }
+static size_t a_setup_ok(uint8_t *b) { return engine_msg(b, RM_MIG_SETUP_OK, NULL, 0); }
+static size_t a_resumed(uint8_t *b)
+{
+	struct rm_mig_resumed r = { 0 };
+
+	return engine_msg(b, RM_MIG_RESUMED, &r, sizeof(r));
+}
+static size_t a_unknown(uint8_t *b) { return engine_msg(b, RM_WIRE_ENGINE_LAST, NULL, 0); }
+static size_t a_refuse(uint8_t *b) { return engine_msg(b, RM_MIG_REFUSE, NULL, 0); }
+static size_t a_nothing(uint8_t *b) { return 0; }
+static size_t a_state_bad(uint8_t *b)
+{
+	uint64_t st[2] = { 0xbad, 1 };
+	struct rm_mig_commit c = { .state_len = htole64(sizeof(st)) };
+	size_t n = engine_msg(b, RM_MIG_STATE, st, sizeof(st));
+
+	return n + engine_msg(b + n, RM_MIG_COMMIT, &c, sizeof(c));
+}
+static size_t a_digest(uint8_t *b)
+{
+	uint64_t st[2] = { 0xfa4e57a7e0000001ull, 1 };
+	struct rm_mig_commit c = { .state_len = htole64(sizeof(st)), .flags = htole32(RM_MIG_F_VERIFY),
+				   .digest = 12345 };
+	size_t n = engine_msg(b, RM_MIG_STATE, st, sizeof(st));
+
+	return n + engine_msg(b + n, RM_MIG_COMMIT, &c, sizeof(c));
+}
+
+Test(hostile_engine, source_messages_out_of_order, .timeout = 240)
+{
+	engine_dest_case("COMMIT without STATE", NULL, a_commit_first, PROTO, "COMMIT before any STATE");
+	engine_dest_case("COMMIT state_len 17", NULL, a_commit_len, PROTO, "COMMIT says 17 bytes of state, 16 arrived");
+	engine_dest_case("COMMIT state_len 2^64 - 1", NULL, a_commit_u64, PROTO, "COMMIT says 18446744073709551615 bytes");
+	engine_dest_case("COMMIT one byte short", NULL, a_commit_short, PROTO, "unexpected COMMIT");
+	engine_dest_case("STATE twice", NULL, a_state_twice, PROTO, "unexpected STATE");
+	engine_dest_case("ITER one byte short", NULL, a_iter_short, PROTO, "unexpected ITER");
+	engine_dest_case("ITER of 2^64 - 1, then RESUMED", NULL, a_iter_max, PROTO, "unexpected RESUMED");
+	engine_dest_case("SETUP again", NULL, a_setup_again, PROTO, "unexpected SETUP");
+	engine_dest_case("SETUP_OK to a destination", NULL, a_setup_ok, PROTO, "unexpected SETUP_OK");
+	engine_dest_case("RESUMED to a destination", NULL, a_resumed, PROTO, "unexpected RESUMED");
+	engine_dest_case("unknown engine type", NULL, a_unknown, PROTO, "unexpected UNKNOWN");
+	engine_dest_case("REFUSE from a source", NULL, a_refuse, PROTO, "unexpected REFUSE");
+	engine_dest_case("state the VMM refuses", NULL, a_state_bad, -EINVAL, "cannot load the device state");
+	engine_dest_case("RAM digest differs", NULL, a_digest, RDMAMIG_E_VERIFY, "RAM digest");
+	engine_dest_case("silence after SETUP_OK", NULL, a_nothing, -ETIMEDOUT, "lost the source while receiving");
+}
