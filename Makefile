@@ -156,7 +156,7 @@ deps:
 	$(Q)scripts/deps.sh
 
 test: deps
-	$(Q)$(MAKE) --no-print-directory all tests
+	$(Q)$(MAKE) --no-print-directory all tests fuzz-bins
 	$(Q)O=$(O) HOST_TESTS="$(HOST_TESTS)" BED_TESTS="$(BED_TESTS)" tests/run.sh
 
 # The host suites under AddressSanitizer + UBSan (the bed suites run in
