@@ -1,5 +1,6 @@
 # fuzz/ — the libFuzzer targets: one small file per parser that reads the
-# peer's bytes (ctrl.c's frames and handshake, the engine's messages, the
+# peer's bytes (ctrl.c's frames and handshake, the TCP receive thread, the
+# engine's messages, the
 # device-state stream, the vCPU state loader), their checked-in corpora
 # (fuzz/corpus/<target>/, seeded from a real migration's traffic by
 # capture.py and minimized with -merge=1), and run.sh, which fuzzes or
@@ -10,7 +11,7 @@
 #   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="fuzz-frames ..."]
 #   make fuzz-replay      each target over its corpus once, no new inputs
 #   make fuzz-merge       minimize build-fuzz/corpus/<t> into fuzz/corpus/<t>
-FUZZ_TARGETS ?= fuzz-frames fuzz-handshake fuzz-engine fuzz-vmstate fuzz-state
+FUZZ_TARGETS ?= fuzz-frames fuzz-tcp-rx fuzz-handshake fuzz-engine fuzz-vmstate fuzz-state
 FUZZ_SECONDS ?= 60
 FUZZ_O       := build-fuzz
 

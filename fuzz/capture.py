@@ -206,6 +206,23 @@ def main():
         # Each message alone too, so a minimizer keeps the short paths.
         for f in recs:
             put(a.out, 'fuzz-frames', bytes([role | (nchan - 1) << 1]) + bytes([f[1]]) + frame(f[3], f[5], f[4]))
+    # The TCP receiver's stream (fuzz-tcp-rx): channel 0 each way, WRITE
+    # frames cut to their first 4 KiB so a seed stays small.
+    for d, role in ((0, 0), (1, 1)):
+        out, writes = b'', 0
+        for f in fr:
+            if f[1] != 0 or f[2] != d or f[3] in (HELLO, HELLO_ACK):
+                continue
+            body = f[5]
+            if f[3] == WRITE:
+                if writes >= 8:
+                    continue
+                writes += 1
+                region, rsv, off, ln = struct.unpack_from('<IIQQ', body)
+                ln = min(ln, 4096)
+                body = struct.pack('<IIQQ', region, rsv, off, ln) + body[32:32 + ln]
+            out += frame(f[3], body, f[4])
+        put(a.out, 'fuzz-tcp-rx', bytes([role]) + out)
     hellos = [f for f in fr if f[3] == HELLO]
     acks = [f for f in fr if f[3] == HELLO_ACK]
     put(a.out, 'fuzz-handshake', bytes([0]) + b''.join(frame(f[3], f[5]) for f in hellos))
