@@ -1,7 +1,7 @@
 # fuzz/ — the libFuzzer targets: one small file per parser that reads the
 # peer's bytes (ctrl.c's frames and handshake, the TCP receive thread, the
-# engine's messages, the
-# device-state stream, the vCPU state loader), their checked-in corpora
+# engine's messages, the device-state stream, the vCPU state loader), their
+# checked-in corpora
 # (fuzz/corpus/<target>/, seeded from a real migration's traffic by
 # capture.py and minimized with -merge=1), and run.sh, which fuzzes or
 # replays them.  Targets may include any layer but cli/ (they link both
