@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """fuzz/capture.py — seed the fuzz corpora from a real migration's traffic.
 
-Runs `rdmamig --dst` and `rdmamig --src --transport tcp` (the built-in KVM
-VMM, so /dev/kvm is needed) through a TCP proxy on 127.0.0.1 that records
+Runs `rdmamig --dst` and `rdmamig --src --transport tcp` with a fresh
+pre-shared key (the built-in KVM VMM, so /dev/kvm is needed) through a TCP proxy on 127.0.0.1 that records
 every byte each way, cuts the streams into wire.h frames, and writes the
 seeds each target of fuzz/ takes (see the input format at the top of each
 fuzz-*.c) into fuzz/corpus/<target>/.  WRITE frames (guest RAM) are left
@@ -14,7 +14,7 @@ import argparse, os, select, socket, struct, subprocess, sys, threading, time, h
 
 HDR = struct.Struct('<HHIII')
 CTRL = struct.Struct('<HHIQQ')
-HELLO, HELLO_ACK, REFUSE, LAYOUT, WRITE, MARKER, CTRL_T, CREDIT, ABORT, BYE = range(1, 11)
+HELLO, HELLO_ACK, REFUSE, LAYOUT, WRITE, MARKER, CTRL_T, CREDIT, ABORT, BYE, AUTH = range(1, 12)
 MIG_SETUP, MIG_STATE = 0x101, 0x105
 
 
@@ -182,15 +182,21 @@ def main():
     s.bind(('127.0.0.1', 0))
     dport = s.getsockname()[1]
     s.close()
+    key = os.path.join(a.out, '.capture-key')
+    os.makedirs(a.out, exist_ok=True)
+    with open(key, 'wb') as f:
+        f.write(os.urandom(32))
+    os.chmod(key, 0o600)
     dst = subprocess.Popen([a.bin, '--dst', '--listen', '127.0.0.1:%d' % dport, '--transport', 'tcp',
-                            '--run-after', '1', '-q'])
+                            '--psk', key, '--run-after', '1', '-q'])
     time.sleep(0.5)
     px = Proxy(dport)
     px.start()
     src = subprocess.run([a.bin, '--src', '--connect', '127.0.0.1:%d' % px.port, '--transport', 'tcp',
-                          '--mem', '16M', '--vcpus', a.vcpus, '--warmup', '1', '--verify', '-q'],
+                          '--psk', key, '--mem', '16M', '--vcpus', a.vcpus, '--warmup', '1', '--verify', '-q'],
                          timeout=120)
     dst.wait(timeout=60)
+    os.unlink(key)
     time.sleep(0.5)
     if src.returncode or dst.returncode:
         sys.exit('capture: the migration failed (source %d, destination %d)' % (src.returncode, dst.returncode))
@@ -200,6 +206,11 @@ def main():
     # The transport's own frames, after each channel's handshake frame.
     for d, role in ((0, 0), (1, 1)):   # 0: source -> destination, read by a destination
         recs = [f for f in fr if f[2] == d and f[3] not in (HELLO, HELLO_ACK, WRITE)]
+        # As captured, with the key (bit 6): the AUTH steps parse, the
+        # proofs (over another session's nonces) fail.
+        put(a.out, 'fuzz-frames', bytes([role | (nchan - 1) << 1 | 0x40]) +
+            b''.join(bytes([f[1]]) + frame(f[3], f[5], f[4]) for f in recs))
+        recs = [f for f in recs if f[3] != AUTH]
         for stream in (0, 8):
             cfg = role | (nchan - 1) << 1 | stream
             put(a.out, 'fuzz-frames', bytes([cfg]) + b''.join(bytes([f[1]]) + frame(f[3], f[5], f[4]) for f in recs))
@@ -211,7 +222,7 @@ def main():
     for d, role in ((0, 0), (1, 1)):
         out, writes = b'', 0
         for f in fr:
-            if f[1] != 0 or f[2] != d or f[3] in (HELLO, HELLO_ACK):
+            if f[1] != 0 or f[2] != d or f[3] in (HELLO, HELLO_ACK, AUTH):
                 continue
             body = f[5]
             if f[3] == WRITE:
@@ -225,10 +236,11 @@ def main():
         put(a.out, 'fuzz-tcp-rx', bytes([role]) + out)
     hellos = [f for f in fr if f[3] == HELLO]
     acks = [f for f in fr if f[3] == HELLO_ACK]
-    put(a.out, 'fuzz-handshake', bytes([0]) + b''.join(frame(f[3], f[5]) for f in hellos))
-    put(a.out, 'fuzz-handshake', bytes([4]) + frame(HELLO, hellos[0][5]) * 2)
-    for f in acks:
-        put(a.out, 'fuzz-handshake', bytes([1]) + frame(f[3], f[5]))
+    for k in (0, 8):    # without and with this side's key
+        put(a.out, 'fuzz-handshake', bytes([0 | k]) + b''.join(frame(f[3], f[5]) for f in hellos))
+        put(a.out, 'fuzz-handshake', bytes([4 | k]) + frame(HELLO, hellos[0][5]) * 2)
+        for f in acks:
+            put(a.out, 'fuzz-handshake', bytes([1 | k]) + frame(f[3], f[5]))
     # Engine messages: reassemble channel 0's CTRL fragments each way.
     msgs, cur = [], {}
     for f in fr:

@@ -8,7 +8,9 @@
  * Input: one config byte — bit 0 source (else destination), bits 1-2
  * channels - 1, bit 3 CTRL streamed through rm_ctrl_rx_begin/end as TCP
  * does (else whole, as an RDMA SEND), bit 4 small queue bounds, bit 5 a
- * source with two RAM regions (else one) — then
+ * source with two RAM regions (else one), bit 6 both sides hold a key, so
+ * AUTH comes first (this harness plays the owner's side of the exchange:
+ * it counts its own next step as sent once the peer's arrived) — then
  * records {u8 channel, 16-byte wire header, header.len body bytes (fewer if
  * the input ends)}.  The first error ends the connection, as in a backend.
  */
@@ -100,6 +102,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	role = cfg & 1 ? RM_ROLE_SOURCE : RM_ROLE_DEST;
 	o.nchan = ((unsigned)cfg >> 1 & 3) + 1;
+	if (cfg & 0x40) {
+		memset(o.psk, 0x6b, 32);
+		o.psk_len = 32;
+	} else {
+		o.no_auth = true;
+	}
 	memset(&t, 0, sizeof(t));
 	if (rm_tr_init(&t, &null_ops, &o, role, o.nchan, RM_WIRE_MAX_FRAG))
 		return 0;
@@ -131,6 +139,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			ended[c % o.nchan] = true;
 			err = 0;
 		}
+		if (!err && t.ctrl.auth_got > t.ctrl.auth_sent)
+			t.ctrl.auth_sent = t.ctrl.auth_got + 1;	/* the owner's answer */
 		if (!err && drain(&t) < 0)
 			break;
 		if (!err && role == RM_ROLE_SOURCE && t.ctrl.have_layout && !matched) {

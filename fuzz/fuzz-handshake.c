@@ -6,7 +6,7 @@
  *
  * Input: one selector byte — bit 0 source (else destination), bit 1 RDMA
  * (private data, credits, ctrl_buf), bit 2 the second HELLO takes the
- * first one's channel — then wire frames (16-byte header + body) as
+ * first one's channel, bit 3 this side has a pre-shared key — then wire frames (16-byte header + body) as
  * rm_ctrl_unframe() takes them from a buffer.
  */
 #include "fuzz/fuzz.h"
@@ -35,7 +35,7 @@ static int next_frame(struct fz_in *in, uint16_t *type, const void **body, size_
 
 static void destination(struct fz_in *in, int sel)
 {
-	bool rdma = sel & 2;
+	bool rdma = sel & 2, auth = sel & 8;
 	struct rm_wire_hello h, h2;
 	struct rm_wire_hello_ack ack;
 	struct rm_transport_opts o = { .max_write = 1u << 20, .timeout_ms = 1000 };
@@ -49,16 +49,18 @@ static void destination(struct fz_in *in, int sel)
 	if (next_frame(in, &type, &body, &blen))
 		return;
 	why[0] = 0;
-	reason = rm_ctrl_hello_parse(type, body, blen, rdma, &h, why, sizeof(why));
+	reason = rm_ctrl_hello_parse(type, body, blen, rdma, auth, &h, why, sizeof(why));
 	if (reason) {
-		FZ_CHECK(reason >= RM_REFUSE_VERSION && reason <= RM_REFUSE_PARAMS && why[0]);
+		FZ_CHECK(reason >= RM_REFUSE_VERSION && reason <= RM_REFUSE_AUTH && why[0]);
 		return;
 	}
 	/* Accepted: what the backends then rely on. */
 	o.nchan = rm_wire_get16(h.nchan);
 	FZ_CHECK(o.nchan >= 1 && o.nchan <= RM_WIRE_MAX_CHANNELS);
 	FZ_CHECK(rm_wire_get16(h.chan) < o.nchan);
-	rm_ctrl_hello_ack(&ack, &h, rdma ? 64 : 0, rdma ? 4096 : 0);
+	rm_ctrl_hello_ack(&ack, &h, rdma ? 64 : 0, rdma ? 4096 : 0, auth);
+	if (auth)
+		FZ_CHECK(rm_wire_get32(ack.caps) & RM_CAP_AUTH);
 	FZ_CHECK(rm_wire_get32(ack.caps) & RM_CAP_REQUIRED);
 	FZ_CHECK(rm_wire_get16(ack.version) >= RM_WIRE_VERSION_MIN &&
 		 rm_wire_get16(ack.version) <= RM_WIRE_VERSION);
@@ -68,7 +70,7 @@ static void destination(struct fz_in *in, int sel)
 		return;
 	t.peer_max_write = rm_wire_get32(h.max_write);
 	if (!next_frame(in, &type, &body, &blen) &&
-	    !rm_ctrl_hello_parse(type, body, blen, rdma, &h2, why, sizeof(why))) {
+	    !rm_ctrl_hello_parse(type, body, blen, rdma, auth, &h2, why, sizeof(why))) {
 		reason = rm_ctrl_hello_join(&h2, &t, rm_wire_get64(h.session),
 					    (sel & 4) && h2.chan == h.chan, why, sizeof(why));
 		if (!reason) {
@@ -82,7 +84,8 @@ static void destination(struct fz_in *in, int sel)
 static void source(struct fz_in *in, int sel)
 {
 	bool rdma = sel & 2;
-	struct rm_transport_opts o = { .nchan = 2, .max_write = 1u << 20, .timeout_ms = 1000 };
+	struct rm_transport_opts o = { .nchan = 2, .max_write = 1u << 20, .timeout_ms = 1000,
+				       .psk_len = sel & 8 ? 32 : 0, .no_auth = !(sel & 8) };
 	struct rm_wire_hello h;
 	struct rm_wire_hello_ack ack;
 	uint16_t type;
@@ -93,7 +96,7 @@ static void source(struct fz_in *in, int sel)
 	while (!next_frame(in, &type, &body, &blen)) {
 		int err = rm_ctrl_hello_reply("fuzz", 0, type, body, blen, &h, rdma ? 4096 : 0, &ack);
 
-		FZ_CHECK(!err || err == RDMAMIG_E_REFUSED || err == RDMAMIG_E_PROTO);
+		FZ_CHECK(!err || err == RDMAMIG_E_REFUSED || err == RDMAMIG_E_PROTO || err == RDMAMIG_E_AUTH);
 		if (!err) {
 			FZ_CHECK(rm_wire_get16(ack.nchan) == 2);
 			FZ_CHECK(!(rm_wire_get32(ack.caps) & ~rm_wire_get32(h.caps)));

@@ -270,7 +270,7 @@ static int accept_bounded(int lfd)
 
 static void good_hello(struct rm_wire_hello *h, unsigned nchan, unsigned chan, uint64_t session)
 {
-	struct rm_transport_opts o = { .nchan = nchan, .max_write = 1u << 20 };
+	struct rm_transport_opts o = { .nchan = nchan, .max_write = 1u << 20, .no_auth = true };
 
 	rm_ctrl_hello(h, &o, chan, session, 0);
 }
@@ -317,6 +317,7 @@ static void tdst_start(struct tdst *d)
 {
 	struct rm_transport_opts o = {
 		.kind = RM_TRANSPORT_TCP, .addr = "127.0.0.1", .port = "0", .timeout_ms = TMO_MS,
+		.no_auth = true,
 	};
 
 	memset(d, 0, sizeof(*d));
@@ -374,8 +375,9 @@ struct hello_case {
 SPOIL(bad_magic, h->magic = rm_wire_put32(0x12345678))
 SPOIL(magic_zero, h->magic = 0)
 SPOIL(vmin_gt_vmax, (h->version_min = rm_wire_put16(3), h->version_max = rm_wire_put16(2)))
-SPOIL(vmax_old, (h->version_min = rm_wire_put16(1), h->version_max = rm_wire_put16(1)))
-SPOIL(vmin_new, (h->version_min = rm_wire_put16(3), h->version_max = rm_wire_put16(0xffff)))
+SPOIL(vmin_gt_vmax2, (h->version_min = rm_wire_put16(RM_WIRE_VERSION + 1), h->version_max = rm_wire_put16(RM_WIRE_VERSION)))
+SPOIL(vmax_old, (h->version_min = rm_wire_put16(1), h->version_max = rm_wire_put16(RM_WIRE_VERSION_MIN - 1)))
+SPOIL(vmin_new, (h->version_min = rm_wire_put16(RM_WIRE_VERSION + 1), h->version_max = rm_wire_put16(0xffff)))
 SPOIL(caps_none, h->caps = 0)
 SPOIL(caps_only_unknown, h->caps = rm_wire_put32(0xfffffffcu))
 SPOIL(nchan_zero, h->nchan = 0)
@@ -395,8 +397,9 @@ static const struct hello_case hello_cases[] = {
 	{ "magic", bad_magic, RM_REFUSE_MAGIC, "magic" },
 	{ "magic 0", magic_zero, RM_REFUSE_MAGIC, "magic" },
 	{ "version_min > version_max", vmin_gt_vmax, RM_REFUSE_VERSION, "versions" },
-	{ "version 1 only", vmax_old, RM_REFUSE_VERSION, "versions" },
-	{ "versions 3-65535", vmin_new, RM_REFUSE_VERSION, "versions" },
+	{ "version_min > version_max, newer", vmin_gt_vmax2, RM_REFUSE_VERSION, "versions" },
+	{ "versions older than the oldest", vmax_old, RM_REFUSE_VERSION, "versions" },
+	{ "versions newer than ours to 65535", vmin_new, RM_REFUSE_VERSION, "versions" },
 	{ "no caps", caps_none, RM_REFUSE_CAPS, "caps" },
 	{ "unknown caps only", caps_only_unknown, RM_REFUSE_CAPS, "caps" },
 	{ "nchan 0", nchan_zero, RM_REFUSE_CHANNELS, "channel" },
@@ -515,9 +518,9 @@ Test(hostile_handshake, silent_peer_bounded, .timeout = 30)
 	cr_assert_eq(d.accept_rc, -ETIMEDOUT, "accept: %s", rdmamig_strerror(d.accept_rc));
 }
 
-/* A second source's channel, or the same channel twice, while one is being
- * accepted (nchan 2): refused BUSY / CHANNELS, the first one completes. */
-Test(hostile_handshake, channel_twice_and_foreign_session_refused, .timeout = 30)
+/* The same channel twice while a source is being accepted (nchan 2):
+ * refused CHANNELS, and the source completes. */
+Test(hostile_handshake, channel_twice_refused, .timeout = 30)
 {
 	struct rm_wire_hello h;
 	struct rm_wire_refuse_body rf;
@@ -529,13 +532,13 @@ Test(hostile_handshake, channel_twice_and_foreign_session_refused, .timeout = 30
 
 	tdst_start(&d);
 	a = raw_source_chan(d.port, 2, 0, 99);
-	for (int i = 0; i < 2; i++) {
+	for (int i = 1; i < 2; i++) {
 		fd = connect_to(d.port);
-		good_hello(&h, 2, 0, i ? 99 : 100);	/* other session; then chan 0 again */
+		good_hello(&h, 2, 0, 99);	/* chan 0 again */
 		send_all(fd, buf, frame(buf, RM_WIRE_HELLO, 0, &h, sizeof(h)));
 		cr_assert_eq(recv_frame(fd, &type, &flags, &rf, sizeof(rf), &len), 0);
-		cr_assert_eq(type, RM_WIRE_REFUSE);
-		cr_assert_eq(rm_wire_get32(rf.reason), i ? RM_REFUSE_CHANNELS : RM_REFUSE_BUSY,
+		cr_assert_eq(type, RM_WIRE_REFUSE, "answered with %s", rm_wire_type_name(type));
+		cr_assert_eq(rm_wire_get32(rf.reason), RM_REFUSE_CHANNELS,
 			     "case %d: reason %u", i, rm_wire_get32(rf.reason));
 		close(fd);
 	}
@@ -563,7 +566,13 @@ static size_t f_len_body_max1(uint8_t *b)
 	return put_frame(b, RM_WIRE_MARKER, 0, RM_CTRL_BODY_MAX + 1, 0, 0, NULL, 0);
 }
 static size_t f_type_invalid(uint8_t *b) { return put_frame(b, RM_WIRE_INVALID, 0, 0, 0, 0, NULL, 0); }
-static size_t f_type_0b(uint8_t *b) { return put_frame(b, RM_WIRE_BYE + 1, 0, 0, 0, 0, NULL, 0); }
+static size_t f_type_next(uint8_t *b) { return put_frame(b, RM_WIRE_AUTH + 1, 0, 0, 0, 0, NULL, 0); }
+static size_t f_auth_unagreed(uint8_t *b)
+{
+	struct rm_wire_auth a = { .step = rm_wire_put32(1) };
+
+	return frame(b, RM_WIRE_AUTH, 0, &a, sizeof(a));
+}
 static size_t f_type_engine(uint8_t *b) { return put_frame(b, RM_MIG_SETUP, 0, 0, 0, 0, NULL, 0); }
 static size_t f_type_ffff(uint8_t *b) { return put_frame(b, 0xffff, 0, 0, 0, 0, NULL, 0); }
 static size_t f_hello_again(uint8_t *b)
@@ -753,7 +762,8 @@ static const struct frame_case frame_cases[] = {
 	{ "len 2^32 - 1", f_len_u32max, PROTO, "message longer than any body" },
 	{ "len body max + 1", f_len_body_max1, PROTO, "message longer than any body" },
 	{ "type 0", f_type_invalid, PROTO, "unexpected message type" },
-	{ "type BYE + 1", f_type_0b, PROTO, "unexpected message type" },
+	{ "type AUTH + 1", f_type_next, PROTO, "unexpected message type" },
+	{ "AUTH without a key", f_auth_unagreed, PROTO, "AUTH off channel 0, of the wrong length, or not agreed" },
 	{ "engine type as header type", f_type_engine, PROTO, "unexpected message type" },
 	{ "type 0xffff", f_type_ffff, PROTO, "unexpected message type" },
 	{ "HELLO after the handshake", f_hello_again, PROTO, "unexpected message type" },
@@ -892,7 +902,7 @@ static void *tsrc_run(void *arg)
 	char port[16];
 	struct rm_transport_opts o = {
 		.kind = RM_TRANSPORT_TCP, .addr = "127.0.0.1", .port = port, .nchan = 1,
-		.timeout_ms = TMO_MS,
+		.timeout_ms = TMO_MS, .no_auth = true,
 	};
 	struct rm_region r[2] = {
 		{ .id = 0, .addr = src_ram[0], .size = sizeof(src_ram[0]) },
@@ -944,7 +954,7 @@ static void good_ack(struct rm_wire_hello_ack *a)
 	struct rm_wire_hello h;
 
 	good_hello(&h, 1, 0, 1);
-	rm_ctrl_hello_ack(a, &h, 0, 0);
+	rm_ctrl_hello_ack(a, &h, 0, 0, false);
 }
 
 struct ack_case {
@@ -958,7 +968,7 @@ struct ack_case {
 
 #define SPOILA(n, stmt) static void n(struct rm_wire_hello_ack *a) { stmt; }
 SPOILA(ack_v0, a->version = 0)
-SPOILA(ack_v1, a->version = rm_wire_put16(1))
+SPOILA(ack_v1, a->version = rm_wire_put16(RM_WIRE_VERSION_MIN - 1))
 SPOILA(ack_v3, a->version = rm_wire_put16(RM_WIRE_VERSION + 1))
 SPOILA(ack_nchan, a->nchan = rm_wire_put16(2))
 SPOILA(ack_nchan0, a->nchan = 0)
@@ -970,15 +980,15 @@ SPOILA(ack_none, (void)a)
 
 #define ACK sizeof(struct rm_wire_hello_ack)
 static const struct ack_case ack_cases[] = {
-	{ "version 0", RM_WIRE_HELLO_ACK, ACK, ack_v0, PROTO, "a version we did not offer" },
-	{ "version 1", RM_WIRE_HELLO_ACK, ACK, ack_v1, PROTO, "a version we did not offer" },
-	{ "version max + 1", RM_WIRE_HELLO_ACK, ACK, ack_v3, PROTO, "a version we did not offer" },
-	{ "nchan 2", RM_WIRE_HELLO_ACK, ACK, ack_nchan, PROTO, "another channel count" },
-	{ "nchan 0", RM_WIRE_HELLO_ACK, ACK, ack_nchan0, PROTO, "another channel count" },
-	{ "caps not offered", RM_WIRE_HELLO_ACK, ACK, ack_caps_more, PROTO, "capabilities" },
-	{ "caps without the required", RM_WIRE_HELLO_ACK, ACK, ack_caps_less, PROTO, "capabilities" },
-	{ "credits on TCP", RM_WIRE_HELLO_ACK, ACK, ack_credits, PROTO, "control credits out of range" },
-	{ "ctrl_buf on TCP", RM_WIRE_HELLO_ACK, ACK, ack_ctrl_buf, PROTO, "another control buffer size" },
+	{ "version 0", RM_WIRE_HELLO_ACK, ACK, ack_v0, PROTO, "bad HELLO_ACK from the destination: version 0" },
+	{ "version min - 1", RM_WIRE_HELLO_ACK, ACK, ack_v1, PROTO, "bad HELLO_ACK from the destination: version" },
+	{ "version max + 1", RM_WIRE_HELLO_ACK, ACK, ack_v3, PROTO, "bad HELLO_ACK from the destination: version" },
+	{ "nchan 2", RM_WIRE_HELLO_ACK, ACK, ack_nchan, PROTO, "nchan 2, we asked for 1" },
+	{ "nchan 0", RM_WIRE_HELLO_ACK, ACK, ack_nchan0, PROTO, "nchan 0, we asked for 1" },
+	{ "caps not offered", RM_WIRE_HELLO_ACK, ACK, ack_caps_more, PROTO, "caps 0xffffffff, we offered" },
+	{ "caps without the required", RM_WIRE_HELLO_ACK, ACK, ack_caps_less, PROTO, "caps 0, we offered" },
+	{ "credits on TCP", RM_WIRE_HELLO_ACK, ACK, ack_credits, PROTO, "credits 1, expected 0" },
+	{ "ctrl_buf on TCP", RM_WIRE_HELLO_ACK, ACK, ack_ctrl_buf, PROTO, "ctrl_buf 4294967295, expected 0" },
 	{ "HELLO_ACK of 0 bytes", RM_WIRE_HELLO_ACK, 0, ack_none, PROTO, "answered HELLO with HELLO_ACK of 0 bytes" },
 	{ "HELLO_ACK one byte short", RM_WIRE_HELLO_ACK, ACK - 1, ack_none, PROTO, "answered HELLO" },
 	{ "HELLO_ACK of 2^32 - 1 bytes", RM_WIRE_HELLO_ACK, 0xffffffffu, ack_none, PROTO, "handshake frame" },
@@ -1213,7 +1223,7 @@ static void engine_source_case(const char *name, enum when when, size_t (*hostil
 	int fd;
 	struct rdmamig_opts o = {
 		.role = RDMAMIG_SOURCE, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "127.0.0.1",
-		.port = port, .channels = 1, .timeout_ms = TMO_MS, .max_iterations = 2,
+		.port = port, .channels = 1, .timeout_ms = TMO_MS, .max_iterations = 2, .no_auth = 1,
 	};
 
 	memset(&e, 0, sizeof(e));
@@ -1228,7 +1238,7 @@ static void engine_source_case(const char *name, enum when when, size_t (*hostil
 
 	fd = accept_bounded(e.lfd);
 	cr_assert_eq(recv_frame(fd, &type, &flags, &h, sizeof(h), &len), 0);
-	rm_ctrl_hello_ack(&a, &h, 0, 0);
+	rm_ctrl_hello_ack(&a, &h, 0, 0, false);
 	send_all(fd, buf, frame(buf, RM_WIRE_HELLO_ACK, 0, &a, sizeof(a)));
 	cr_assert_eq(next_engine_msg(fd, msg, sizeof(msg), &mlen), RM_MIG_SETUP, "%s: no SETUP", name);
 	if (when == AT_COMMIT) {
@@ -1370,7 +1380,7 @@ static void engine_dest_case(const char *name, size_t (*spoil)(uint8_t *s, size_
 	struct edst e;
 	struct rdmamig_opts o = {
 		.role = RDMAMIG_DESTINATION, .transport = RDMAMIG_TRANSPORT_TCP, .addr = "127.0.0.1",
-		.port = "0", .timeout_ms = TMO_MS,
+		.port = "0", .timeout_ms = TMO_MS, .no_auth = 1,
 	};
 	static uint8_t setup[8192], buf[8192], msg[8192];
 	struct rm_mig_refuse rf;
