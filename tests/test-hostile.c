@@ -313,18 +313,30 @@ static void *tdst_run(void *arg)
 	return NULL;
 }
 
-static void tdst_start(struct tdst *d)
+static const uint8_t test_key[32] = "hostile-test-key-0123456789abcde";
+
+/* A destination without a key, or (keyed) with test_key. */
+static void tdst_start_key(struct tdst *d, bool keyed)
 {
 	struct rm_transport_opts o = {
 		.kind = RM_TRANSPORT_TCP, .addr = "127.0.0.1", .port = "0", .timeout_ms = TMO_MS,
-		.no_auth = true,
+		.no_auth = !keyed,
 	};
 
+	if (keyed) {
+		memcpy(o.psk, test_key, sizeof(test_key));
+		o.psk_len = sizeof(test_key);
+	}
 	memset(d, 0, sizeof(*d));
 	log_start();
 	cr_assert_eq(rm_tr_listen(&o, &d->l), 0);
 	d->port = rm_tr_listener_port(d->l);
 	cr_assert_eq(pthread_create(&d->th, NULL, tdst_run, d), 0);
+}
+
+static void tdst_start(struct tdst *d)
+{
+	tdst_start_key(d, false);
 }
 
 static void tdst_finish(struct tdst *d)
@@ -1566,4 +1578,197 @@ Test(hostile_engine, source_messages_out_of_order, .timeout = 240)
 	engine_dest_case("state the VMM refuses", NULL, a_state_bad, -EINVAL, "cannot load the device state");
 	engine_dest_case("RAM digest differs", NULL, a_digest, RDMAMIG_E_VERIFY, "RAM digest");
 	engine_dest_case("silence after SETUP_OK", NULL, a_nothing, -ETIMEDOUT, "lost the source while receiving");
+}
+
+/* ---- authentication: a source without the key against a keyed destination ---- */
+
+/* Wait (bounded) until the library's log names what. */
+static bool log_wait(const char *what)
+{
+	for (int i = 0; i < 300; i++) {
+		if (log_has(what))
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+static size_t auth_frame(uint8_t *b, uint32_t step, uint32_t reserved, uint8_t nonce_fill,
+			 uint8_t mac_fill, size_t len)
+{
+	struct rm_wire_auth a = { .step = rm_wire_put32(step), .reserved = rm_wire_put32(reserved) };
+
+	memset(a.nonce, nonce_fill, sizeof(a.nonce));
+	memset(a.mac, mac_fill, sizeof(a.mac));
+	return frame(b, RM_WIRE_AUTH, 0, &a, len);
+}
+
+struct auth_case {
+	const char *name;
+	int kind;		/* 0: bytes right after HELLO_ACK; 1: a wrong proof */
+	size_t (*build)(uint8_t *b);
+	const char *why;	/* in the log */
+};
+
+static size_t x_ctrl(uint8_t *b) { return engine_msg(b, RM_MIG_SETUP, "x", 1); }
+static size_t x_marker(uint8_t *b)
+{
+	struct rm_wire_marker m = { .epoch = rm_wire_put64(1) };
+
+	return frame(b, RM_WIRE_MARKER, 0, &m, sizeof(m));
+}
+static size_t x_layout(uint8_t *b)
+{
+	struct rm_wire_layout l = { 0 };
+
+	return frame(b, RM_WIRE_LAYOUT, 0, &l, sizeof(l));
+}
+static size_t x_step3_first(uint8_t *b) { return auth_frame(b, 3, 0, 0, 0x11, sizeof(struct rm_wire_auth)); }
+static size_t x_step2(uint8_t *b) { return auth_frame(b, 2, 0, 0x22, 0, sizeof(struct rm_wire_auth)); }
+static size_t x_step0(uint8_t *b) { return auth_frame(b, 0, 0, 0x22, 0, sizeof(struct rm_wire_auth)); }
+static size_t x_step_max(uint8_t *b) { return auth_frame(b, 0xffffffffu, 0, 0x22, 0, sizeof(struct rm_wire_auth)); }
+static size_t x_short(uint8_t *b) { return auth_frame(b, 1, 0, 0x22, 0, sizeof(struct rm_wire_auth) - 1); }
+static size_t x_mac_in_1(uint8_t *b) { return auth_frame(b, 1, 0, 0x22, 0x33, sizeof(struct rm_wire_auth)); }
+static size_t x_reserved(uint8_t *b) { return auth_frame(b, 1, 1, 0x22, 0, sizeof(struct rm_wire_auth)); }
+static size_t x_twice(uint8_t *b)
+{
+	size_t n = auth_frame(b, 1, 0, 0x22, 0, sizeof(struct rm_wire_auth));
+
+	return n + auth_frame(b + n, 1, 0, 0x22, 0, sizeof(struct rm_wire_auth));
+}
+
+static const struct auth_case auth_cases[] = {
+	{ "CTRL before AUTH", 0, x_ctrl, "CTRL before authentication" },
+	{ "MARKER before AUTH", 0, x_marker, "a message before authentication" },
+	{ "LAYOUT before AUTH", 0, x_layout, "a message before authentication" },
+	{ "AUTH step 3 first", 0, x_step3_first, "AUTH step out of order" },
+	{ "AUTH step 2 from a source", 0, x_step2, "AUTH step out of order" },
+	{ "AUTH step 0", 0, x_step0, "AUTH step out of order" },
+	{ "AUTH step 2^32 - 1", 0, x_step_max, "AUTH step out of order" },
+	{ "AUTH one byte short", 0, x_short, "of the wrong length" },
+	{ "AUTH step 1 with a MAC", 0, x_mac_in_1, "a field its step does not carry" },
+	{ "AUTH reserved", 0, x_reserved, "AUTH step out of order" },
+	{ "AUTH step 1 twice", 0, x_twice, "AUTH step out of order" },
+	{ "a wrong proof", 1, NULL, "did not prove" },
+};
+
+/* A HELLO with RM_CAP_AUTH, its HELLO_ACK read, and then silence. */
+static int raw_source_chan_keyed_silent(int port)
+{
+	struct rm_wire_hello h;
+	struct rm_wire_hello_ack ack;
+	uint8_t buf[64];
+	uint16_t type, flags;
+	uint32_t len;
+	int fd = connect_to(port);
+
+	good_hello(&h, 1, 0, 77);
+	h.caps = rm_wire_put32(rm_wire_get32(h.caps) | RM_CAP_AUTH);
+	send_all(fd, buf, frame(buf, RM_WIRE_HELLO, 0, &h, sizeof(h)));
+	cr_assert_eq(recv_frame(fd, &type, &flags, &ack, sizeof(ack), &len), 0);
+	cr_assert_eq(type, RM_WIRE_HELLO_ACK);
+	return fd;
+}
+
+struct good_src {
+	pthread_t th;
+	int port, rc;
+};
+
+static void *good_src_run(void *arg)
+{
+	struct good_src *g = arg;
+	char port[16];
+	struct rm_transport_opts o = {
+		.kind = RM_TRANSPORT_TCP, .addr = "127.0.0.1", .port = port, .nchan = 1,
+		.timeout_ms = TMO_MS,
+	};
+	struct rm_region r[2] = {
+		{ .id = 0, .addr = src_ram[0], .size = sizeof(src_ram[0]) },
+		{ .id = 1, .addr = src_ram[1], .size = sizeof(src_ram[1]) },
+	};
+	struct rm_transport *t;
+
+	memcpy(o.psk, test_key, sizeof(test_key));
+	o.psk_len = sizeof(test_key);
+	snprintf(port, sizeof(port), "%d", g->port);
+	g->rc = rm_tr_connect(&o, &t);
+	if (!g->rc) {
+		g->rc = rm_tr_layout(t, r, 2);
+		rm_tr_close(t);
+	}
+	return NULL;
+}
+
+/* Every wrong step of the AUTH exchange, and every message that comes
+ * before it, costs the hostile source its connection (told why) while the
+ * destination allocates nothing for it; a source that holds the key is
+ * accepted afterwards, even with a silent peer still connected. */
+Test(hostile_auth, keyed_destination_refuses_every_bad_step, .timeout = 120)
+{
+	struct good_src g = { 0 };
+	struct tdst d;
+	int silent;
+
+	tdst_start_key(&d, true);
+	for (size_t i = 0; i < ARRAY_SIZE(auth_cases) + 1; i++) {
+		const struct auth_case *c = i < ARRAY_SIZE(auth_cases) ? &auth_cases[i] : NULL;
+		const char *name = c ? c->name : "HELLO without RM_CAP_AUTH";
+		struct rm_wire_hello h;
+		struct rm_wire_hello_ack ack;
+		struct rm_wire_refuse_body rf;
+		struct rm_wire_auth a;
+		uint8_t buf[256];
+		uint16_t type, flags;
+		uint32_t len;
+		int fd;
+
+		log_start();	/* each case must name its own cause */
+		fd = connect_to(d.port);
+		good_hello(&h, 1, 0, 1000 + i);
+		if (c)
+			h.caps = rm_wire_put32(rm_wire_get32(h.caps) | RM_CAP_AUTH);
+		send_all(fd, buf, frame(buf, RM_WIRE_HELLO, 0, &h, sizeof(h)));
+		memset(&rf, 0, sizeof(rf));
+		cr_assert_eq(recv_frame(fd, &type, &flags, c ? (void *)&ack : (void *)&rf,
+					c ? sizeof(ack) : sizeof(rf), &len), 0, "%s: no answer", name);
+		if (!c) {
+			cr_assert_eq(type, RM_WIRE_REFUSE, "%s: answered with %s", name, rm_wire_type_name(type));
+			cr_assert_eq(rm_wire_get32(rf.reason), RM_REFUSE_AUTH, "%s: reason %u", name,
+				     rm_wire_get32(rf.reason));
+			close(fd);
+			continue;
+		}
+		cr_assert_eq(type, RM_WIRE_HELLO_ACK, "%s: answered with %s", name, rm_wire_type_name(type));
+		cr_assert(rm_wire_get32(ack.caps) & RM_CAP_AUTH, "%s: a keyed destination grants no AUTH", name);
+		if (c->kind == 1) {
+			send_all(fd, buf, auth_frame(buf, 1, 0, 0x44, 0, sizeof(a)));
+			cr_assert_eq(recv_until(fd, RM_WIRE_AUTH, &a, sizeof(a), &len), 0, "%s: no step 2", name);
+			cr_assert_eq(rm_wire_get32(a.step), 2);
+			send_all(fd, buf, auth_frame(buf, 3, 0, 0, 0x55, sizeof(a)));
+			memset(&rf, 0, sizeof(rf));
+			cr_assert_eq(recv_until(fd, RM_WIRE_REFUSE, &rf, sizeof(rf), &len), 0,
+				     "%s: no REFUSE", name);
+			cr_assert_eq(rm_wire_get32(rf.reason), RM_REFUSE_AUTH);
+		} else {
+			send_all(fd, buf, c->build(buf));
+			/* An ABORT naming it, or the connection closed: never more. */
+			if (recv_frame(fd, &type, &flags, buf, sizeof(buf), &len) == 0)
+				cr_assert(type == RM_WIRE_ABORT || type == RM_WIRE_REFUSE,
+					  "%s: answered with %s", name, rm_wire_type_name(type));
+		}
+		cr_assert(log_wait(c->why), "%s: the log does not name \"%s\":\n%s", name, c->why, logbuf);
+		close(fd);
+	}
+	/* A peer that says HELLO and then nothing holds a slot, not the door. */
+	silent = raw_source_chan_keyed_silent(d.port);
+	g.port = d.port;
+	cr_assert_eq(pthread_create(&g.th, NULL, good_src_run, &g), 0);
+	join_bounded(g.th, "the keyed source");
+	tdst_finish(&d);
+	close(silent);
+	cr_assert_eq(d.accept_rc, 0, "the keyed source after the hostile ones: %s",
+		     rdmamig_strerror(d.accept_rc));
+	cr_assert_eq(g.rc, 0, "the keyed source: %s", rdmamig_strerror(g.rc));
+	cr_assert_eq(d.layout_rc, 0);
 }
