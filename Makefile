@@ -162,14 +162,14 @@ test: deps
 # The host suites under AddressSanitizer + UBSan (the bed suites run in
 # `make test`).  Any report fails the run.
 check-asan: deps
-	$(Q)$(MAKE) --no-print-directory SANITIZE=1 all tests
+	$(Q)$(MAKE) --no-print-directory SANITIZE=1 all tests fuzz-bins
 	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
 		O=build-asan HOST_TESTS="$(HOST_TESTS)" BED_TESTS= tests/run.sh
 
 # The host suites under valgrind memcheck: invalid accesses, uninitialised
 # values and definite leaks fail the run.
-check-valgrind: deps all tests
+check-valgrind: deps all tests fuzz-bins
 	$(Q)WRAP="valgrind -q --trace-children=yes --error-exitcode=99 --leak-check=full \
 		--errors-for-leak-kinds=definite" O=$(O) HOST_TESTS="$(HOST_TESTS)" BED_TESTS= tests/run.sh
 

@@ -26,7 +26,7 @@ fuzz-bins: $(addprefix $(O)/fuzz/,$(FUZZ_TARGETS))
 $(foreach t,$(FUZZ_TARGETS),$(eval $(O)/fuzz/$(t): $(O)/fuzz/$(t).o))
 else
 fuzz-bins:
-	$(Q)$(MAKE) --no-print-directory FUZZ=1 O=$(FUZZ_O) fuzz-bins
+	$(Q)$(MAKE) --no-print-directory FUZZ=1 SANITIZE=0 O=$(FUZZ_O) fuzz-bins
 endif
 
 fuzz: fuzz-bins
