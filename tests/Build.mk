@@ -12,6 +12,7 @@ BED_TESTS  += test-verbs-smoke
 BED_TESTS  += test-kvm-smoke
 HOST_TESTS += test-linkage
 HOST_TESTS += test-hostile
+HOST_TESTS += test-hostile-peer
 
 # Linked against the shared library alone: only what it exports may link.
 # (An explicit rule would become make's default goal: keep the Makefile's.)
