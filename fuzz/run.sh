@@ -33,7 +33,7 @@ for t in "$@"; do
 	case $mode in
 	replay)
 		n=$(find "$seeds" -type f | wc -l)
-		if out=$("$bin" -runs=0 "$seeds" 2>&1); then
+		if out=$("$bin" -runs=0 -artifact_prefix="$O/artifacts/" "$seeds" 2>&1); then
 			echo "[PASS] fuzz replay $t: $n inputs, $(grep -o 'cov: [0-9]* ft: [0-9]*' <<< "$out" | tail -1)"
 		else
 			echo "$out" | tail -30
