@@ -29,6 +29,8 @@ RM_EXPORT const char *rdmamig_strerror(int err)
 	case RDMAMIG_E_AUTH:
 		return "the peer did not prove the pre-shared key: wrong key or none; "
 		       "check --psk on both sides";
+	case RDMAMIG_E_INDOUBT:
+		return "the outcome of the handover is unknown; the guest stays paused";
 	}
 	if (err < 0 && err > -4096)
 		return strerror(-err);

@@ -58,21 +58,44 @@ static int pause_at(const char *side, const char *step, const char *file, const 
 	return 0;
 }
 
+/* cut and drop leave a file behind as the test's proof that they struck. */
+static int strike(const char *side, const char *step, const char *file, int what)
+{
+	int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+	if (fd >= 0) {
+		dprintf(fd, "%s %s %d\n", side, step, (int)getpid());
+		close(fd);
+	}
+	rm_warn("fault: %s %s at %s", side, what == RM_FAULT_CUT ? "cuts the link" : "drops the message",
+		step);
+	return what;
+}
+
 int rm_fault_point(const char *side, const char *step, const atomic_int *cancelled)
 {
 	const char *spec = getenv(RM_FAULT_ENV);
-	char buf[512], *f[4];
+	char one[512], buf[512], *f[4];
 
-	if (!spec || !*spec)
-		return 0;
-	if (parse(spec, buf, sizeof(buf), f)) {
-		rm_err("fault: %s=\"%s\" is not action:side:step:file", RM_FAULT_ENV, spec);
-		return 0;
+	while (spec && *spec) {
+		const char *comma = strchr(spec, ',');
+		size_t n = comma ? (size_t)(comma - spec) : strlen(spec);
+
+		snprintf(one, sizeof(one), "%.*s", (int)(n < sizeof(one) ? n : sizeof(one) - 1), spec);
+		spec = comma ? comma + 1 : NULL;
+		if (parse(one, buf, sizeof(buf), f)) {
+			rm_err("fault: \"%s\" in %s is not action:side:step:file", one, RM_FAULT_ENV);
+			continue;
+		}
+		if (strcmp(f[1], side) || strcmp(f[2], step))
+			continue;
+		if (!strcmp(f[0], "pause"))
+			return pause_at(side, step, f[3], cancelled);
+		if (!strcmp(f[0], "cut"))
+			return strike(side, step, f[3], RM_FAULT_CUT);
+		if (!strcmp(f[0], "drop"))
+			return strike(side, step, f[3], RM_FAULT_DROP);
+		rm_err("fault: unknown action \"%s\" in %s", f[0], RM_FAULT_ENV);
 	}
-	if (strcmp(f[1], side) || strcmp(f[2], step))
-		return 0;
-	if (!strcmp(f[0], "pause"))
-		return pause_at(side, step, f[3], cancelled);
-	rm_err("fault: unknown action \"%s\" in %s", f[0], RM_FAULT_ENV);
 	return 0;
 }

@@ -4,19 +4,29 @@
  * signal) while that side is provably there, however fast or slow the host.
  * It is driven by one environment variable and does nothing without it:
  *
- *   RDMAMIG_FAULT="pause:<side>:<step>:<file>"
+ *   RDMAMIG_FAULT="<action>:<side>:<step>:<file>[,<action>:...]"
  *
- *   side  src or dst
- *   step  a step the engine names (see migration.c): "iteration-N" — the
- *         source has sent iteration N and synced the dirty log, and has not
- *         yet decided whether to switch over (its guest still runs)
- *   file  created when the side arrives at the step (the test's proof that it
- *         is there); the side waits until the file is removed, the migration
- *         is cancelled, or RM_FAULT_MAX_PAUSE_S pass, whichever comes first.
+ *   action pause  hold the side at the step (below)
+ *          cut    the side breaks its connection at the step, as a cut
+ *                 link would (no BYE, no ABORT), before what the step names
+ *          drop   the side acts as if it sent the message the step names
+ *                 ("send-GO": it counts GO as sent), but it is lost: the
+ *                 side breaks the connection instead of sending it
+ *   side   src or dst
+ *   step   a step the engine names: "iteration-N" — the source has sent
+ *          iteration N and synced the dirty log, and has not yet decided
+ *          whether to switch over (its guest still runs); "send-LOADED",
+ *          "send-GO", "send-RESUMED" — just before that handover message
+ *          (migration/handover.c); "recover" — the source, its answer lost,
+ *          is about to ask the destination (its guest paused)
+ *   file   pause: created when the side arrives at the step (the test's
+ *          proof that it is there); the side waits until the file is
+ *          removed, the migration is cancelled, or RM_FAULT_MAX_PAUSE_S
+ *          pass, whichever comes first.  cut, drop: created when the fault
+ *          strikes.
  *
- * Only "pause" exists today; the action field is there so that drop, delay
- * and cut can join it without changing the format.  Like the rest of
- * common/, this depends on libc and the public header only.
+ * Several faults, comma-separated, may name different steps.  Like the rest
+ * of common/, this depends on libc and the public header only.
  */
 #ifndef RDMAMIG_COMMON_FAULT_H
 #define RDMAMIG_COMMON_FAULT_H
@@ -25,10 +35,12 @@
 
 #define RM_FAULT_ENV "RDMAMIG_FAULT"
 #define RM_FAULT_MAX_PAUSE_S 120
+#define RM_FAULT_CUT 1		/* the caller breaks its connection here */
+#define RM_FAULT_DROP 2		/* the caller loses the message, then breaks */
 
 /* side ("src"/"dst") reached step: act on RDMAMIG_FAULT if it names this
- * point.  Returns 0 to go on, or RDMAMIG_E_ABORTED when *cancelled became
- * set during a pause. */
+ * point.  Returns 0 to go on, RDMAMIG_E_ABORTED when *cancelled became set
+ * during a pause, or RM_FAULT_CUT / RM_FAULT_DROP for the caller to act. */
 int rm_fault_point(const char *side, const char *step, const atomic_int *cancelled);
 
 #endif

@@ -18,11 +18,12 @@ static void setup(const uint8_t *p, size_t len)
 	};
 	struct rm_mig_setup *again;
 	uint32_t flags, flags2;
+	uint64_t id, id2;
 	char why[256];
 	size_t n;
 
 	why[0] = 0;
-	if (rm_mig_setup_decode(p, len, &d, &flags, why, sizeof(why))) {
+	if (rm_mig_setup_decode(p, len, &d, &flags, &id, why, sizeof(why))) {
 		FZ_CHECK(why[0]);
 		return;
 	}
@@ -32,10 +33,10 @@ static void setup(const uint8_t *p, size_t len)
 		FZ_CHECK(d.regions[i].size && d.regions[i].size % d.page_size == 0);
 	if (rm_mig_desc_compare(&d, &mine, why, sizeof(why)))
 		FZ_CHECK(why[0]);
-	again = rm_mig_setup_encode(&d, flags, &n);
+	again = rm_mig_setup_encode(&d, flags, id, &n);
 	FZ_CHECK(again != NULL);
-	FZ_CHECK(rm_mig_setup_decode(again, n, &d2, &flags2, why, sizeof(why)) == 0);
-	FZ_CHECK(flags2 == flags && rm_mig_desc_compare(&d, &d2, why, sizeof(why)) == 0);
+	FZ_CHECK(rm_mig_setup_decode(again, n, &d2, &flags2, &id2, why, sizeof(why)) == 0);
+	FZ_CHECK(flags2 == flags && id2 == id && rm_mig_desc_compare(&d, &d2, why, sizeof(why)) == 0);
 	free(again);
 }
 

@@ -58,6 +58,9 @@ enum rdmamig_error {
 	RDMAMIG_E_WC = -1003,		/* an RDMA work completion failed */
 	RDMAMIG_E_VERIFY = -1004,	/* RAM digests differ after migration */
 	RDMAMIG_E_AUTH = -1005,		/* the peer did not prove the pre-shared key */
+	RDMAMIG_E_INDOUBT = -1006,	/* source: GO was sent, the destination's
+					 * answer never came; the guest stays paused
+					 * until rdmamig_recover() settles it */
 };
 
 
@@ -261,6 +264,11 @@ struct rdmamig_opts {
 	unsigned throttle_step;		/* percent; 0: 10 */
 	unsigned throttle_max;		/* percent; 0: 99 */
 	int verify;			/* digest guest RAM on both sides and compare */
+	/* Once the outcome of a handover is unknown (a link lost after GO or
+	 * LOADED), the source reconnects for this long to ask the destination
+	 * what it did, and the destination answers for twice as long.
+	 * 0: 30000. */
+	unsigned recover_ms;
 
 	/* Called from the migration thread at the end of each iteration and
 	 * at each stage change (however close together those are), and
@@ -296,6 +304,16 @@ struct rdmamig_stats {
 	uint64_t state_ns;		/*   device state save + send */
 	uint64_t resume_ns;		/*   destination: load + resume (its clock) */
 	uint64_t verify_ns;		/*   --verify: both sides' RAM digests */
+	uint64_t handover_ns;		/*   COMMIT sent to LOADED back: the destination
+					 *   drains what is in flight (the TCP socket
+					 *   buffers), checks, loads state (load_ns) */
+	uint64_t load_ns;		/*     of which the destination's check + load
+					 *     (its clock) */
+	uint64_t go_ns;			/*   GO sent to RESUMED back: resume_ns + a
+					 *   round trip */
+	uint64_t unaccounted_ns;	/*   downtime minus pause, final sync, final
+					 *   send, source verify, state, handover, go */
+	unsigned recoveries;		/* outcomes settled by RECOVER/OUTCOME */
 	uint64_t bytes;			/* guest RAM bytes sent */
 	uint64_t pages;
 	uint64_t zero_pages_skipped;	/* first pass */
@@ -321,12 +339,31 @@ rdmamig_t *rdmamig_new(const struct rdmamig_opts *opts, const struct rdmamig_vmm
 
 /*
  * Run the migration on the calling thread, to the end.  Source: connect,
- * iterate, switch over, wait for the destination's acknowledgment; on any
- * failure before it, the guest is resumed and runs on.  Destination: listen,
- * accept one source, receive, load, resume the guest, acknowledge.
+ * iterate, switch over, hand over (migration/protocol.h); on any failure
+ * before it sent GO, the guest is resumed and runs on.  After GO it never
+ * resumes on its own: a lost answer is asked for again (opts.recover_ms),
+ * and if it stays unknown rdmamig_run() returns RDMAMIG_E_INDOUBT with the
+ * guest paused.  Destination: listen, accept one source, receive, load,
+ * wait for GO, resume the guest, acknowledge; it answers a recovering
+ * source on the same address.
  * 0 on success, else a negative errno or RDMAMIG_E_*; the log says why.
  */
 int rdmamig_run(rdmamig_t *m);
+
+/*
+ * Source, after rdmamig_run() returned RDMAMIG_E_INDOUBT (GO sent, the
+ * answer lost): connect to the destination once more (bounded by
+ * opts.timeout_ms) and ask what it did, then act on it.
+ *   RDMAMIG_OUTCOME_DESTINATION (0)  the destination runs the guest: the
+ *                                    source's copy is stale, release it
+ *   RDMAMIG_OUTCOME_SOURCE (1)       it never got GO and discarded: the
+ *                                    source guest has been resumed
+ *   RDMAMIG_E_INDOUBT                still unknown (destination unreachable);
+ *                                    the guest stays paused — try again
+ *   another negative code            an error; the guest stays paused
+ */
+enum { RDMAMIG_OUTCOME_DESTINATION = 0, RDMAMIG_OUTCOME_SOURCE = 1 };
+int rdmamig_recover(rdmamig_t *m);
 
 /* Any thread, any time (not from a signal handler): make rdmamig_run()
  * give up within about 100 ms in any phase — listening, connecting, the

@@ -6,5 +6,6 @@ LIB_OBJS += migration/protocol.o
 LIB_OBJS += migration/policy.o
 LIB_OBJS += migration/ram.o
 LIB_OBJS += migration/migration.o
+LIB_OBJS += migration/handover.o
 HOST_TESTS += test-migration
 BED_TESTS  += test-migration

@@ -5,10 +5,10 @@
  * network only through transport/transport.h.  The message sequence is drawn
  * at the top of migration/protocol.h.
  *
- * The invariant everything here serves: before the destination acknowledges
- * with RESUMED, any failure — the destination's, the link's, a cancel —
- * leaves the source guest running.  After RESUMED the source's guest is the
- * stale copy, and the caller releases it.
+ * The invariant everything here serves: at most one copy of the guest runs,
+ * and after any failure exactly one is runnable.  Until GO leaves the source
+ * any failure resumes the source guest; from COMMIT on, handover.c runs the
+ * state table of protocol.h, including the recovery of a lost answer.
  */
 #include <inttypes.h>
 #include <openssl/crypto.h>
@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "common/fault.h"
 #include "common/log.h"
@@ -148,6 +149,7 @@ RM_EXPORT void rdmamig_free(rdmamig_t *m)
 {
 	if (!m)
 		return;
+	rm_tr_listener_close(m->listener);
 	pthread_mutex_destroy(&m->lock);
 	OPENSSL_cleanse(m->topts.psk, sizeof(m->topts.psk));
 	free(m->addr);
@@ -186,7 +188,7 @@ static int check_desc(const struct rdmamig_vm_desc *d)
 	return -EINVAL;
 }
 
-static void set_transport(struct rdmamig *m, struct rm_transport *t)
+void rm_mig_set_transport(struct rdmamig *m, struct rm_transport *t)
 {
 	pthread_mutex_lock(&m->lock);
 	m->t = t;
@@ -195,12 +197,48 @@ static void set_transport(struct rdmamig *m, struct rm_transport *t)
 	pthread_mutex_unlock(&m->lock);
 }
 
-static void close_transport(struct rdmamig *m)
+void rm_mig_close_transport(struct rdmamig *m)
 {
 	struct rm_transport *t = m->t;
 
-	set_transport(m, NULL);
+	rm_mig_set_transport(m, NULL);
 	rm_tr_close(t);
+}
+
+void rm_mig_cut(struct rdmamig *m)
+{
+	/* A cancelled connection is dead: rm_tr_close() sends no BYE, so the
+	 * peer sees the link go, as it would if it were cut. */
+	if (m->t)
+		rm_tr_cancel(m->t);
+	rm_mig_close_transport(m);
+}
+
+/* Source, iterating: the destination has nothing to say until COMMIT but a
+ * REFUSE.  Anything else (an early RESUMED or LOADED) is a protocol error
+ * found now, not after the guest is paused. */
+static int poll_peer(struct rdmamig *m)
+{
+	struct rm_msg msg;
+	enum rm_mig_state next;
+	int ret = rm_tr_recv(m->t, &msg, 0);
+
+	if (ret <= 0)
+		return ret;
+	if (rm_mig_lookup(m->state, msg.type, &next) == RM_ACT_REFUSED) {
+		struct rm_mig_refuse r = { 0 };
+
+		memcpy(&r, msg.data, msg.len < sizeof(r) ? msg.len : sizeof(r));
+		r.text[sizeof(r.text) - 1] = '\0';
+		rm_err("migration: the peer refused: %s", r.text);
+		rm_msg_free(&msg);
+		return RDMAMIG_E_REFUSED;
+	}
+	rm_err("migration: %s: unexpected %s (%#x, %zu bytes): the destination has nothing to say "
+	       "before COMMIT but REFUSE", rm_mig_state_name(m->state), rm_mig_type_name(msg.type),
+	       msg.type, msg.len);
+	rm_msg_free(&msg);
+	return RDMAMIG_E_PROTO;
 }
 
 int rm_mig_tick(struct rdmamig *m, bool force)
@@ -221,6 +259,8 @@ int rm_mig_tick(struct rdmamig *m, bool force)
 
 		m->last_report_ns = now;
 		err = rm_tr_send(m->t, RM_MIG_ITER, &it, sizeof(it));
+		if (!err && m->state == RM_ST_SRC_ITERATE)
+			err = poll_peer(m);
 	}
 	if (m->opts.progress && (force || now - m->last_progress_ns >= TICK_NS)) {
 		struct rdmamig_progress p;
@@ -234,9 +274,7 @@ int rm_mig_tick(struct rdmamig *m, bool force)
 	return err;
 }
 
-/* A test's pause point (common/fault.h): this side has reached the step. */
-static int fault_point(struct rdmamig *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fault_point(struct rdmamig *m, const char *fmt, ...)
+int rm_mig_fault(struct rdmamig *m, const char *fmt, ...)
 {
 	char step[64];
 	va_list ap;
@@ -247,14 +285,14 @@ static int fault_point(struct rdmamig *m, const char *fmt, ...)
 	return rm_fault_point(m->opts.role == RDMAMIG_SOURCE ? "src" : "dst", step, &m->cancelled);
 }
 
-static void set_stage(struct rdmamig *m, int stage)
+void rm_mig_set_stage(struct rdmamig *m, int stage)
 {
 	pthread_mutex_lock(&m->lock);
 	m->progress.stage = stage;
 	pthread_mutex_unlock(&m->lock);
 }
 
-static void refuse(struct rdmamig *m, int reason, const char *text)
+void rm_mig_refuse(struct rdmamig *m, int reason, const char *text)
 {
 	struct rm_mig_refuse r = { .reason = (int32_t)htole32((uint32_t)reason) };
 
@@ -263,34 +301,59 @@ static void refuse(struct rdmamig *m, int reason, const char *text)
 		m->refused = true;
 }
 
-/* Wait for one message of type want, as long as the peer is alive (its
- * VMM may take long to prepare a VM or load state); a REFUSE from the peer
- * is reported as RDMAMIG_E_REFUSED with its text; anything else unexpected
- * is a protocol error. */
-static int expect(struct rdmamig *m, uint16_t want, struct rm_msg *msg, int timeout_ms)
+static void note_progress(struct rdmamig *m, const struct rm_msg *msg)
+{
+	struct rm_mig_iter it;
+
+	memcpy(&it, msg->data, sizeof(it));
+	pthread_mutex_lock(&m->lock);
+	m->progress.iteration = le32toh(it.index);
+	m->progress.sent_bytes = le64toh(it.bytes);
+	m->progress.remaining_bytes = le64toh(it.remaining_bytes);
+	m->stats.bytes = le64toh(it.bytes);
+	pthread_mutex_unlock(&m->lock);
+}
+
+int rm_mig_expect(struct rdmamig *m, struct rm_msg *msg, int timeout_ms)
 {
 	for (;;) {
+		enum rm_mig_state next;
+		enum rm_mig_action act;
 		int ret = rm_tr_recv(m->t, msg, timeout_ms);
 
 		if (ret < 0) {
-			rm_err("migration: waiting for %s: %s", rm_mig_type_name(want),
-			       rdmamig_strerror(ret));
+			rm_err("migration: %s, waiting for %s: %s", rm_mig_state_name(m->state),
+			       rm_mig_expected_name(m->state), rdmamig_strerror(ret));
 			return ret;
 		}
-		if (msg->type == want)
+		act = rm_mig_lookup(m->state, msg->type, &next);
+		switch (act) {
+		case RM_ACT_TAKE:
+			m->state = next;
 			return 0;
-		if (msg->type == RM_MIG_REFUSE) {
+		case RM_ACT_PROGRESS:
+			if (msg->len != sizeof(struct rm_mig_iter))
+				break;	/* malformed: a protocol error below */
+			note_progress(m, msg);
+			rm_msg_free(msg);
+			rm_mig_tick(m, false);
+			continue;
+		case RM_ACT_REFUSED: {
 			struct rm_mig_refuse r = { 0 };
 
 			if (msg->len)	/* data is NULL for an empty message */
 				memcpy(&r, msg->data, msg->len < sizeof(r) ? msg->len : sizeof(r));
 			r.text[sizeof(r.text) - 1] = '\0';
-			rm_err("migration: the destination refused: %s", r.text);
+			rm_err("migration: the peer refused: %s", r.text);
 			rm_msg_free(msg);
 			return RDMAMIG_E_REFUSED;
 		}
-		rm_err("migration: expected %s, the peer sent %s (%#x, %zu bytes)",
-		       rm_mig_type_name(want), rm_mig_type_name(msg->type), msg->type, msg->len);
+		case RM_ACT_PROTO:
+			break;
+		}
+		rm_err("migration: %s: unexpected %s (%#x, %zu bytes): expected %s, the peer sent %s",
+		       rm_mig_state_name(m->state), rm_mig_type_name(msg->type), msg->type, msg->len,
+		       rm_mig_expected_name(m->state), rm_mig_type_name(msg->type));
 		rm_msg_free(msg);
 		return RDMAMIG_E_PROTO;
 	}
@@ -365,15 +428,20 @@ static int source_handshake(struct rdmamig *m)
 		       rdmamig_strerror(err));
 		return err;
 	}
-	set_transport(m, t);
-	setup = rm_mig_setup_encode(&m->desc, m->opts.verify ? RM_MIG_F_VERIFY : 0, &len);
+	rm_mig_set_transport(m, t);
+	while (!m->migration_id)
+		if (getrandom(&m->migration_id, sizeof(m->migration_id), 0) != sizeof(m->migration_id))
+			return -errno;
+	setup = rm_mig_setup_encode(&m->desc, m->opts.verify ? RM_MIG_F_VERIFY : 0, m->migration_id,
+				    &len);
 	if (!setup)
 		return -errno;
 	err = rm_tr_send(m->t, RM_MIG_SETUP, setup, len);
 	free(setup);
 	if (err)
 		return err;
-	err = expect(m, RM_MIG_SETUP_OK, &msg, -1);
+	m->state = RM_ST_SRC_SETUP;
+	err = rm_mig_expect(m, &msg, -1);
 	if (err)
 		return err;
 	rm_msg_free(&msg);
@@ -381,30 +449,31 @@ static int source_handshake(struct rdmamig *m)
 	return exchange_layout(m);
 }
 
-static int stop_and_copy(struct rdmamig *m, bool *paused)
+/* Pause, send the rest, STATE and COMMIT, then hand over (handover.c).
+ * Each piece of the downtime is timed here, so that the split adds up to
+ * the measured downtime (what it does not explain is reported too). */
+static int stop_and_copy(struct rdmamig *m)
 {
 	struct rm_mig_commit commit = { 0 };
-	struct rm_mig_resumed resumed = { 0 };
 	struct rm_pass pending, pass;
-	struct rm_msg msg;
 	void *state = NULL;
 	size_t state_len = 0;
-	uint64_t t_pause, t0, digest = 0;
+	uint64_t t0, digest = 0, src_verify = 0;
 	long dirty;
 	int err;
 
-	set_stage(m, 2);
-	t_pause = rm_now_ns();
+	rm_mig_set_stage(m, 2);
+	m->t_pause = rm_now_ns();
 	err = m->ops->pause(m->vmm);
 	if (err) {
 		rm_err("migration: pausing the guest failed: %s", rdmamig_strerror(err));
 		return err;
 	}
-	*paused = true;
+	m->paused = true;
 
 	t0 = rm_now_ns();
 	pthread_mutex_lock(&m->lock);
-	m->stats.pause_ns = t0 - t_pause;
+	m->stats.pause_ns = t0 - m->t_pause;
 	pthread_mutex_unlock(&m->lock);
 	/* The last iteration's report is still to go, and the final sync
 	 * replaces it with the VMM's next one: send it first.  The guest is
@@ -434,8 +503,9 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	if (m->opts.verify) {
 		t0 = rm_now_ns();
 		digest = rm_ram_digest(&m->desc);
+		src_verify = rm_now_ns() - t0;
 		pthread_mutex_lock(&m->lock);
-		m->stats.verify_ns = rm_now_ns() - t0;
+		m->stats.verify_ns = src_verify;
 		pthread_mutex_unlock(&m->lock);
 	}
 
@@ -452,6 +522,9 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	commit.digest = htole64(digest);
 	commit.flags = htole32(m->opts.verify ? RM_MIG_F_VERIFY : 0);
 	commit.state_len = htole64(state_len);
+	/* From here a destination may hold the loaded guest: a failure
+	 * before GO still resumes this side, but tells it (abandon). */
+	m->state = RM_ST_SRC_COMMITTED;
 	err = rm_tr_send(m->t, RM_MIG_COMMIT, &commit, sizeof(commit));
 	if (err)
 		return err;
@@ -459,27 +532,10 @@ static int stop_and_copy(struct rdmamig *m, bool *paused)
 	m->stats.state_ns = rm_now_ns() - t0;
 	m->stats.state_bytes = state_len;
 	m->stats.digest = digest;
+	m->split_ns = m->stats.pause_ns + m->stats.final_sync_ns + m->stats.final_send_ns + src_verify +
+		      m->stats.state_ns;
 	pthread_mutex_unlock(&m->lock);
-
-	err = expect(m, RM_MIG_RESUMED, &msg, -1);
-	if (err)
-		return err;
-	if (msg.len != sizeof(resumed)) {
-		rm_err("migration: RESUMED of %zu bytes, expected %zu", msg.len, sizeof(resumed));
-		rm_msg_free(&msg);
-		return RDMAMIG_E_PROTO;
-	}
-	memcpy(&resumed, msg.data, sizeof(resumed));
-	rm_msg_free(&msg);
-	pthread_mutex_lock(&m->lock);
-	m->stats.downtime_ns = rm_now_ns() - t_pause;
-	m->stats.total_ns = rm_now_ns() - m->start_ns;	/* to the acknowledgment, not teardown */
-	m->stats.resume_ns = le64toh(resumed.resume_ns);
-	m->stats.verify_ns += le64toh(resumed.verify_ns);
-	if (m->opts.verify)
-		m->stats.verified = le64toh(resumed.digest) == digest ? 1 : -1;
-	pthread_mutex_unlock(&m->lock);
-	return 0;
+	return rm_handover_source(m, digest);
 }
 
 static int run_source(struct rdmamig *m)
@@ -487,7 +543,7 @@ static int run_source(struct rdmamig *m)
 	struct rm_policy policy;
 	struct rm_policy_state ps = { 0 };
 	enum rdmamig_switchover sw = RDMAMIG_SWITCH_NONE;
-	bool logging = false, paused = false;
+	bool logging = false;
 	unsigned throttle = 0;
 	int err;
 
@@ -521,7 +577,8 @@ static int run_source(struct rdmamig *m)
 		goto fail;
 	}
 	logging = true;
-	set_stage(m, 1);
+	m->state = RM_ST_SRC_ITERATE;
+	rm_mig_set_stage(m, 1);
 
 	for (unsigned it = 0;; it++) {
 		struct rm_pass pass;
@@ -542,7 +599,7 @@ static int run_source(struct rdmamig *m)
 		rm_info("migration: iteration %u sent %llu pages (%llu zero skipped) in %llu ms, %llu dirty now",
 			it, (unsigned long long)pass.pages, (unsigned long long)pass.zero_pages,
 			(unsigned long long)(pass.ns / 1000000), (unsigned long long)dirty);
-		err = fault_point(m, "iteration-%u", it);
+		err = rm_mig_fault(m, "iteration-%u", it);
 		if (err)
 			goto fail;
 
@@ -580,15 +637,21 @@ static int run_source(struct rdmamig *m)
 		sw == RDMAMIG_SWITCH_CONVERGED ? "converged" :
 		sw == RDMAMIG_SWITCH_DEADLINE ? "deadline" : "iteration cap");
 
-	err = stop_and_copy(m, &paused);
-	if (err)
+	err = stop_and_copy(m);
+	if (err && rm_mig_on_fail(m->state) == RM_FAIL_RESUME)
 		goto fail;
+	/* Handed over, or in doubt: either way the guest stays paused here. */
 	if (throttle && m->ops->throttle)
 		m->ops->throttle(m->vmm, 0);
 	rm_ram_dirty_stop(m);
-	set_stage(m, 3);
+	rm_mig_close_transport(m);
+	if (err) {
+		rm_err("migration: GO was sent and the destination's answer is lost: the guest stays "
+		       "PAUSED here; rdmamig_recover() (rdmamig --recover) asks the destination again");
+		return err;
+	}
+	rm_mig_set_stage(m, 3);
 	rm_mig_tick(m, true);
-	close_transport(m);
 	if (m->stats.verified < 0) {
 		rm_err("migration: the destination's RAM digest differs from the source's");
 		return RDMAMIG_E_VERIFY;
@@ -596,26 +659,33 @@ static int run_source(struct rdmamig *m)
 	return 0;
 
 fail:
-	/* The destination has not acknowledged: the source guest stays ours. */
+	/* The destination never got GO: the source guest stays ours. */
 	if (m->t)
 		rm_tr_abort(m->t, err, rm_mig_cancelled(m) ? "cancelled by the source" : "source failed");
+	rm_mig_close_transport(m);
+	/* A destination that sent LOADED holds the loaded guest paused until
+	 * it learns that no GO will come: tell it (one that refused has
+	 * discarded already). */
+	if (m->state == RM_ST_SRC_COMMITTED && err != RDMAMIG_E_REFUSED)
+		rm_handover_abandon(m);
 	if (logging) {
 		if (throttle && m->ops->throttle)
 			m->ops->throttle(m->vmm, 0);
 		rm_ram_dirty_stop(m);
 	}
-	if (paused) {
+	if (m->paused) {
 		int rerr = m->ops->resume(m->vmm);
 
-		if (rerr)
+		if (rerr) {
 			rm_err("migration: resuming the source guest after the failure failed: %s",
 			       rdmamig_strerror(rerr));
-		else
+		} else {
+			m->paused = false;
 			rm_info("migration: failed; the source guest runs on");
+		}
 	} else {
 		rm_info("migration: failed before switchover; the source guest ran throughout");
 	}
-	close_transport(m);
 	return rm_mig_cancelled(m) ? RDMAMIG_E_ABORTED : err;
 }
 
@@ -637,11 +707,12 @@ static int dest_accept(struct rdmamig *m)
 	do {
 		err = rm_tr_accept(m->listener, &t);
 	} while (err == -ETIMEDOUT && !rm_mig_cancelled(m));
-	rm_tr_listener_close(m->listener);
-	m->listener = NULL;
+	/* The listener stays open: a source whose handover answer is lost
+	 * comes back to this address to ask (handover.c); the listener is
+	 * closed once the outcome is settled. */
 	if (err)
 		return rm_mig_cancelled(m) ? RDMAMIG_E_ABORTED : err;
-	set_transport(m, t);
+	rm_mig_set_transport(m, t);
 	m->start_ns = rm_now_ns();
 	return 0;
 }
@@ -673,14 +744,15 @@ static int dest_setup(struct rdmamig *m, uint32_t *flags)
 	uint64_t ram = 0, cap;
 	int err;
 
-	err = expect(m, RM_MIG_SETUP, &msg, -1);
+	m->state = RM_ST_DST_SETUP;
+	err = rm_mig_expect(m, &msg, -1);
 	if (err)
 		return err;
-	err = rm_mig_setup_decode(msg.data, msg.len, &src, flags, why, sizeof(why));
+	err = rm_mig_setup_decode(msg.data, msg.len, &src, flags, &m->migration_id, why, sizeof(why));
 	rm_msg_free(&msg);
 	if (err) {
 		rm_err("migration: bad SETUP from the source: %s", why);
-		refuse(m, err, why);
+		rm_mig_refuse(m, err, why);
 		return err;
 	}
 	cap = m->opts.max_mem ? m->opts.max_mem : mem_available();
@@ -692,7 +764,7 @@ static int dest_setup(struct rdmamig *m, uint32_t *flags)
 			 "%" PRIu64 " MiB (%s)", ram >> 20, cap >> 20,
 			 m->opts.max_mem ? "max_mem" : "MemAvailable");
 		rm_err("migration: refusing the source: %s", why);
-		refuse(m, -E2BIG, why);
+		rm_mig_refuse(m, -E2BIG, why);
 		return RDMAMIG_E_REFUSED;
 	}
 	if (m->ops->prepare) {
@@ -707,7 +779,7 @@ static int dest_setup(struct rdmamig *m, uint32_t *flags)
 			snprintf(why, sizeof(why), "the destination VMM cannot host this VM: %.110s",
 				 said[0] ? said : rdmamig_strerror(err));
 			rm_err("migration: %s (%s)", why, rdmamig_strerror(err));
-			refuse(m, err, why);
+			rm_mig_refuse(m, err, why);
 			return RDMAMIG_E_REFUSED;
 		}
 	}
@@ -715,12 +787,12 @@ static int dest_setup(struct rdmamig *m, uint32_t *flags)
 	if (!err)
 		err = check_desc(&m->desc);
 	if (err) {
-		refuse(m, err, "the destination VMM could not describe its VM");
+		rm_mig_refuse(m, err, "the destination VMM could not describe its VM");
 		return err;
 	}
 	if (rm_mig_desc_compare(&src, &m->desc, why, sizeof(why))) {
 		rm_err("migration: refusing the source, its VM does not match: %s", why);
-		refuse(m, RDMAMIG_E_REFUSED, why);
+		rm_mig_refuse(m, RDMAMIG_E_REFUSED, why);
 		return RDMAMIG_E_REFUSED;
 	}
 	err = rm_tr_send(m->t, RM_MIG_SETUP_OK, NULL, 0);
@@ -749,43 +821,40 @@ static int run_dest(struct rdmamig *m)
 	err = dest_setup(m, &flags);
 	if (err)
 		goto out;
-	set_stage(m, 1);
+	rm_mig_set_stage(m, 1);
 
+	/* RECEIVE: heartbeats, one STATE, then COMMIT (the state table). */
 	for (;;) {
 		/* As long as the source is alive: a paced or huge pass may
 		 * send nothing here for long; the transport's keep-alives
 		 * tell a quiet source from a dead one. */
-		err = rm_tr_recv(m->t, &msg, -1);
-		if (err < 0) {
-			rm_err("migration: lost the source while receiving: %s", rdmamig_strerror(err));
+		err = rm_mig_expect(m, &msg, -1);
+		if (err) {
+			if (err == RDMAMIG_E_PROTO)
+				rm_mig_refuse(m, err, "a message outside its state");
+			else if (err != RDMAMIG_E_REFUSED)
+				rm_err("migration: lost the source while receiving: %s", rdmamig_strerror(err));
 			goto out;
 		}
-		if (msg.type == RM_MIG_ITER && msg.len == sizeof(struct rm_mig_iter)) {
-			struct rm_mig_iter it;
-
-			memcpy(&it, msg.data, sizeof(it));
-			pthread_mutex_lock(&m->lock);
-			m->progress.iteration = le32toh(it.index);
-			m->progress.sent_bytes = le64toh(it.bytes);
-			m->progress.remaining_bytes = le64toh(it.remaining_bytes);
-			m->stats.bytes = le64toh(it.bytes);
-			pthread_mutex_unlock(&m->lock);
-			rm_msg_free(&msg);
-			rm_mig_tick(m, false);
-			continue;
-		}
-		if (msg.type == RM_MIG_STATE && !got_state) {
+		if (msg.type == RM_MIG_STATE) {
+			if (got_state) {
+				rm_err("migration: unexpected STATE: a second one from the source");
+				rm_mig_refuse(m, RDMAMIG_E_PROTO, "a second STATE");
+				err = RDMAMIG_E_PROTO;
+				goto out;
+			}
 			got_state = true;
 			state = msg;
 			memset(&msg, 0, sizeof(msg));
-			set_stage(m, 2);
+			rm_mig_set_stage(m, 2);
 			continue;
 		}
-		if (msg.type == RM_MIG_COMMIT && msg.len == sizeof(commit))
-			break;
-		rm_err("migration: unexpected %s (%#x, %zu bytes) from the source",
-		       rm_mig_type_name(msg.type), msg.type, msg.len);
-		refuse(m, RDMAMIG_E_PROTO, "unexpected message");
+		break;	/* COMMIT: the state table moved to LOADED */
+	}
+	if (msg.len != sizeof(commit)) {
+		rm_err("migration: unexpected COMMIT of %zu bytes (expected %zu) from the source", msg.len,
+		       sizeof(commit));
+		rm_mig_refuse(m, RDMAMIG_E_PROTO, "malformed COMMIT");
 		err = RDMAMIG_E_PROTO;
 		goto out;
 	}
@@ -793,71 +862,15 @@ static int run_dest(struct rdmamig *m)
 	rm_msg_free(&msg);
 	if (!got_state) {
 		rm_err("migration: COMMIT before any STATE from the source");
-		refuse(m, RDMAMIG_E_PROTO, "COMMIT before any STATE");
+		rm_mig_refuse(m, RDMAMIG_E_PROTO, "COMMIT before any STATE");
 		err = RDMAMIG_E_PROTO;
 		goto out;
 	}
-	if (le64toh(commit.state_len) != state.len) {
-		rm_err("migration: COMMIT says %llu bytes of state, %zu arrived",
-		       (unsigned long long)le64toh(commit.state_len), state.len);
-		refuse(m, RDMAMIG_E_PROTO, "device state length mismatch");
-		err = RDMAMIG_E_PROTO;
-		goto out;
-	}
-
-	uint64_t t0 = rm_now_ns(), digest = 0;
-	if (le32toh(commit.flags) & RM_MIG_F_VERIFY) {
-		digest = rm_ram_digest(&m->desc);
-		pthread_mutex_lock(&m->lock);
-		m->stats.verify_ns = rm_now_ns() - t0;
-		m->stats.digest = digest;
-		m->stats.verified = digest == le64toh(commit.digest) ? 1 : -1;
-		pthread_mutex_unlock(&m->lock);
-		if (digest != le64toh(commit.digest)) {
-			rm_err("migration: RAM digest %#llx differs from the source's %#llx: not running the guest",
-			       (unsigned long long)digest, (unsigned long long)le64toh(commit.digest));
-			refuse(m, RDMAMIG_E_VERIFY, "RAM digest mismatch at the destination");
-			err = RDMAMIG_E_VERIFY;
-			goto out;
-		}
-		t0 = rm_now_ns();
-	}
-	err = m->ops->load_state(m->vmm, state.data, state.len);
-	if (err) {
-		char why[RM_MIG_TEXT];
-
-		snprintf(why, sizeof(why), "the destination cannot load the device state: %s",
-			 rdmamig_strerror(err));
-		rm_err("migration: %s", why);
-		refuse(m, err, why);
-		goto out;
-	}
-	err = m->ops->resume(m->vmm);
-	if (err) {
-		rm_err("migration: starting the guest failed: %s", rdmamig_strerror(err));
-		refuse(m, err, "the destination could not start the guest");
-		goto out;
-	}
-	struct rm_mig_resumed resumed = {
-		.resume_ns = htole64(rm_now_ns() - t0),
-		.digest = htole64(digest),
-		.verify_ns = htole64(m->stats.verify_ns),
-	};
-	pthread_mutex_lock(&m->lock);
-	m->stats.resume_ns = rm_now_ns() - t0;
-	m->stats.state_bytes = state.len;
-	m->stats.total_ns = rm_now_ns() - m->start_ns;
-	pthread_mutex_unlock(&m->lock);
-	/* The guest runs here now.  If the acknowledgment is lost the source
-	 * resumes its copy too: the operator is told below. */
-	err = rm_tr_send(m->t, RM_MIG_RESUMED, &resumed, sizeof(resumed));
-	if (err) {
-		rm_err("migration: the guest runs here, but the acknowledgment to the source failed (%s): "
-		       "make sure the source guest is stopped", rdmamig_strerror(err));
-		err = 0;
-	}
-	set_stage(m, 3);
-	rm_mig_tick(m, true);
+	err = rm_handover_dest(m, &commit, &state);
+	rm_msg_free(&state);
+	rm_tr_listener_close(m->listener);
+	m->listener = NULL;
+	return err;
 out:
 	rm_msg_free(&msg);
 	rm_msg_free(&state);
@@ -865,7 +878,9 @@ out:
 	 * ABORT could overtake the REFUSE and hide its reason. */
 	if (err && m->t && !m->refused)
 		rm_tr_abort(m->t, err, "destination failed");
-	close_transport(m);
+	rm_mig_close_transport(m);
+	rm_tr_listener_close(m->listener);
+	m->listener = NULL;
 	return err;
 }
 

@@ -17,6 +17,10 @@ const char *rm_mig_type_name(uint16_t type)
 		[RM_MIG_STATE - RM_WIRE_ENGINE_FIRST] = "STATE",
 		[RM_MIG_COMMIT - RM_WIRE_ENGINE_FIRST] = "COMMIT",
 		[RM_MIG_RESUMED - RM_WIRE_ENGINE_FIRST] = "RESUMED",
+		[RM_MIG_LOADED - RM_WIRE_ENGINE_FIRST] = "LOADED",
+		[RM_MIG_GO - RM_WIRE_ENGINE_FIRST] = "GO",
+		[RM_MIG_RECOVER - RM_WIRE_ENGINE_FIRST] = "RECOVER",
+		[RM_MIG_OUTCOME - RM_WIRE_ENGINE_FIRST] = "OUTCOME",
 	};
 	unsigned i = (unsigned)type - RM_WIRE_ENGINE_FIRST;
 
@@ -25,8 +29,76 @@ const char *rm_mig_type_name(uint16_t type)
 	return "UNKNOWN";
 }
 
+/* The state machine of protocol.h, row for row.  A (state, type) pair that
+ * is not here is a protocol error. */
+const struct rm_mig_rule rm_mig_rules[] = {
+	{ RM_ST_SRC_SETUP, RM_MIG_SETUP_OK, RM_ACT_TAKE, RM_ST_SRC_ITERATE },
+	{ RM_ST_SRC_SETUP, RM_MIG_REFUSE, RM_ACT_REFUSED, RM_ST_SRC_SETUP },
+	{ RM_ST_SRC_ITERATE, RM_MIG_REFUSE, RM_ACT_REFUSED, RM_ST_SRC_ITERATE },
+	{ RM_ST_SRC_COMMITTED, RM_MIG_LOADED, RM_ACT_TAKE, RM_ST_SRC_GO_SENT },
+	{ RM_ST_SRC_COMMITTED, RM_MIG_REFUSE, RM_ACT_REFUSED, RM_ST_SRC_COMMITTED },
+	{ RM_ST_SRC_GO_SENT, RM_MIG_RESUMED, RM_ACT_TAKE, RM_ST_SRC_DONE },
+	{ RM_ST_SRC_RECOVER, RM_MIG_OUTCOME, RM_ACT_TAKE, RM_ST_SRC_DONE },
+	{ RM_ST_DST_SETUP, RM_MIG_SETUP, RM_ACT_TAKE, RM_ST_DST_RECEIVE },
+	{ RM_ST_DST_RECEIVE, RM_MIG_ITER, RM_ACT_PROGRESS, RM_ST_DST_RECEIVE },
+	{ RM_ST_DST_RECEIVE, RM_MIG_STATE, RM_ACT_TAKE, RM_ST_DST_RECEIVE },
+	{ RM_ST_DST_RECEIVE, RM_MIG_COMMIT, RM_ACT_TAKE, RM_ST_DST_LOADED },
+	{ RM_ST_DST_LOADED, RM_MIG_ITER, RM_ACT_PROGRESS, RM_ST_DST_LOADED },
+	{ RM_ST_DST_LOADED, RM_MIG_GO, RM_ACT_TAKE, RM_ST_DST_RUNNING },
+	{ RM_ST_DST_RECOVER, RM_MIG_RECOVER, RM_ACT_TAKE, RM_ST_DST_RECOVER },
+};
+const unsigned rm_mig_nr_rules = ARRAY_SIZE(rm_mig_rules);
+
+static const struct {
+	const char *name;
+	enum rm_mig_on_fail on_fail;
+} states[RM_ST_COUNT] = {
+	[RM_ST_SRC_SETUP] = { "source SETUP", RM_FAIL_RESUME },
+	[RM_ST_SRC_ITERATE] = { "source ITERATE", RM_FAIL_RESUME },
+	[RM_ST_SRC_COMMITTED] = { "source COMMITTED", RM_FAIL_RESUME },
+	[RM_ST_SRC_GO_SENT] = { "source GO_SENT", RM_FAIL_RECOVER },
+	[RM_ST_SRC_RECOVER] = { "source RECOVER", RM_FAIL_RECOVER },
+	[RM_ST_SRC_DONE] = { "source DONE", RM_FAIL_RECOVER },
+	[RM_ST_DST_SETUP] = { "destination SETUP", RM_FAIL_DISCARD },
+	[RM_ST_DST_RECEIVE] = { "destination RECEIVE", RM_FAIL_DISCARD },
+	[RM_ST_DST_LOADED] = { "destination LOADED", RM_FAIL_RECOVER },
+	[RM_ST_DST_RUNNING] = { "destination RUNNING", RM_FAIL_RECOVER },
+	[RM_ST_DST_RECOVER] = { "destination RECOVER", RM_FAIL_RECOVER },
+};
+
+enum rm_mig_action rm_mig_lookup(enum rm_mig_state state, uint16_t type, enum rm_mig_state *next)
+{
+	for (unsigned i = 0; i < rm_mig_nr_rules; i++) {
+		if (rm_mig_rules[i].state == state && rm_mig_rules[i].type == type) {
+			*next = rm_mig_rules[i].next;
+			return rm_mig_rules[i].action;
+		}
+	}
+	*next = state;
+	return RM_ACT_PROTO;
+}
+
+const char *rm_mig_expected_name(enum rm_mig_state state)
+{
+	for (unsigned i = 0; i < rm_mig_nr_rules; i++)
+		if (rm_mig_rules[i].state == state && rm_mig_rules[i].action == RM_ACT_TAKE)
+			return rm_mig_type_name(rm_mig_rules[i].type);
+	return "nothing";
+}
+
+enum rm_mig_on_fail rm_mig_on_fail(enum rm_mig_state state)
+{
+	/* An unknown state is treated as the most careful one. */
+	return (unsigned)state < RM_ST_COUNT ? states[state].on_fail : RM_FAIL_RECOVER;
+}
+
+const char *rm_mig_state_name(enum rm_mig_state state)
+{
+	return (unsigned)state < RM_ST_COUNT ? states[state].name : "unknown state";
+}
+
 struct rm_mig_setup *rm_mig_setup_encode(const struct rdmamig_vm_desc *desc, uint32_t flags,
-					 size_t *len)
+					 uint64_t migration_id, size_t *len)
 {
 	struct rm_mig_setup *s;
 
@@ -46,6 +118,7 @@ struct rm_mig_setup *rm_mig_setup_encode(const struct rdmamig_vm_desc *desc, uin
 	s->cpu_model[sizeof(s->cpu_model) - 1] = '\0';
 	s->nr_regions = htole32(desc->nr_regions);
 	s->flags = htole32(flags);
+	s->migration_id = htole64(migration_id);
 	for (uint32_t i = 0; i < desc->nr_regions; i++) {
 		s->regions[i].id = htole32(desc->regions[i].id);
 		s->regions[i].size = htole64(desc->regions[i].size);
@@ -55,7 +128,7 @@ struct rm_mig_setup *rm_mig_setup_encode(const struct rdmamig_vm_desc *desc, uin
 }
 
 int rm_mig_setup_decode(const void *buf, size_t len, struct rdmamig_vm_desc *desc,
-			uint32_t *flags, char *why, size_t whylen)
+			uint32_t *flags, uint64_t *migration_id, char *why, size_t whylen)
 {
 	struct rm_mig_setup s;
 	uint32_t n;
@@ -90,6 +163,11 @@ int rm_mig_setup_decode(const void *buf, size_t len, struct rdmamig_vm_desc *des
 	desc->cpu_model[sizeof(desc->cpu_model) - 1] = '\0';
 	desc->nr_regions = n;
 	*flags = le32toh(s.flags);
+	*migration_id = le64toh(s.migration_id);
+	if (!*migration_id) {
+		snprintf(why, whylen, "SETUP carries no migration id");
+		return RDMAMIG_E_PROTO;
+	}
 	if (desc->page_size < 4096 || desc->page_size > (1u << 30) ||
 	    (desc->page_size & (desc->page_size - 1))) {
 		snprintf(why, whylen, "page size %u is not a power of two in 4 KiB..1 GiB",

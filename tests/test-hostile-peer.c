@@ -455,12 +455,13 @@ Test(hostile_engine, destination_after_commit, .timeout = 180)
 {
 	engine_source_case("REFUSE", AT_COMMIT, h_refuse, RDMAMIG_E_REFUSED, "ZZZZZZZZZZ");
 	engine_source_case("REFUSE of 0 bytes", AT_COMMIT, h_refuse_empty, RDMAMIG_E_REFUSED, "the destination refused");
-	engine_source_case("SETUP_OK instead of RESUMED", AT_COMMIT, h_setup_ok_body, PROTO, "expected RESUMED, the peer sent SETUP_OK");
-	engine_source_case("RESUMED one byte short", AT_COMMIT, h_resumed_short, PROTO, "RESUMED of 23 bytes");
-	engine_source_case("RESUMED of 0 bytes", AT_COMMIT, h_resumed_empty, PROTO, "RESUMED of 0 bytes");
+	engine_source_case("SETUP_OK instead of LOADED", AT_COMMIT, h_setup_ok_body, PROTO, "expected LOADED, the peer sent SETUP_OK");
+	/* RESUMED before GO is out of turn, whatever its length (migration/protocol.h). */
+	engine_source_case("RESUMED one byte short", AT_COMMIT, h_resumed_short, PROTO, "expected LOADED, the peer sent RESUMED");
+	engine_source_case("RESUMED of 0 bytes", AT_COMMIT, h_resumed_empty, PROTO, "expected LOADED, the peer sent RESUMED");
 	engine_source_case("transport ABORT", AT_COMMIT, h_abort, RDMAMIG_E_ABORTED, "hostile destination aborts");
-	engine_source_case("BYE", AT_COMMIT, h_bye, -EPIPE, "waiting for RESUMED");
-	engine_source_case("close", AT_COMMIT, NULL, -ECONNRESET, "waiting for RESUMED");
+	engine_source_case("BYE", AT_COMMIT, h_bye, -EPIPE, "waiting for LOADED");
+	engine_source_case("close", AT_COMMIT, NULL, -ECONNRESET, "waiting for LOADED");
 }
 
 /* ---- the engine: a hostile source against rdmamig_run(destination) ---- */
@@ -490,7 +491,7 @@ static size_t good_setup(uint8_t *out)
 
 	cr_assert_eq(fake_vmm_init(&v, 2, MiB, 0), 0);
 	fake_describe(&v, &d);
-	s = rm_mig_setup_encode(&d, 0, &n);
+	s = rm_mig_setup_encode(&d, 0, 1, &n);
 	memcpy(out, s, n);
 	free(s);
 	fake_vmm_destroy(&v);
@@ -552,7 +553,7 @@ static void engine_dest_case(const char *name, size_t (*spoil)(uint8_t *s, size_
 }
 
 #define SETUP_FIELD(s, f) (*(uint32_t *)((s) + offsetof(struct rm_mig_setup, f)))
-static size_t s_version(uint8_t *s, size_t n) { SETUP_FIELD(s, version) = htole32(2); return n; }
+static size_t s_version(uint8_t *s, size_t n) { SETUP_FIELD(s, version) = htole32(RM_MIG_VERSION + 1); return n; }
 static size_t s_regions0(uint8_t *s, size_t n) { SETUP_FIELD(s, nr_regions) = 0; return n; }
 static size_t s_regions_max1(uint8_t *s, size_t n) { SETUP_FIELD(s, nr_regions) = htole32(RDMAMIG_MAX_REGIONS + 1); return n; }
 static size_t s_regions_u32(uint8_t *s, size_t n) { SETUP_FIELD(s, nr_regions) = 0xffffffffu; return n; }
@@ -580,7 +581,7 @@ static size_t s_model(uint8_t *s, size_t n)
 
 Test(hostile_engine, source_setup_fields, .timeout = 180)
 {
-	engine_dest_case("version 2", s_version, NULL, PROTO, "engine protocol version 2");
+	engine_dest_case("version 3", s_version, NULL, PROTO, "engine protocol version 3");
 	engine_dest_case("0 regions", s_regions0, NULL, PROTO, "SETUP announces 0 RAM regions");
 	engine_dest_case("max + 1 regions", s_regions_max1, NULL, PROTO, "SETUP announces 65 RAM regions");
 	engine_dest_case("2^32 - 1 regions", s_regions_u32, NULL, PROTO, "SETUP announces 4294967295 RAM regions");

@@ -795,25 +795,26 @@ Test(protocol, hostile_setup_is_refused_with_a_reason)
 				     .regions = { { .id = 1, .size = 1 << 20 } } }, out;
 	char why[160];
 	uint32_t flags;
+	uint64_t id;
 	size_t len;
-	struct rm_mig_setup *s = rm_mig_setup_encode(&d, 0, &len);
+	struct rm_mig_setup *s = rm_mig_setup_encode(&d, 0, 42, &len);
 
 	cr_assert_not_null(s);
-	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), 0, "%s", why);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, &id, why, sizeof(why)), 0, "%s", why);
 	cr_assert_eq(rm_mig_desc_compare(&d, &out, why, sizeof(why)), 0);
-	cr_assert_eq(rm_mig_setup_decode(s, len - 1, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert_eq(rm_mig_setup_decode(s, len - 1, &out, &flags, &id, why, sizeof(why)), RDMAMIG_E_PROTO);
 	s->nr_regions = htole32(100000);
-	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, &id, why, sizeof(why)), RDMAMIG_E_PROTO);
 	cr_assert(strstr(why, "100000"), "why: %s", why);
 	s->nr_regions = htole32(1);
 	s->regions[0].size = htole64(4095);
-	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, &id, why, sizeof(why)), RDMAMIG_E_PROTO);
 	s->regions[0].size = htole64(1 << 20);
 	s->page_size = htole32(12345);
-	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, &id, why, sizeof(why)), RDMAMIG_E_PROTO);
 	s->page_size = htole32(4096);
 	s->version = htole32(99);
-	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert_eq(rm_mig_setup_decode(s, len, &out, &flags, &id, why, sizeof(why)), RDMAMIG_E_PROTO);
 	cr_assert(strstr(why, "99"), "why: %s", why);
 	free(s);
 
