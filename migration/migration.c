@@ -207,11 +207,10 @@ void rm_mig_close_transport(struct rdmamig *m)
 
 void rm_mig_cut(struct rdmamig *m)
 {
-	/* A cancelled connection is dead: rm_tr_close() sends no BYE, so the
-	 * peer sees the link go, as it would if it were cut. */
-	if (m->t)
-		rm_tr_cancel(m->t);
-	rm_mig_close_transport(m);
+	struct rm_transport *t = m->t;
+
+	rm_mig_set_transport(m, NULL);
+	rm_tr_cut(t);
 }
 
 /* Source, iterating: the destination has nothing to say until COMMIT but a
@@ -645,11 +644,10 @@ static int run_source(struct rdmamig *m)
 		m->ops->throttle(m->vmm, 0);
 	rm_ram_dirty_stop(m);
 	rm_mig_close_transport(m);
-	if (err) {
-		rm_err("migration: GO was sent and the destination's answer is lost: the guest stays "
-		       "PAUSED here; rdmamig_recover() (rdmamig --recover) asks the destination again");
-		return err;
-	}
+	if (err == RDMAMIG_E_INDOUBT)
+		return err;	/* paused, said so; rdmamig_recover() settles it */
+	if (err)
+		return err;	/* recovery found no GO arrived: resumed, said so */
 	rm_mig_set_stage(m, 3);
 	rm_mig_tick(m, true);
 	if (m->stats.verified < 0) {

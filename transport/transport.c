@@ -556,6 +556,11 @@ void rm_tr_stats(struct rm_transport *t, struct rm_transport_stats *out)
 		t->ops->stats(t, out);
 }
 
+void rm_tr_cut(struct rm_transport *t)
+{
+	rm_tr_abandon(t, -ECONNRESET);
+}
+
 void rm_tr_cancel(struct rm_transport *t)
 {
 	if (!t)

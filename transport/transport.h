@@ -338,6 +338,10 @@ void rm_tr_stats(struct rm_transport *t, struct rm_transport_stats *out);
  * 100 ms.  Safe until rm_tr_close().  (opts.cancel does the same for a
  * connection not made yet.) */
 void rm_tr_cancel(struct rm_transport *t);
+/* Either side: drop the connection as a cut link would — no BYE, no ABORT;
+ * the peer sees it vanish (-ECONNRESET).  Frees t like rm_tr_close().  For
+ * the engine's test-only fault points (common/fault.h). */
+void rm_tr_cut(struct rm_transport *t);
 /* Free a received message's data and zero it. */
 void rm_msg_free(struct rm_msg *msg);
 
