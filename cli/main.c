@@ -2,9 +2,17 @@
  * cli/main.c — `rdmamig`, the operator's front end: flags, the built-in KVM
  * guest, progress on the terminal, JSON stats, SIGINT to cancel.  Migration
  * itself goes through include/rdmamig.h only; kvm/vmm.h is the built-in VMM.
+ *
+ * The guest lives in this process, so the source process is its keeper
+ * after a migration too: a failed source runs its guest on (and says so,
+ * with its progress) until --run-after passes or the operator ends it; a
+ * source whose handover outcome is unknown keeps the guest paused and asks
+ * the destination again (every RECOVER_RETRY_S, and at once on SIGUSR1,
+ * which `rdmamig --recover PID` sends) until it is settled or ended.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -28,17 +36,28 @@ enum exit_code {
 	EXIT_CANCELLED = 5,	/* SIGINT / SIGTERM */
 	EXIT_GUEST = 6,		/* the guest failed (setup, or integrity after migration) */
 	EXIT_AUTH = 7,		/* the peer did not prove the pre-shared key */
+	EXIT_INDOUBT = 8,	/* source: GO sent, outcome never learnt; the guest was
+				 * kept paused until the operator ended the process */
 };
+
+#define RECOVER_RETRY_S 10	/* an in-doubt source asks again this often */
 
 static const char usage_text[] =
 "usage: rdmamig --dst --listen [ADDR:]PORT --psk FILE [options]\n"
 "       rdmamig --src --connect ADDR:PORT --psk FILE [guest options] [options]\n"
+"       rdmamig --recover PID\n"
 "\n"
 "Live-migrate a running KVM guest over RDMA (or TCP).  The destination waits\n"
 "for one source, creates a VM of the source's shape, receives its RAM and\n"
 "state, and runs it.  The source boots the built-in guest, lets it run, then\n"
-"migrates it; on any failure before the destination confirms, the source\n"
-"guest keeps running.\n"
+"migrates it.  The handover is exactly-one-copy: until the source sends GO,\n"
+"any failure leaves the source guest running (it runs on, reporting its\n"
+"progress, for --run-after); after GO the source never resumes on its own.\n"
+"If the answer to GO is lost, both sides keep the guest paused, the source\n"
+"reconnects to ask the destination what it did (--recover-window), and then\n"
+"exactly one side runs it.  If it cannot learn the outcome, the source keeps\n"
+"the guest PAUSED, asks again every 10 s, and says so; `rdmamig --recover PID`\n"
+"makes it ask at once.\n"
 "\n"
 "Guest (source; on a destination --mem/--vcpus create its VM up front, and a\n"
 "source whose VM differs is refused):\n"
@@ -78,12 +97,20 @@ static const char usage_text[] =
 "  --timeout MS          a peer silent this long is gone; also bounds connect\n"
 "                        and accept, never a migration's length (default 20000)\n"
 "  --verify              digest guest RAM on both sides at switchover\n"
+"  --recover-window MS   after a lost handover answer, how long the source\n"
+"                        reconnects to ask (default 30000); the destination\n"
+"                        answers for twice as long\n"
 "\n"
 "Output:\n"
 "  --json FILE           write the stats as JSON\n"
-"  --run-after SECS      destination: run the guest this long after migration,\n"
-"                        reporting its progress, then exit (default 3; 0: until\n"
-"                        SIGINT)\n"
+"  --run-after SECS      run the guest this long, reporting its progress, then\n"
+"                        exit: the destination after a migration, the source\n"
+"                        after a failure (default 3; 0: until SIGINT/SIGTERM)\n"
+"\n"
+"Recovery:\n"
+"  --recover PID         ask the source process PID, whose guest waits PAUSED\n"
+"                        for a lost handover answer, to ask its destination\n"
+"                        now (SIGUSR1); its log says the outcome\n"
 "  -q, --quiet           errors only     -v, --verbose   debug log\n"
 "  -h, --help            this text       --version\n"
 "\n"
@@ -93,9 +120,13 @@ static const char usage_text[] =
 "  rdmamig --src --connect 10.0.0.2:7471 --psk key --mem 4G --vcpus 4 --workload hotset:20000\n"
 "  rdmamig --src --connect 10.0.0.2:7471 --psk key --transport tcp --deadline 5m --verify\n"
 "\n"
-"Exit codes: 0 migrated; 1 failed (source guest runs on); 2 usage; 3 refused\n"
-"by the destination; 4 RAM digests differ; 5 cancelled; 6 guest failure;\n"
-"7 the peer did not prove the pre-shared key.\n";
+"Exit codes: 0 migrated (the source's copy released); 1 failed (the source\n"
+"guest ran on); 2 usage; 3 refused by the destination (the source guest ran\n"
+"on); 4 RAM digests differ; 5 cancelled before GO (the source guest ran on);\n"
+"6 guest failure; 7 the peer did not prove the pre-shared key; 8 the\n"
+"outcome of the handover stayed unknown and the operator ended the source,\n"
+"whose guest was PAUSED throughout (the destination may run it: check there\n"
+"before starting it anywhere).\n";
 
 struct cli {
 	bool src, dst;
@@ -106,6 +137,7 @@ struct cli {
 	struct rm_backing_opts backing;
 	enum rm_dirty_kind tracker;
 	unsigned warmup_s, run_after_s;
+	pid_t recover_pid;	/* --recover PID */
 	bool shape_given;	/* --mem or --vcpus given */
 	const char *json;
 	const char *psk_file;
@@ -270,7 +302,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		O_SRC = 256, O_DST, O_LISTEN, O_CONNECT, O_MEM, O_VCPUS, O_WORKLOAD, O_HOT, O_BACKING,
 		O_NUMA, O_WARMUP, O_TRANSPORT, O_QPS, O_MAXWRITE, O_REG, O_TRACKER, O_DOWNTIME,
 		O_MAXITER, O_DEADLINE, O_MAXBW, O_AUTOCONV, O_TIMEOUT, O_VERIFY, O_JSON, O_RUNAFTER,
-		O_VERSION, O_NOPREFAULT, O_PSK, O_NOAUTH, O_MAXMEM,
+		O_VERSION, O_NOPREFAULT, O_PSK, O_NOAUTH, O_MAXMEM, O_RECOVER, O_RECOVERWIN,
 	};
 	static const struct option longopts[] = {
 		{ "src", no_argument, NULL, O_SRC },
@@ -302,6 +334,8 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		{ "no-auth", no_argument, NULL, O_NOAUTH },
 		{ "max-mem", required_argument, NULL, O_MAXMEM },
 		{ "run-after", required_argument, NULL, O_RUNAFTER },
+		{ "recover", required_argument, NULL, O_RECOVER },
+		{ "recover-window", required_argument, NULL, O_RECOVERWIN },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -431,6 +465,15 @@ static void parse_args(struct cli *c, int argc, char **argv)
 			if (parse_uint(optarg, &c->run_after_s))
 				USAGE_ERR("--run-after %s: seconds", optarg);
 			break;
+		case O_RECOVER:
+			if (parse_uint(optarg, &u) || !u || u > INT_MAX)
+				USAGE_ERR("--recover %s: the source's process id", optarg);
+			c->recover_pid = (pid_t)u;
+			break;
+		case O_RECOVERWIN:
+			if (parse_uint(optarg, &c->opts.recover_ms) || c->opts.recover_ms < 100)
+				USAGE_ERR("--recover-window %s: milliseconds, at least 100", optarg);
+			break;
 		case 'q': c->verbosity = 0; break;
 		case 'v': c->verbosity = 2; break;
 		case 'h': fputs(usage_text, stdout); exit(EXIT_OK);
@@ -440,6 +483,11 @@ static void parse_args(struct cli *c, int argc, char **argv)
 	}
 	if (optind < argc)
 		USAGE_ERR("unexpected argument '%s'", argv[optind]);
+	if (c->recover_pid) {
+		if (c->src || c->dst || endpoint)
+			USAGE_ERR("--recover PID stands alone");
+		return;
+	}
 	if (c->src == c->dst)
 		USAGE_ERR("say --src or --dst (exactly one)");
 	if (!endpoint)
@@ -486,7 +534,8 @@ static void read_psk(struct cli *c)
 /* SIGINT/SIGTERM are blocked everywhere and taken here, off signal context. */
 struct sigctx {
 	rdmamig_t *m;
-	volatile sig_atomic_t got;
+	volatile sig_atomic_t got;	/* SIGINT or SIGTERM */
+	volatile sig_atomic_t recover;	/* SIGUSR1: ask the destination now */
 	pthread_mutex_t lock;
 };
 
@@ -500,6 +549,10 @@ static void *signal_thread(void *arg)
 	for (;;) {
 		if (sigwait(set, &sig))
 			continue;
+		if (sig == SIGUSR1) {
+			sigs.recover = 1;
+			continue;
+		}
 		pthread_mutex_lock(&sigs.lock);
 		sigs.got = sig;
 		if (sigs.m)
@@ -533,8 +586,8 @@ static void write_json(const struct cli *c, int rc, const struct rdmamig_stats *
 	fprintf(f, "  \"switchover\": \"%s\",\n", sw[s->switchover & 3]);
 #define J(name) fprintf(f, "  \"" #name "\": %llu,\n", (unsigned long long)s->name)
 	J(ram_bytes); J(total_ns); J(setup_ns); J(registration_ns); J(downtime_ns); J(pause_ns); J(final_sync_ns);
-	J(final_send_ns); J(state_ns); J(resume_ns); J(verify_ns); J(bytes); J(pages); J(zero_pages_skipped);
-	J(state_bytes);
+	J(final_send_ns); J(state_ns); J(handover_ns); J(load_ns); J(go_ns); J(resume_ns); J(verify_ns);
+	J(unaccounted_ns); J(recoveries); J(bytes); J(pages); J(zero_pages_skipped); J(state_bytes);
 #undef J
 	fprintf(f, "  \"verified\": %d,\n  \"digest\": \"%#llx\",\n  \"iterations\": [", s->verified,
 		(unsigned long long)s->digest);
@@ -559,10 +612,13 @@ static void print_summary(const struct cli *c, const struct rdmamig_stats *s)
 		say("rdmamig: migrated a %.0f MiB guest in %.2f s: %.1f MiB sent in %u iterations, %llu zero pages skipped\n",
 		    s->ram_bytes / 1048576.0, s->total_ns / 1e9, s->bytes / 1048576.0, s->iterations,
 		    (unsigned long long)s->zero_pages_skipped);
-		say("rdmamig: downtime %.1f ms (pause %.1f, final sync %.1f, final send %.1f, state %.1f, "
-		    "destination resume %.1f, --verify digests %.1f); setup %.1f ms (registration %.1f)\n",
+		say("rdmamig: downtime %.1f ms = pause %.1f + final sync %.1f + final send %.1f + state %.1f + "
+		    "handover %.1f (destination drain and load; load %.1f) + GO to RESUMED %.1f (destination "
+		    "resume %.1f) + unaccounted %.1f; --verify digests %.1f (both sides); setup %.1f ms "
+		    "(registration %.1f)\n",
 		    s->downtime_ns / 1e6, s->pause_ns / 1e6, s->final_sync_ns / 1e6, s->final_send_ns / 1e6,
-		    s->state_ns / 1e6, s->resume_ns / 1e6, s->verify_ns / 1e6, s->setup_ns / 1e6,
+		    s->state_ns / 1e6, s->handover_ns / 1e6, s->load_ns / 1e6, s->go_ns / 1e6,
+		    s->resume_ns / 1e6, s->unaccounted_ns / 1e6, s->verify_ns / 1e6, s->setup_ns / 1e6,
 		    s->registration_ns / 1e6);
 		if (s->verified)
 			say("rdmamig: verify: RAM digest %#llx %s\n", (unsigned long long)s->digest,
@@ -573,17 +629,60 @@ static void print_summary(const struct cli *c, const struct rdmamig_stats *s)
 	}
 }
 
-static int exit_for(int rc)
+/* cancelled: a signal ended the migration itself (not the run-on after). */
+static int exit_for(int rc, bool cancelled)
 {
-	if (sigs.got)
+	if (rc == RDMAMIG_E_INDOUBT)
+		return EXIT_INDOUBT;
+	if (cancelled)
 		return EXIT_CANCELLED;
 	switch (rc) {
 	case 0: return EXIT_OK;
 	case RDMAMIG_E_REFUSED: return EXIT_REFUSED;
 	case RDMAMIG_E_VERIFY: return EXIT_VERIFY;
 	case RDMAMIG_E_AUTH: return EXIT_AUTH;
-	case RDMAMIG_E_ABORTED: return sigs.got ? EXIT_CANCELLED : EXIT_FAILED;
 	default: return EXIT_FAILED;
+	}
+}
+
+/* Run the guest on for secs (0: until SIGINT/SIGTERM), saying every second
+ * how far it got.  Returns its progress before. */
+static uint64_t run_on(struct rm_kvm_vm *vm, unsigned secs, const char *who)
+{
+	uint64_t p0 = rm_kvm_vm_progress(vm);
+
+	for (unsigned i = 0; (secs == 0 || i < secs * 10) && !sigs.got; i++) {
+		sleep_ms(100);
+		if (i % 10 == 9)
+			say("rdmamig: %s (%s): progress %llu -> %llu, integrity errors %llu\n", who,
+			    rm_kvm_vm_is_paused(vm) ? "PAUSED" : "running", (unsigned long long)p0,
+			    (unsigned long long)rm_kvm_vm_progress(vm),
+			    (unsigned long long)rm_kvm_vm_integrity_errors(vm));
+	}
+	return p0;
+}
+
+/* Source, the handover's outcome unknown: the guest stays paused; ask the
+ * destination again until it answers or the operator ends this process.
+ * Returns 0 (the destination runs it), RDMAMIG_OUTCOME_SOURCE (resumed
+ * here) or RDMAMIG_E_INDOUBT (ended by a signal, still paused). */
+static int wait_outcome(rdmamig_t *m)
+{
+	say("rdmamig: the outcome of the handover is unknown: the guest stays PAUSED here and must not "
+	    "be started anywhere until it is settled; asking the destination again every %d s "
+	    "(`rdmamig --recover %d` asks now; SIGINT/SIGTERM ends this, exit %d)\n", RECOVER_RETRY_S,
+	    (int)getpid(), EXIT_INDOUBT);
+	for (;;) {
+		for (unsigned i = 0; i < RECOVER_RETRY_S * 10 && !sigs.got && !sigs.recover; i++)
+			sleep_ms(100);
+		if (sigs.got)
+			return RDMAMIG_E_INDOUBT;
+		sigs.recover = 0;
+		int ret = rdmamig_recover(m);
+
+		if (ret >= 0)
+			return ret;
+		say("rdmamig: still unknown (%s); the guest stays PAUSED\n", rdmamig_strerror(ret));
 	}
 }
 
@@ -609,6 +708,15 @@ int main(int argc, char **argv)
 
 	tty = isatty(STDERR_FILENO);
 	parse_args(&c, argc, argv);
+	if (c.recover_pid) {
+		if (kill(c.recover_pid, SIGUSR1)) {
+			fprintf(stderr, "rdmamig: --recover %d: %s\n", (int)c.recover_pid, strerror(errno));
+			return EXIT_FAILED;
+		}
+		printf("rdmamig: asked process %d to ask its destination for the outcome now; its log "
+		       "says what it learns\n", (int)c.recover_pid);
+		return EXIT_OK;
+	}
 	rdmamig_set_log(log_hook, &c, c.verbosity >= 2 ? RDMAMIG_LOG_DEBUG : RDMAMIG_LOG_INFO);
 	c.opts.progress = progress;
 	c.opts.progress_opaque = &c;
@@ -620,6 +728,7 @@ int main(int argc, char **argv)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	pthread_create(&sigthread, NULL, signal_thread, &set);
 
@@ -661,25 +770,44 @@ int main(int argc, char **argv)
 	pthread_mutex_lock(&sigs.lock);
 	sigs.m = NULL;
 	pthread_mutex_unlock(&sigs.lock);
+	bool cancelled = sigs.got;
+
+	if (rc == RDMAMIG_E_INDOUBT && c.src) {
+		int ret = wait_outcome(m);
+
+		if (ret == RDMAMIG_OUTCOME_DESTINATION)
+			rc = 0;
+		else if (ret == RDMAMIG_OUTCOME_SOURCE)
+			rc = RDMAMIG_E_ABORTED, cancelled = false;
+	}
 	rdmamig_get_stats(m, &stats);
 	rdmamig_free(m);
 	if (c.json)
 		write_json(&c, rc, &stats);
 
+	if (rc == RDMAMIG_E_INDOUBT) {
+		say("rdmamig: ended with the outcome unknown; the guest was PAUSED here throughout and is "
+		    "discarded with this process: check whether the destination runs it\n");
+		rm_kvm_vmm_free(vmm);
+		return EXIT_INDOUBT;
+	}
 	if (rc) {
 		say("rdmamig: migration failed: %s\n", rdmamig_strerror(rc));
 		if (c.src && rm_kvm_vmm_vm(vmm)) {
 			struct rm_kvm_vm *vm = rm_kvm_vmm_vm(vmm);
-			uint64_t p0 = rm_kvm_vm_progress(vm);
+			uint64_t p0;
 
-			sleep_ms(500);
+			sigs.got = 0;	/* a cancel ended the migration, not the run-on */
+			say("rdmamig: the source guest runs on here; %s\n",
+			    c.run_after_s ? "--run-after bounds it" : "SIGINT/SIGTERM ends it");
+			p0 = run_on(vm, c.run_after_s, "the source guest runs on");
 			say("rdmamig: the source guest runs on (%s): progress %llu -> %llu, integrity errors %llu\n",
 			    rm_kvm_vm_is_paused(vm) ? "PAUSED" : "running", (unsigned long long)p0,
 			    (unsigned long long)rm_kvm_vm_progress(vm),
 			    (unsigned long long)rm_kvm_vm_integrity_errors(vm));
 		}
 		rm_kvm_vmm_free(vmm);
-		return exit_for(rc);
+		return exit_for(rc, cancelled);
 	}
 	print_summary(&c, &stats);
 
@@ -691,13 +819,7 @@ int main(int argc, char **argv)
 		uint64_t p0 = rm_kvm_vm_progress(vm);
 
 		say("rdmamig: guest running here from progress %llu\n", (unsigned long long)p0);
-		for (unsigned i = 0; (c.run_after_s == 0 || i < c.run_after_s * 10) && !sigs.got; i++) {
-			sleep_ms(100);
-			if (i % 10 == 9)
-				say("rdmamig: guest progress %llu, integrity errors %llu\n",
-				    (unsigned long long)rm_kvm_vm_progress(vm),
-				    (unsigned long long)rm_kvm_vm_integrity_errors(vm));
-		}
+		run_on(vm, c.run_after_s, "guest");
 		if (rm_kvm_vm_integrity_errors(vm) || rm_kvm_vm_fault(vm)) {
 			say("rdmamig: the guest reports %llu integrity errors (fault %d) after migration\n",
 			    (unsigned long long)rm_kvm_vm_integrity_errors(vm), rm_kvm_vm_fault(vm));
