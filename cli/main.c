@@ -587,7 +587,7 @@ static void write_json(const struct cli *c, int rc, const struct rdmamig_stats *
 #define J(name) fprintf(f, "  \"" #name "\": %llu,\n", (unsigned long long)s->name)
 	J(ram_bytes); J(total_ns); J(setup_ns); J(registration_ns); J(downtime_ns); J(pause_ns); J(final_sync_ns);
 	J(final_send_ns); J(state_ns); J(handover_ns); J(load_ns); J(go_ns); J(resume_ns); J(verify_ns);
-	J(unaccounted_ns); J(recoveries); J(bytes); J(pages); J(zero_pages_skipped); J(state_bytes);
+	J(recover_ns); J(unaccounted_ns); J(recoveries); J(bytes); J(pages); J(zero_pages_skipped); J(state_bytes);
 #undef J
 	fprintf(f, "  \"verified\": %d,\n  \"digest\": \"%#llx\",\n  \"iterations\": [", s->verified,
 		(unsigned long long)s->digest);
@@ -614,11 +614,11 @@ static void print_summary(const struct cli *c, const struct rdmamig_stats *s)
 		    (unsigned long long)s->zero_pages_skipped);
 		say("rdmamig: downtime %.1f ms = pause %.1f + final sync %.1f + final send %.1f + state %.1f + "
 		    "handover %.1f (destination drain and load; load %.1f) + GO to RESUMED %.1f (destination "
-		    "resume %.1f) + unaccounted %.1f; --verify digests %.1f (both sides); setup %.1f ms "
+		    "resume %.1f) + recovery %.1f + unaccounted %.1f; --verify digests %.1f (both sides); setup %.1f ms "
 		    "(registration %.1f)\n",
 		    s->downtime_ns / 1e6, s->pause_ns / 1e6, s->final_sync_ns / 1e6, s->final_send_ns / 1e6,
 		    s->state_ns / 1e6, s->handover_ns / 1e6, s->load_ns / 1e6, s->go_ns / 1e6,
-		    s->resume_ns / 1e6, s->unaccounted_ns / 1e6, s->verify_ns / 1e6, s->setup_ns / 1e6,
+		    s->resume_ns / 1e6, s->recover_ns / 1e6, s->unaccounted_ns / 1e6, s->verify_ns / 1e6, s->setup_ns / 1e6,
 		    s->registration_ns / 1e6);
 		if (s->verified)
 			say("rdmamig: verify: RAM digest %#llx %s\n", (unsigned long long)s->digest,

@@ -309,10 +309,13 @@ struct rdmamig_stats {
 					 *   buffers), checks, loads state (load_ns) */
 	uint64_t load_ns;		/*     of which the destination's check + load
 					 *     (its clock) */
-	uint64_t go_ns;			/*   GO sent to RESUMED back: resume_ns + a
-					 *   round trip */
+	uint64_t go_ns;			/*   GO sent to RESUMED back (resume_ns + a
+					 *   round trip), or to the answer's loss */
+	uint64_t recover_ns;		/*   a lost answer to GO: from noticing the
+					 *   loss to the outcome (RECOVER/OUTCOME) */
 	uint64_t unaccounted_ns;	/*   downtime minus pause, final sync, final
-					 *   send, source verify, state, handover, go */
+					 *   send, source verify, state, handover, go,
+					 *   recover */
 	unsigned recoveries;		/* outcomes settled by RECOVER/OUTCOME */
 	uint64_t bytes;			/* guest RAM bytes sent */
 	uint64_t pages;

@@ -37,7 +37,7 @@ static void finish_downtime(struct rdmamig *m)
 	pthread_mutex_lock(&m->lock);
 	m->stats.downtime_ns = now - m->t_pause;
 	m->stats.total_ns = now - m->start_ns;	/* to the outcome, not teardown */
-	parts = m->split_ns + m->stats.handover_ns + m->stats.go_ns;
+	parts = m->split_ns + m->stats.handover_ns + m->stats.go_ns + m->stats.recover_ns;
 	m->stats.unaccounted_ns = m->stats.downtime_ns > parts ? m->stats.downtime_ns - parts : 0;
 	pthread_mutex_unlock(&m->lock);
 }
@@ -128,7 +128,7 @@ static int settle(struct rdmamig *m, int outcome)
  * resumes on a timeout or a cancel. */
 static int recover_loop(struct rdmamig *m, int first_err)
 {
-	uint64_t end = rm_now_ns() + recover_ms(m) * 1000000ull;
+	uint64_t t0 = rm_now_ns(), end = t0 + recover_ms(m) * 1000000ull;
 	int timeout = m->topts.timeout_ms < (int)recover_ms(m) ? m->topts.timeout_ms : (int)recover_ms(m);
 	int err = rm_mig_fault(m, "recover");
 
@@ -138,6 +138,9 @@ static int recover_loop(struct rdmamig *m, int first_err)
 		int ret = recover_once(m, 0, timeout);
 
 		if (ret >= 0) {
+			pthread_mutex_lock(&m->lock);
+			m->stats.recover_ns = rm_now_ns() - t0;
+			pthread_mutex_unlock(&m->lock);
 			ret = settle(m, ret);
 			return ret == RDMAMIG_OUTCOME_DESTINATION ? 0 : ret == RDMAMIG_OUTCOME_SOURCE ? first_err : ret;
 		}
@@ -146,6 +149,9 @@ static int recover_loop(struct rdmamig *m, int first_err)
 		for (uint64_t t = rm_now_ns() + RETRY_NS; rm_now_ns() < t && !rm_mig_cancelled(m);)
 			usleep(10000);
 	}
+	pthread_mutex_lock(&m->lock);
+	m->stats.recover_ns = rm_now_ns() - t0;
+	pthread_mutex_unlock(&m->lock);
 	finish_downtime(m);
 	rm_err("migration: the outcome is unknown: the guest stays PAUSED here and must not be resumed "
 	       "by hand; rdmamig_recover() (rdmamig --recover) asks the destination again");
@@ -216,6 +222,9 @@ int rm_handover_source(struct rdmamig *m, uint64_t digest)
 		err = RDMAMIG_E_PROTO;
 	}
 	if (err) {
+		pthread_mutex_lock(&m->lock);
+		m->stats.go_ns = rm_now_ns() - t1;
+		pthread_mutex_unlock(&m->lock);
 		rm_mig_close_transport(m);
 		return recover_loop(m, err);
 	}
@@ -429,9 +438,6 @@ int rm_handover_dest(struct rdmamig *m, const struct rm_mig_commit *commit, cons
 	m->stats.resume_ns = rm_now_ns() - t1;
 	m->stats.total_ns = rm_now_ns() - m->start_ns;
 	pthread_mutex_unlock(&m->lock);
-	rm_mig_set_stage(m, 3);
-	rm_mig_tick(m, true);
-
 	fault = rm_mig_fault(m, "send-RESUMED");
 	if (fault == RM_FAULT_CUT || fault == RM_FAULT_DROP) {
 		rm_mig_cut(m);
@@ -439,6 +445,10 @@ int rm_handover_dest(struct rdmamig *m, const struct rm_mig_commit *commit, cons
 	} else {
 		err = rm_tr_send(m->t, RM_MIG_RESUMED, &resumed, sizeof(resumed));
 	}
+	/* The acknowledgment first: the source's guest is paused until it
+	 * arrives.  Then the progress callback. */
+	rm_mig_set_stage(m, 3);
+	rm_mig_tick(m, true);
 	/* The source's orderly close says RESUMED arrived. */
 	while (!err) {
 		err = rm_tr_recv(m->t, &msg, -1);

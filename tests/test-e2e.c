@@ -3,7 +3,11 @@
  * them: two processes, a real KVM guest, TCP and RDMA.  Each case checks the
  * exit codes, the messages, and the guest: digests match (--verify), the
  * destination's guest runs on without integrity errors; after a cancel, a
- * vanished destination or a refusal, the source guest runs on.
+ * vanished destination or a refusal, the source guest runs on — for its
+ * --run-after, with its progress moving.  The handover (issue 11): a lost
+ * RESUMED leaves the destination running and the source released, a lost GO
+ * leaves the source running, and a source that cannot learn the outcome
+ * keeps its guest paused until the operator ends it (exit 7).
  *
  * Needs /dev/kvm (skips, saying why, without it: make test runs it in the
  * test VM) and, for RDMA cases, the soft-RoCE bed (RDMAMIG_RXE_ADDR).
@@ -312,7 +316,7 @@ static void start_busy_pair(bool rdma, struct proc *dst, struct proc *src, const
 	/* A busy guest (a guest writing flat out starves the other
 	 * processes of the nested test VM for seconds). */
 	const char *sargs[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--workload",
-				"uniform:4000", "--warmup", "1", "--psk", key_file("key"), NULL };
+				"uniform:4000", "--warmup", "1", "--run-after", "3", "--psk", key_file("key"), NULL };
 	if (hold) {
 		unlink(hold);
 		snprintf(fault, sizeof(fault), "pause:src:iteration-0:%s", hold);
@@ -478,6 +482,173 @@ Test(e2e_tcp, outlives_its_timeout_threefold, .timeout = 300) { outlives_timeout
 Test(e2e_tcp, sigterm_listening_destination_is_prompt, .timeout = 120) { sigterm_listening_destination(false); }
 Test(e2e_rdma, sigterm_listening_destination_is_prompt, .timeout = 120) { sigterm_listening_destination(true); }
 Test(e2e_tcp, sigint_source_in_handshake_is_prompt, .timeout = 120) { sigint_source_in_handshake(); }
+
+/* The per-second "runs on" lines of a source after a failure: how many,
+ * and whether the progress they report grew from the first to the last. */
+static unsigned runs_on_lines(const struct proc *src, unsigned long long *first, unsigned long long *last)
+{
+	const char *needle = "the source guest runs on (running): progress ";
+	unsigned n = 0;
+
+	for (const char *at = strstr(slurp(src->log), needle); at; at = strstr(at + 1, needle)) {
+		unsigned long long a, b;
+
+		if (sscanf(at + strlen(needle), "%llu -> %llu", &a, &b) != 2)
+			continue;
+		if (!n++)
+			*first = b;
+		*last = b;
+	}
+	return n;
+}
+
+/* The destination dies mid-migration; the source runs its guest on for
+ * its --run-after (3 s), its progress moving, before it exits 1.  The
+ * lower bound on the time is the CLI's own timer, not the migration's. */
+static void source_runs_on_after_failure(bool rdma)
+{
+	struct proc dst, src;
+	unsigned long long first = 0, last = 0;
+	struct timespec t0, t1;
+
+	start_busy_pair(rdma, &dst, &src, NULL, hold_path());
+	wait_for_file(hold_path(), &src, 240);
+	kill(dst.pid, SIGKILL);
+	waitpid(dst.pid, &dst.status, 0);
+	unlink(hold_path());
+	wait_for_log(&src, "migration failed", 60);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	expect_exit(&src, 60, 1);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double ran = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	unsigned n = runs_on_lines(&src, &first, &last);
+
+	cr_assert_geq(ran, 2.5, "the source exited %.1f s after the failure, not after --run-after 3", ran);
+	cr_assert_geq(n, 3, "%u progress lines while running on: %s", n, slurp(src.log));
+	cr_assert_gt(last, first, "the source guest's progress did not move: %s", slurp(src.log));
+	source_ran_on(&src);
+}
+
+/* Start a destination and a source with RDMAMIG_FAULT set for the one
+ * named (the other gets none): a whole migration, no hold. */
+static void start_faulty_pair(bool rdma, struct proc *dst, struct proc *src, bool fault_src,
+			      const char *fault, const char *recover_window)
+{
+	static char ep[64];
+	const char *tr = rdma ? "rdma" : "tcp";
+
+	need_bed(rdma);
+	snprintf(ep, sizeof(ep), "%s:0", addr(rdma));
+	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "1",
+				"--psk", key_file("key"), NULL };
+	if (!fault_src)
+		setenv("RDMAMIG_FAULT", fault, 1);
+	start(dst, "dst", dargs);
+	unsetenv("RDMAMIG_FAULT");
+	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), wait_listening(dst));
+	const char *sargs[] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--workload",
+				"uniform:4000", "--warmup", "1", "--run-after", "2", "--psk", key_file("key"),
+				recover_window ? "--recover-window" : NULL, recover_window, NULL };
+	if (fault_src)
+		setenv("RDMAMIG_FAULT", fault, 1);
+	start(src, "src", sargs);
+	unsetenv("RDMAMIG_FAULT");
+}
+
+static const char *strike_path(void)
+{
+	static char path[128];
+
+	snprintf(path, sizeof(path), "/tmp/rdmamig-e2e-%d-strike", getpid());
+	unlink(path);
+	return path;
+}
+
+/* RESUMED is lost with the link: the destination runs the guest, the
+ * source never resumes its copy, learns the outcome by recovery and
+ * releases it: both exit 0. */
+static void lost_resumed_cli(bool rdma)
+{
+	struct proc dst, src;
+	char fault[256];
+	const char *strike = strike_path();
+
+	snprintf(fault, sizeof(fault), "drop:dst:send-RESUMED:%s", strike);
+	start_faulty_pair(rdma, &dst, &src, false, fault, NULL);
+	int src_rc = wait_exit(&src, 240), dst_rc = wait_exit(&dst, 120);
+	if (src_rc || dst_rc) {
+		show(&src);
+		show(&dst);
+	}
+	cr_assert_eq(access(strike, F_OK), 0, "the destination never dropped RESUMED");
+	unlink(strike);
+	cr_assert_eq(src_rc, 0, "source exited %d", src_rc);
+	cr_assert_eq(dst_rc, 0, "destination exited %d", dst_rc);
+	cr_assert(log_has(&src, "recovery: the destination received GO"), "%s", slurp(src.log));
+	cr_assert(log_has(&src, "releasing it here"), "%s", slurp(src.log));
+	cr_assert(!log_has(&src, "runs on"), "the source ran its copy too: %s", slurp(src.log));
+	cr_assert(log_has(&dst, "no integrity errors"), "%s", slurp(dst.log));
+}
+
+/* GO is lost with the link: the destination never runs the guest and
+ * discards it once the source has asked; the source runs its guest on. */
+static void lost_go_cli(bool rdma)
+{
+	struct proc dst, src;
+	char fault[256];
+	const char *strike = strike_path();
+
+	snprintf(fault, sizeof(fault), "drop:src:send-GO:%s", strike);
+	start_faulty_pair(rdma, &dst, &src, true, fault, NULL);
+	expect_exit(&src, 240, 1);
+	cr_assert_neq(wait_exit(&dst, 120), 0, "the destination succeeded without GO");
+	cr_assert_eq(access(strike, F_OK), 0, "the source never dropped GO");
+	unlink(strike);
+	cr_assert(log_has(&src, "never received GO"), "%s", slurp(src.log));
+	cr_assert(log_has(&dst, "discarding the loaded copy"), "%s", slurp(dst.log));
+	cr_assert(!log_has(&dst, "guest running here"), "the destination ran the guest: %s", slurp(dst.log));
+	source_ran_on(&src);
+}
+
+/* GO is lost and the destination is killed while the source is held at its
+ * recovery: the source cannot learn the outcome, keeps its guest PAUSED
+ * past its recovery window, asks again on `rdmamig --recover PID`, and
+ * exits 7 when the operator ends it — never resuming on its own. */
+static void indoubt_cli(bool rdma)
+{
+	struct proc dst, src;
+	char fault[400], pid[16];
+	const char *strike = strike_path();
+
+	unlink(hold_path());
+	snprintf(fault, sizeof(fault), "drop:src:send-GO:%s,pause:src:recover:%s", strike, hold_path());
+	start_faulty_pair(rdma, &dst, &src, true, fault, "500");
+	wait_for_file(hold_path(), &src, 240);
+	kill(dst.pid, SIGKILL);
+	waitpid(dst.pid, &dst.status, 0);
+	unlink(hold_path());
+	wait_for_log(&src, "the guest stays PAUSED here and must not be started anywhere", 120);
+	snprintf(pid, sizeof(pid), "%d", (int)src.pid);
+	struct proc rec;
+	const char *rargs[] = { "--recover", pid, NULL };
+	start(&rec, "recover", rargs);
+	expect_exit(&rec, 30, 0);
+	wait_for_log(&src, "still unknown", 120);
+	cr_assert_eq(waitpid(src.pid, &src.status, WNOHANG), 0, "the in-doubt source exited on its own");
+	kill(src.pid, SIGTERM);
+	expect_exit(&src, 60, 7);
+	unlink(strike);
+	cr_assert(!log_has(&src, "runs on"), "the in-doubt source resumed its guest: %s", slurp(src.log));
+}
+
+Test(e2e_tcp, failed_source_runs_on_for_run_after, .timeout = 300) { source_runs_on_after_failure(false); }
+Test(e2e_rdma, failed_source_runs_on_for_run_after, .timeout = 300) { source_runs_on_after_failure(true); }
+Test(e2e_tcp, lost_resumed_destination_runs_source_released, .timeout = 300) { lost_resumed_cli(false); }
+Test(e2e_rdma, lost_resumed_destination_runs_source_released, .timeout = 300) { lost_resumed_cli(true); }
+Test(e2e_tcp, lost_go_source_runs_on, .timeout = 300) { lost_go_cli(false); }
+Test(e2e_rdma, lost_go_source_runs_on, .timeout = 300) { lost_go_cli(true); }
+Test(e2e_tcp, indoubt_source_stays_paused_exit_7, .timeout = 300) { indoubt_cli(false); }
+Test(e2e_rdma, indoubt_source_stays_paused_exit_7, .timeout = 300) { indoubt_cli(true); }
 Test(e2e_tcp, sigint_cancels_source_runs_on, .timeout = 300) { sigint_source(false); }
 Test(e2e_rdma, sigint_cancels_source_runs_on, .timeout = 300) { sigint_source(true); }
 Test(e2e_tcp, killed_destination_source_runs_on, .timeout = 300) { kill_destination(false); }
