@@ -110,6 +110,9 @@ Test(linkage, every_public_function_works)
 	cr_assert_eq(st.bytes, 0);
 	rdmamig_free(m);
 	fake_vmm_destroy(&vmm);
+	cr_assert_eq(rdmamig_recover(NULL), -EINVAL, "nothing to recover");
+	cr_assert_str_eq(rdmamig_strerror(RDMAMIG_E_INDOUBT),
+			 "the outcome of the handover is unknown; the guest stays paused");
 }
 
 Test(linkage, internal_names_stay_inside)
