@@ -895,6 +895,8 @@ static void *run_script(void *arg)
 		}
 		p->rc = err;
 		rm_tr_close(t);
+		rm_tr_listener_close(p->l);
+		p->l = NULL;
 		return NULL;
 	}
 	/* SETUP, SETUP_OK, LAYOUT as a real destination does them. */
