@@ -288,10 +288,10 @@ static int serve_recovery(struct rdmamig *m, int first_err)
 		m->got_go ? "GO" : "LOADED", rdmamig_strerror(first_err),
 		m->ran ? "the guest runs here" : "the loaded guest stays paused here", 2 * recover_ms(m));
 	while (!settled && m->listener && rm_now_ns() < end && !rm_mig_cancelled(m)) {
-		struct rm_mig_recover req;
+		struct rm_mig_recover req = { 0 };
 		struct rm_mig_outcome out;
 		struct rm_transport *t;
-		struct rm_msg msg;
+		struct rm_msg msg = { 0 };
 		int err = rm_tr_accept(m->listener, &t);
 
 		if (err) {
@@ -318,11 +318,16 @@ static int serve_recovery(struct rdmamig *m, int first_err)
 			err = rm_tr_send(m->t, RM_MIG_OUTCOME, &out, sizeof(out));
 			if (!err && (le32toh(req.flags) & RM_MIG_RECOVER_ABANDON))
 				rm_info("migration: the source resumed its guest without sending GO");
-			/* The source's BYE says it has the answer. */
-			if (!err && rm_tr_recv(m->t, &msg, m->topts.timeout_ms) == -EPIPE)
-				settled = true;
-			else if (!err)
-				rm_msg_free(&msg);
+			/* The source's BYE says it has the answer; anything
+			 * else leaves it unknown whether OUTCOME arrived. */
+			if (!err) {
+				int ret = rm_tr_recv(m->t, &msg, m->topts.timeout_ms);
+
+				if (ret == -EPIPE)
+					settled = true;
+				else if (ret > 0)
+					rm_msg_free(&msg);
+			}
 		}
 		rm_mig_close_transport(m);
 	}
