@@ -7,7 +7,7 @@
  * --run-after, with its progress moving.  The handover (issue 11): a lost
  * RESUMED leaves the destination running and the source released, a lost GO
  * leaves the source running, and a source that cannot learn the outcome
- * keeps its guest paused until the operator ends it (exit 7).
+ * keeps its guest paused until the operator ends it (exit 8).
  *
  * Needs /dev/kvm (skips, saying why, without it: make test runs it in the
  * test VM) and, for RDMA cases, the soft-RoCE bed (RDMAMIG_RXE_ADDR).
@@ -636,7 +636,7 @@ static void indoubt_cli(bool rdma)
 	wait_for_log(&src, "still unknown", 120);
 	cr_assert_eq(waitpid(src.pid, &src.status, WNOHANG), 0, "the in-doubt source exited on its own");
 	kill(src.pid, SIGTERM);
-	expect_exit(&src, 60, 7);
+	expect_exit(&src, 60, 8);
 	unlink(strike);
 	cr_assert(!log_has(&src, "runs on"), "the in-doubt source resumed its guest: %s", slurp(src.log));
 }
@@ -647,8 +647,8 @@ Test(e2e_tcp, lost_resumed_destination_runs_source_released, .timeout = 300) { l
 Test(e2e_rdma, lost_resumed_destination_runs_source_released, .timeout = 300) { lost_resumed_cli(true); }
 Test(e2e_tcp, lost_go_source_runs_on, .timeout = 300) { lost_go_cli(false); }
 Test(e2e_rdma, lost_go_source_runs_on, .timeout = 300) { lost_go_cli(true); }
-Test(e2e_tcp, indoubt_source_stays_paused_exit_7, .timeout = 300) { indoubt_cli(false); }
-Test(e2e_rdma, indoubt_source_stays_paused_exit_7, .timeout = 300) { indoubt_cli(true); }
+Test(e2e_tcp, indoubt_source_stays_paused_exit_8, .timeout = 300) { indoubt_cli(false); }
+Test(e2e_rdma, indoubt_source_stays_paused_exit_8, .timeout = 300) { indoubt_cli(true); }
 Test(e2e_tcp, sigint_cancels_source_runs_on, .timeout = 300) { sigint_source(false); }
 Test(e2e_rdma, sigint_cancels_source_runs_on, .timeout = 300) { sigint_source(true); }
 Test(e2e_tcp, killed_destination_source_runs_on, .timeout = 300) { kill_destination(false); }
