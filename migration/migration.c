@@ -229,7 +229,8 @@ static int poll_peer(struct rdmamig *m)
 
 		memcpy(&r, msg.data, msg.len < sizeof(r) ? msg.len : sizeof(r));
 		r.text[sizeof(r.text) - 1] = '\0';
-		rm_err("migration: the peer refused: %s", r.text);
+		rm_err("migration: the %s refused: %s",
+			       m->opts.role == RDMAMIG_SOURCE ? "destination" : "source", r.text);
 		rm_msg_free(&msg);
 		return RDMAMIG_E_REFUSED;
 	}
@@ -343,7 +344,8 @@ int rm_mig_expect(struct rdmamig *m, struct rm_msg *msg, int timeout_ms)
 			if (msg->len)	/* data is NULL for an empty message */
 				memcpy(&r, msg->data, msg->len < sizeof(r) ? msg->len : sizeof(r));
 			r.text[sizeof(r.text) - 1] = '\0';
-			rm_err("migration: the peer refused: %s", r.text);
+			rm_err("migration: the %s refused: %s",
+			       m->opts.role == RDMAMIG_SOURCE ? "destination" : "source", r.text);
 			rm_msg_free(msg);
 			return RDMAMIG_E_REFUSED;
 		}
