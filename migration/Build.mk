@@ -9,3 +9,5 @@ LIB_OBJS += migration/migration.o
 LIB_OBJS += migration/handover.o
 HOST_TESTS += test-migration
 BED_TESTS  += test-migration
+HOST_TESTS += test-migration-handover
+BED_TESTS  += test-migration-handover
