@@ -170,23 +170,6 @@ int rd_teardown(struct rd_conn *c)
 
 /* ---- rdma_cm helpers ---- */
 
-/* A non-blocking rdma_cm event channel in *ec: 0 or -errno, nothing left
- * behind on failure. */
-static int event_channel_open(struct rdma_event_channel **ec)
-{
-	int err;
-
-	*ec = rdma_create_event_channel();
-	if (!*ec)
-		return -errno;
-	err = rm_set_nonblock((*ec)->fd);
-	if (err) {
-		rdma_destroy_event_channel(*ec);
-		*ec = NULL;
-	}
-	return err;
-}
-
 /* The next event on ec, waiting until deadline; t's error or cancel, or
  * *cancel (before there is a t), end the wait. */
 static int cm_next(struct rdma_event_channel *ec, struct rm_transport *t, const atomic_int *cancel,
@@ -312,7 +295,12 @@ int rd_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t dea
 	if (!c)
 		return -ENOMEM;
 	c->base.session = session;
-	err = event_channel_open(&c->ec);
+	c->ec = rdma_create_event_channel();
+	if (!c->ec) {
+		err = -errno;
+		goto fail;
+	}
+	err = rm_set_nonblock(c->ec->fd);
 	if (err)
 		goto fail;
 	err = rm_resolve("rdma", o->addr, o->port, false, &ai);
@@ -375,9 +363,14 @@ int rd_listen(const struct rm_transport_opts *in, struct rm_listener **out)
 	err = rm_tr_listener_init(&l->base, &rm_transport_rdma_ops, in, &ai);
 	if (err)
 		goto free_l;
-	err = event_channel_open(&l->ec);
-	if (err)
+	l->ec = rdma_create_event_channel();
+	if (!l->ec) {
+		err = -errno;
 		goto free_ai;
+	}
+	err = rm_set_nonblock(l->ec->fd);
+	if (err)
+		goto destroy_ec;
 	if (rdma_create_id(l->ec, &l->id, NULL, RDMA_PS_TCP)) {
 		err = -errno;
 		goto destroy_ec;
@@ -587,7 +580,12 @@ int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **o
 	l->c = NULL;
 	l->established = 0;
 	/* The connection outlives the listener: move its ids to our channel. */
-	err = event_channel_open(&c->ec);
+	c->ec = rdma_create_event_channel();
+	if (!c->ec) {
+		err = -errno;
+		goto fail;
+	}
+	err = rm_set_nonblock(c->ec->fd);
 	if (err)
 		goto fail;
 	for (unsigned i = 0; i < c->base.nchan; i++) {
