@@ -24,14 +24,26 @@ json=${RDMAMIG_DEMO_JSON:-$O/demo-stats.json}
 # Both sides prove they hold the same key before the destination creates
 # anything; a real deployment copies the key file to both hosts.
 key=$(mktemp /tmp/rdmamig-demo-key.XXXXXX)
-trap 'rm -f "$key"' EXIT
+dstlog=$(mktemp /tmp/rdmamig-demo-dst.XXXXXX)
+trap 'rm -f "$key" "$dstlog"' EXIT
 head -c 32 /dev/urandom > "$key"
 echo "demo: key:         head -c 32 /dev/urandom > $key"
 echo "demo: destination: $O/rdmamig --dst --listen $addr:$port --psk $key"
 echo "demo: source:      $O/rdmamig --src --connect $addr:$port --psk $key --mem 128M --vcpus 2 --workload hotset:3000 --verify"
-"$O/rdmamig" --dst --listen "$addr:$port" --psk "$key" --run-after 3 > >(sed -u 's/^/[dst] /') 2>&1 &
+"$O/rdmamig" --dst --listen "$addr:$port" --psk "$key" --run-after 3 > >(tee "$dstlog" | sed -u 's/^/[dst] /') 2>&1 &
 dst=$!
-sleep 0.5
+# Start the source once the destination listens (it says so), not after a
+# guess at how long that takes; give up after 30 s or when it has died.
+for _ in $(seq 300); do
+	grep -q "waiting for a source" "$dstlog" && break
+	kill -0 "$dst" 2>/dev/null || break
+	sleep 0.1
+done
+if ! grep -q "waiting for a source" "$dstlog"; then
+	echo "demo: the destination did not start listening on $addr:$port (its output is above)"
+	kill "$dst" 2>/dev/null
+	exit 1
+fi
 "$O/rdmamig" --src --connect "$addr:$port" --psk "$key" --mem 128M --vcpus 2 --workload hotset:3000 \
 	--warmup 2 --verify --json "$json" 2>&1 | sed -u 's/^/[src] /'
 src_rc=${PIPESTATUS[0]}
