@@ -7,6 +7,13 @@ BENCH_BINS += model
 # and a null transport: guest GiB scanned and ranges made per second.
 BENCH_BINS += bench-engine
 
+# bench/qemu-guest.elf: the guest bench/qemu-peer has QEMU migrate, a
+# freestanding 32-bit Multiboot ELF (QEMU's -kernel takes no 64-bit ELF).
+QEMU_GUEST_CFLAGS := -std=gnu11 -O2 -m32 -march=i686 -ffreestanding -fno-pic -fno-pie -mno-red-zone
+QEMU_GUEST_CFLAGS += -mgeneral-regs-only -fno-stack-protector -fcf-protection=none
+QEMU_GUEST_CFLAGS += -fno-asynchronous-unwind-tables -MD -MP $(WARNINGS)
+benches: $(O)/bench/qemu-guest.elf
+
 # `make bench`: the migration benchmark (bench/run; on a host without RDMA it
 # boots the soft-RoCE test VM).  An explicit rule would become make's default
 # goal: keep whatever goal the Makefile had.
@@ -14,4 +21,14 @@ bench_saved_goal := $(.DEFAULT_GOAL)
 bench: all benches
 	$(Q)O=$(O) bench/run
 .PHONY: bench
+
+$(O)/bench/qemu-guest.gobj: bench/qemu-guest.c
+	$(quiet) CC $@
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(QEMU_GUEST_CFLAGS) -MF $(O)/bench/qemu-guest.d -c -o $@ $<
+
+$(O)/bench/qemu-guest.elf: $(O)/bench/qemu-guest.gobj bench/qemu-guest.ld
+	$(quiet) LD $@
+	$(Q)ld -m elf_i386 -static -nostdlib -no-pie -z noexecstack --no-warn-rwx-segments \
+		-T bench/qemu-guest.ld -o $@ $<
 .DEFAULT_GOAL := $(bench_saved_goal)
