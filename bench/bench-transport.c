@@ -13,6 +13,11 @@
  *   bench-transport reg --dev DEV [--region BYTES]
  *       Registration time per GiB of anonymous 4 KiB pages and of 2 MiB
  *       hugetlbfs pages (where hugepages are reserved).
+ *   bench-transport pop [--region BYTES]
+ *       Population time per GiB: the first write to every page of fresh
+ *       anonymous memory (4 KiB pages, transparent huge pages, and 2 MiB
+ *       hugetlbfs pages where reserved): what a destination pays before it
+ *       can receive into RAM it has not touched.  bench/model's --pop.
  */
 #include <getopt.h>
 #include <infiniband/verbs.h>
@@ -222,6 +227,34 @@ static int reg_bench(const char *dev, uint64_t region)
 	return 0;
 }
 
+/* Fresh memory of each kind, timed from mmap to the last first write, then
+ * given back (freed memory is returned to the hypervisor here, so the next
+ * mapping is fresh again). */
+static int pop_bench(uint64_t region)
+{
+	static const char *const names[] = { "4K", "THP", "2M" };
+
+	for (int kind = 0; kind < 3; kind++) {
+		int flags = MAP_PRIVATE | MAP_ANONYMOUS | (kind == 2 ? MAP_HUGETLB | (21 << MAP_HUGE_SHIFT) : 0);
+		uint64_t t0 = rm_now_ns(), ns;
+		void *p = mmap(NULL, region, PROT_READ | PROT_WRITE, flags, -1, 0);
+
+		if (p == MAP_FAILED) {
+			printf("pop page=%s unavailable (reserve hugepages: vm.nr_hugepages)\n", names[kind]);
+			continue;
+		}
+		madvise(p, region, kind == 1 ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+		for (uint64_t o = 0; o < region; o += 4096)
+			((volatile char *)p)[o] = 1;
+		ns = rm_now_ns() - t0;
+		printf("pop page=%s bytes=%llu pop_ms=%.1f ms_per_GiB=%.1f GBps=%.2f\n", names[kind],
+		       (unsigned long long)region, ns / 1e6, ns / 1e6 * (double)(1ull << 30) / (double)region,
+		       region / (ns / 1e9) / 1e9);
+		munmap(p, region);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option lopts[] = {
@@ -238,7 +271,7 @@ int main(int argc, char **argv)
 	int c;
 
 	if (argc < 2) {
-		fprintf(stderr, "usage: bench-transport xfer|reg [options] (see the source's top comment)\n");
+		fprintf(stderr, "usage: bench-transport xfer|reg|pop [options] (see the source's top comment)\n");
 		return 2;
 	}
 	rdmamig_set_log(log_stderr, NULL, RDMAMIG_LOG_WARN);
@@ -260,6 +293,8 @@ int main(int argc, char **argv)
 		return xfer(kind, addr, total, region, chans, wsize, batch ? batch : 256);
 	if (!strcmp(argv[1], "reg"))
 		return reg_bench(dev, region);
+	if (!strcmp(argv[1], "pop"))
+		return pop_bench(region);
 	fprintf(stderr, "bench-transport: unknown mode %s\n", argv[1]);
 	return 2;
 }
