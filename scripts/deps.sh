@@ -13,7 +13,7 @@ pkgs=(
 	libssl-dev
 	libcriterion-dev
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2
-	gnuplot-nox
+	gnuplot-nox jq
 )
 
 missing=()
