@@ -11,13 +11,14 @@
  *       rarely adjacent and are not coalesced), then fences; the time from
  *       the first write to the fence's return is the result.
  *   bench-transport reg --dev DEV [--region BYTES]
- *       Registration time per GiB of anonymous 4 KiB pages and of 2 MiB
- *       hugetlbfs pages (where hugepages are reserved).
+ *       Registration time per GiB of populated anonymous 4 KiB pages,
+ *       transparent huge pages, and 2 MiB and 1 GiB hugetlbfs pages (where
+ *       reserved).
  *   bench-transport pop [--region BYTES]
  *       Population time per GiB: the first write to every page of fresh
- *       anonymous memory (4 KiB pages, transparent huge pages, and 2 MiB
- *       hugetlbfs pages where reserved): what a destination pays before it
- *       can receive into RAM it has not touched.  bench/model's --pop.
+ *       anonymous memory (the same four kinds of page): what a destination
+ *       pays before it can receive into RAM it has not touched.  bench/model's
+ *       --pop.
  */
 #include <getopt.h>
 #include <infiniband/verbs.h>
@@ -48,13 +49,40 @@ static void log_stderr(void *opaque, enum rdmamig_log_level level, const char *m
 	fprintf(stderr, "bench: %s\n", msg);
 }
 
-static void *map_ram(uint64_t size, bool huge)
-{
-	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | (huge ? MAP_HUGETLB | (21 << MAP_HUGE_SHIFT) : 0),
-		       -1, 0);
+/* The page kinds a guest's RAM can have, as bench-transport measures them. */
+enum page_kind { PAGE_4K, PAGE_THP, PAGE_2M, PAGE_1G, PAGE_KINDS };
+static const char *const page_name[PAGE_KINDS] = { "4K", "THP", "2M", "1G" };
+static const uint64_t page_size[PAGE_KINDS] = { 4096, 4096, 2ull << 20, 1ull << 30 };
 
+/* Fresh anonymous memory of one kind, not yet touched; NULL when the kind
+ * is not available (hugetlbfs pages not reserved, or the size is not a
+ * multiple of the page). */
+static void *map_kind(uint64_t size, enum page_kind kind)
+{
+	int flags = MAP_PRIVATE | MAP_ANONYMOUS;
+	void *p;
+
+	/* A hugetlbfs mapping is whole pages: a part of one would be timed as
+	 * the whole (and its munmap refused). */
+	if (size % page_size[kind])
+		return NULL;
+	if (kind == PAGE_2M)
+		flags |= MAP_HUGETLB | (21 << MAP_HUGE_SHIFT);
+	else if (kind == PAGE_1G)
+		flags |= MAP_HUGETLB | (30 << MAP_HUGE_SHIFT);
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
 	if (p == MAP_FAILED)
+		return NULL;
+	if (kind == PAGE_4K || kind == PAGE_THP)
+		madvise(p, size, kind == PAGE_THP ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	return p;
+}
+
+static void *map_ram(uint64_t size, enum page_kind kind)
+{
+	void *p = map_kind(size, kind);
+
+	if (!p)
 		return NULL;
 	/* Touch every page now: first touch is slow here and is not what we time. */
 	for (uint64_t o = 0; o < size; o += 4096)
@@ -112,8 +140,8 @@ static int xfer(enum rm_transport_kind kind, const char *addr, uint64_t total, u
 		fprintf(stderr, "bench: region and total must hold at least one write\n");
 		return 2;
 	}
-	sram = map_ram(region, false);
-	dram = map_ram(region, false);
+	sram = map_ram(region, PAGE_4K);
+	dram = map_ram(region, PAGE_4K);
 	perm = calloc(nchunks, sizeof(*perm));
 	r = calloc(n, sizeof(*r));
 	if (!sram || !dram || !perm || !r) {
@@ -195,16 +223,16 @@ static int reg_bench(const char *dev, uint64_t region)
 		fprintf(stderr, "bench: cannot open RDMA device %s\n", dev ? dev : "(any)");
 		return 2;
 	}
-	for (int huge = 0; huge <= 1; huge++) {
-		void *p = map_ram(region, huge);
+	for (int kind = 0; kind < PAGE_KINDS; kind++) {
+		void *p = map_ram(region, (enum page_kind)kind);
 		struct rm_reg *g;
 		struct rm_region r;
 		uint64_t t0, ns;
 		int err;
 
 		if (!p) {
-			printf("reg page=%s unavailable (reserve hugepages: vm.nr_hugepages)\n",
-			       huge ? "2M" : "4K");
+			printf("reg page=%s unavailable (reserve hugepages: vm.nr_hugepages; "
+			       "--region a multiple of the page)\n", page_name[kind]);
 			continue;
 		}
 		r = (struct rm_region){ .id = 1, .addr = p, .size = region };
@@ -212,12 +240,12 @@ static int reg_bench(const char *dev, uint64_t region)
 		err = rm_reg_open(&g, pd, &r, 1, RM_REG_ALL, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, 0);
 		ns = rm_now_ns() - t0;
 		if (err) {
-			printf("reg page=%s failed: %s\n", huge ? "2M" : "4K", rdmamig_strerror(err));
+			printf("reg page=%s failed: %s\n", page_name[kind], rdmamig_strerror(err));
 		} else {
 			t0 = rm_now_ns();
 			rm_reg_close(g);
 			printf("reg page=%s bytes=%llu reg_ms=%.1f ms_per_GiB=%.1f dereg_ms=%.1f\n",
-			       huge ? "2M" : "4K", (unsigned long long)region, ns / 1e6,
+			       page_name[kind], (unsigned long long)region, ns / 1e6,
 			       ns / 1e6 * (double)(1ull << 30) / (double)region, (rm_now_ns() - t0) / 1e6);
 		}
 		munmap(p, region);
@@ -232,22 +260,19 @@ static int reg_bench(const char *dev, uint64_t region)
  * mapping is fresh again). */
 static int pop_bench(uint64_t region)
 {
-	static const char *const names[] = { "4K", "THP", "2M" };
-
-	for (int kind = 0; kind < 3; kind++) {
-		int flags = MAP_PRIVATE | MAP_ANONYMOUS | (kind == 2 ? MAP_HUGETLB | (21 << MAP_HUGE_SHIFT) : 0);
+	for (int kind = 0; kind < PAGE_KINDS; kind++) {
 		uint64_t t0 = rm_now_ns(), ns;
-		void *p = mmap(NULL, region, PROT_READ | PROT_WRITE, flags, -1, 0);
+		void *p = map_kind(region, (enum page_kind)kind);
 
-		if (p == MAP_FAILED) {
-			printf("pop page=%s unavailable (reserve hugepages: vm.nr_hugepages)\n", names[kind]);
+		if (!p) {
+			printf("pop page=%s unavailable (reserve hugepages: vm.nr_hugepages; "
+			       "--region a multiple of the page)\n", page_name[kind]);
 			continue;
 		}
-		madvise(p, region, kind == 1 ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 		for (uint64_t o = 0; o < region; o += 4096)
 			((volatile char *)p)[o] = 1;
 		ns = rm_now_ns() - t0;
-		printf("pop page=%s bytes=%llu pop_ms=%.1f ms_per_GiB=%.1f GBps=%.2f\n", names[kind],
+		printf("pop page=%s bytes=%llu pop_ms=%.1f ms_per_GiB=%.1f GBps=%.2f\n", page_name[kind],
 		       (unsigned long long)region, ns / 1e6, ns / 1e6 * (double)(1ull << 30) / (double)region,
 		       region / (ns / 1e9) / 1e9);
 		munmap(p, region);

@@ -2,7 +2,7 @@
 # bench/transport.sh — the transport benchmark: in one run on the same rxe
 # device, ib_write_bw (perftest) against the RDMA transport writing scattered
 # dirty ranges, for 1/2/4 QPs and 64 KiB-2 MiB writes, with the ratio; then
-# registration time per GiB (4 KiB vs 2 MiB pages).  Run on the host, it boots
+# registration time per GiB (4 KiB, THP, 2 MiB and 1 GiB pages).  Run on the host, it boots
 # the soft-RoCE VM for the RDMA part and measures the TCP backend on the host
 # loopback itself.
 #
@@ -60,7 +60,7 @@ if [ $inner = 0 ] && [ -z "${RDMAMIG_RXE_DEV:-}" ]; then
 		done
 	} | tee "$dir/transport.txt"
 	echo "== RDMA: booting the soft-RoCE VM"
-	scripts/soft-roce/vm.sh -m 4G -t 3000 -- env O="$O" BENCH_TOTAL="$TOTAL" BENCH_QPS="$QPS" \
+	scripts/soft-roce/vm.sh -m 5G -t 3000 -- env O="$O" BENCH_TOTAL="$TOTAL" BENCH_QPS="$QPS" \
 		BENCH_WRITES="$WRITES" BENCH_REGION="$REGION" bench/transport.sh --inner "$dir" |
 		tee -a "$dir/transport.txt"
 	rc=${PIPESTATUS[0]}
@@ -111,6 +111,10 @@ for q in $QPS; do
 done
 
 echo "== registration time per GiB on $dev"
-echo 600 > /proc/sys/vm/nr_hugepages 2>/dev/null || true
+# 4 KiB, THP, 2 MiB and 1 GiB pages; hugetlbfs pages reserved only for it.
+h1g=/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages
+echo 520 > /proc/sys/vm/nr_hugepages 2>/dev/null || true
+echo 1 > "$h1g" 2>/dev/null || true
 "$bin" reg --dev "$dev" --region 1G 2>&1 | tee "$raw/reg.txt"
 echo 0 > /proc/sys/vm/nr_hugepages 2>/dev/null || true
+echo 0 > "$h1g" 2>/dev/null || true
