@@ -60,13 +60,14 @@
  * model"): the first write to fresh anonymous 4 KiB pages on the kvm-pvm
  * development host under the load of other test VMs (`bench-transport pop`,
  * median of 3 runs: 4.8 s/GiB), and registering populated 4 KiB pages on rxe
- * in the test bed (`bench-transport reg`, 57.7 ms/GiB, in
- * bench/results/20261126-0225-vm-softroce-vm).  An unloaded server touches
+ * in the test bed (`bench-transport reg`, median of 5 runs: 265 ms/GiB, range
+ * 58-412, in bench/results/20261126-0225-vm-softroce-vm and -0253-).  An
+ * unloaded server touches
  * fresh memory many times faster and a real NIC registers at its own cost:
  * pass --pop and --reg measured where the migration runs.
  */
 #define DEF_POP_S_PER_GIB 4.8
-#define DEF_REG_S_PER_GIB 0.058
+#define DEF_REG_S_PER_GIB 0.265
 
 struct model_in {
 	double ram, first_pass;		/* bytes */
