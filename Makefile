@@ -66,8 +66,9 @@ CFLAGS   += -Wno-gnu-variable-sized-type-not-at-end
 LDFLAGS  += -fsanitize=address,undefined
 endif
 # libcrypto (OpenSSL): HMAC-SHA256, RAND_bytes and CRYPTO_memcmp for peer
-# authentication (transport/ctrl.c).
-LIBS     += -lrdmacm -libverbs -lnuma -lcrypto -lpthread
+# authentication (transport/ctrl.c); libssl: TLS for the TCP transport
+# (transport/tcp-tls.c, --tls).
+LIBS     += -lrdmacm -libverbs -lnuma -lssl -lcrypto -lpthread
 
 ifeq ($(V),1)
 Q :=

@@ -80,6 +80,9 @@ static const char usage_text[] =
 "  --no-auth             run without a key: any host that reaches the port can\n"
 "                        write the destination's guest RAM, and any host that\n"
 "                        answers on its address receives the source's guest\n"
+"  --tls                 TCP: TLS 1.3 on every connection, keyed from --psk;\n"
+"                        both sides must give it.  Without it the TCP stream\n"
+"                        (guest RAM and state) is authenticated, not encrypted\n"
 "  --max-mem SIZE        destination: refuse a source whose guest RAM is larger\n"
 "                        (default: the host's MemAvailable)\n"
 "\n"
@@ -302,7 +305,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		O_SRC = 256, O_DST, O_LISTEN, O_CONNECT, O_MEM, O_VCPUS, O_WORKLOAD, O_HOT, O_BACKING,
 		O_NUMA, O_WARMUP, O_TRANSPORT, O_QPS, O_MAXWRITE, O_REG, O_TRACKER, O_DOWNTIME,
 		O_MAXITER, O_DEADLINE, O_MAXBW, O_AUTOCONV, O_TIMEOUT, O_VERIFY, O_JSON, O_RUNAFTER,
-		O_VERSION, O_NOPREFAULT, O_PSK, O_NOAUTH, O_MAXMEM, O_RECOVER, O_RECOVERWIN,
+		O_VERSION, O_NOPREFAULT, O_PSK, O_NOAUTH, O_TLS, O_MAXMEM, O_RECOVER, O_RECOVERWIN,
 	};
 	static const struct option longopts[] = {
 		{ "src", no_argument, NULL, O_SRC },
@@ -332,6 +335,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		{ "json", required_argument, NULL, O_JSON },
 		{ "psk", required_argument, NULL, O_PSK },
 		{ "no-auth", no_argument, NULL, O_NOAUTH },
+		{ "tls", no_argument, NULL, O_TLS },
 		{ "max-mem", required_argument, NULL, O_MAXMEM },
 		{ "run-after", required_argument, NULL, O_RUNAFTER },
 		{ "recover", required_argument, NULL, O_RECOVER },
@@ -457,6 +461,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		case O_JSON: c->json = optarg; break;
 		case O_PSK: c->psk_file = optarg; break;
 		case O_NOAUTH: c->opts.no_auth = 1; break;
+		case O_TLS: c->opts.tls = 1; break;
 		case O_MAXMEM:
 			if (!(c->opts.max_mem = parse_size(optarg)))
 				USAGE_ERR("--max-mem %s: a size (e.g. 8G)", optarg);
@@ -505,6 +510,11 @@ static void parse_args(struct cli *c, int argc, char **argv)
 			  c->src ? "--src" : "--dst",
 			  c->src ? "any host that answers on the destination's address receive the guest"
 				 : "any host that reaches the port write guest RAM");
+	if (c->opts.tls && !c->psk_file)
+		USAGE_ERR("--tls needs --psk FILE: TLS is keyed by a key derived from it");
+	if (c->opts.tls && c->opts.transport != RDMAMIG_TRANSPORT_TCP)
+		USAGE_ERR("--tls is for --transport tcp; RDMA traffic is not encrypted (the fabric is "
+			  "assumed private: see the README's Security section)");
 	if (c->psk_file)
 		read_psk(c);
 }
@@ -589,6 +599,11 @@ static void write_json(const struct cli *c, int rc, const struct rdmamig_stats *
 	J(final_send_ns); J(state_ns); J(handover_ns); J(load_ns); J(go_ns); J(resume_ns); J(verify_ns);
 	J(recover_ns); J(unaccounted_ns); J(recoveries); J(bytes); J(pages); J(zero_pages_skipped); J(state_bytes);
 #undef J
+	{
+		static const char *const tls[] = { "off", "userspace", "kernel-tx", "kernel" };
+
+		fprintf(f, "  \"tls\": \"%s\",\n", tls[s->tls & 3]);
+	}
 	fprintf(f, "  \"verified\": %d,\n  \"digest\": \"%#llx\",\n  \"iterations\": [", s->verified,
 		(unsigned long long)s->digest);
 	for (unsigned i = 0; i < s->iterations; i++) {

@@ -209,6 +209,15 @@ enum rdmamig_switchover {
 	RDMAMIG_SWITCH_DEADLINE,
 };
 
+/* How TLS ran (rdmamig_stats.tls): which records the kernel made. */
+enum rdmamig_tls {
+	RDMAMIG_TLS_OFF = 0,		/* no TLS: the stream was in the clear */
+	RDMAMIG_TLS_USER = 1,		/* userspace (OpenSSL) both ways */
+	RDMAMIG_TLS_KERNEL_TX = 2,	/* the kernel encrypted what this side sent;
+					 * OpenSSL decrypted what it received */
+	RDMAMIG_TLS_KERNEL = 3,		/* the kernel both ways */
+};
+
 struct rdmamig_progress {
 	unsigned iteration;		/* 0: the first (bulk) pass */
 	uint64_t remaining_bytes;	/* dirty bytes not yet sent */
@@ -249,6 +258,16 @@ struct rdmamig_opts {
 	const void *psk;
 	size_t psk_len;
 	int no_auth;
+
+	/*
+	 * TCP transport only: TLS 1.3 on every connection, from its first
+	 * byte, keyed by a key derived from psk (so a key is required; both
+	 * sides must set tls).  Without it the TCP stream, guest RAM and
+	 * device state included, crosses the network in the clear (only
+	 * authenticated).  Kernel TLS is used where the kernel and OpenSSL
+	 * offer it; stats.tls says which way the records were made.
+	 */
+	int tls;
 
 	/* Destination: refuse a source whose guest RAM is larger, before
 	 * prepare() allocates anything.  0: the host's MemAvailable when the
@@ -317,6 +336,7 @@ struct rdmamig_stats {
 					 *   send, source verify, state, handover, go,
 					 *   recover */
 	unsigned recoveries;		/* outcomes settled by RECOVER/OUTCOME */
+	int tls;			/* enum rdmamig_tls: how this side's TLS ran */
 	uint64_t bytes;			/* guest RAM bytes sent */
 	uint64_t pages;
 	uint64_t zero_pages_skipped;	/* first pass */

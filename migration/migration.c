@@ -84,6 +84,12 @@ RM_EXPORT rdmamig_t *rdmamig_new(const struct rdmamig_opts *opts, const struct r
 		errno = EINVAL;
 		return NULL;
 	}
+	if (opts->tls && (!opts->psk_len || opts->transport != RDMAMIG_TRANSPORT_TCP)) {
+		rm_err("rdmamig_new: tls %s", opts->psk_len ? "is for the TCP transport only"
+			       : "needs the pre-shared key (psk) it derives its key from");
+		errno = EINVAL;
+		return NULL;
+	}
 	_Static_assert(RDMAMIG_PSK_MIN == RM_TR_PSK_MIN && RDMAMIG_PSK_MAX == RM_TR_PSK_MAX,
 		       "the public key bounds are the transport's");
 	m = calloc(1, sizeof(*m));
@@ -121,6 +127,7 @@ RM_EXPORT rdmamig_t *rdmamig_new(const struct rdmamig_opts *opts, const struct r
 	};
 	if (opts->psk_len)
 		memcpy(m->topts.psk, opts->psk, opts->psk_len);
+	m->topts.tls = opts->tls != 0;
 	return m;
 }
 
@@ -190,8 +197,14 @@ static int check_desc(const struct rdmamig_vm_desc *d)
 
 void rm_mig_set_transport(struct rdmamig *m, struct rm_transport *t)
 {
+	struct rm_transport_stats ts = { 0 };
+
+	rm_tr_stats(t, &ts);
 	pthread_mutex_lock(&m->lock);
 	m->t = t;
+	if (t) {
+		m->stats.tls = (int)ts.tls;
+	}
 	if (t && rm_mig_cancelled(m))
 		rm_tr_cancel(t);
 	pthread_mutex_unlock(&m->lock);

@@ -2,7 +2,7 @@
 # backends speak (ctrl.c; handshake bodies in ctrl-hello.c, the pre-shared-key
 # exchange in ctrl-auth.c, keep-alives in ctrl-live.c), and the backends: rdma
 # (libibverbs + librdmacm, with RDMA memory registration in register.c) and
-# tcp.  Part of librdmamig.  Includes common/ and include/ only: never
+# tcp (with TLS in tcp-tls.c).  Part of librdmamig.  Includes common/ and include/ only: never
 # migration/ (it sits above), kvm/ or pinning/.
 LIB_OBJS += transport/wire.o
 LIB_OBJS += transport/transport.o
@@ -14,6 +14,7 @@ LIB_OBJS += transport/net.o
 LIB_OBJS += transport/register.o
 LIB_OBJS += transport/tcp.o
 LIB_OBJS += transport/tcp-conn.o
+LIB_OBJS += transport/tcp-tls.o
 LIB_OBJS += transport/rdma.o
 LIB_OBJS += transport/rdma-cm.o
 HOST_TESTS += test-transport-ctrl

@@ -1,7 +1,8 @@
 /*
  * transport/tcp-conn.c — the TCP backend's connections: listen, accept and
- * connect `nchan` sockets, the HELLO / HELLO_ACK / REFUSE exchange on each
- * (bodies and checks from ctrl.c), and teardown.  tcp.c moves the bytes.
+ * connect `nchan` sockets, with opts.tls the TLS handshake on each before
+ * any byte of ours (tcp-tls.c), the HELLO / HELLO_ACK / REFUSE exchange on
+ * each (bodies and checks from ctrl.c), and teardown.  tcp.c moves the bytes.
  */
 #include <netdb.h>
 #include <netinet/in.h>
@@ -22,6 +23,9 @@
 struct tcp_pending {
 	int fd;
 	uint64_t deadline;	/* its own: timeout_ms from its accept */
+	struct tcp_tls *tls;	/* TLS: the session being set up, then in use */
+	bool shaken;		/* TLS: the handshake is done */
+	short events;		/* what the next step waits for */
 	size_t got;
 	uint8_t buf[sizeof(struct rm_wire_hdr) + 64];	/* room to name a wrong length */
 };
@@ -35,6 +39,7 @@ struct tcp_source {
 struct tcp_listener {
 	struct rm_listener base;	/* first */
 	int fd;
+	struct tcp_tls_ctx *tls;	/* opts.tls */
 	struct tcp_pending pending[TCP_PENDING];
 	unsigned npending;
 	struct tcp_source src[TCP_SOURCES];
@@ -60,8 +65,8 @@ static void tune_socket(int fd)
 
 /* ---- handshake frames on a bare socket (no connection object yet) ---- */
 
-static int send_bare(const atomic_int *cancel, int fd, uint16_t type, const void *body, size_t blen,
-		     uint64_t deadline)
+static int send_bare(const atomic_int *cancel, int fd, struct tcp_tls *tls, uint16_t type,
+		     const void *body, size_t blen, uint64_t deadline)
 {
 	struct rm_wire_hdr h;
 	struct iovec iov[2] = {
@@ -70,24 +75,25 @@ static int send_bare(const atomic_int *cancel, int fd, uint16_t type, const void
 	};
 
 	rm_wire_hdr_init(&h, type, 0, blen, 0);
-	return tcp_send_iov(NULL, cancel, fd, iov, 2, deadline);
+	return tcp_send_iov(NULL, cancel, fd, tls, iov, 2, deadline);
 }
 
-static void send_refuse(const atomic_int *cancel, int fd, uint32_t reason, const char *why)
+static void send_refuse(const atomic_int *cancel, int fd, struct tcp_tls *tls, uint32_t reason,
+			const char *why)
 {
 	struct rm_wire_refuse_body r;
 
 	rm_warn("transport tcp: refusing a peer: %s: %s", rm_wire_refuse_name(reason), why);
 	rm_ctrl_refuse_body(&r, reason, why);
-	send_bare(cancel, fd, RM_WIRE_REFUSE, &r, sizeof(r), rm_deadline(1000));
+	send_bare(cancel, fd, tls, RM_WIRE_REFUSE, &r, sizeof(r), rm_deadline(1000));
 }
 
 /* Receive one handshake frame of at most cap body bytes. */
-static int recv_bare(const atomic_int *cancel, int fd, uint16_t *type, void *body, size_t cap,
-		     size_t *blen, int timeout_ms)
+static int recv_bare(const atomic_int *cancel, int fd, struct tcp_tls *tls, uint16_t *type,
+		     void *body, size_t cap, size_t *blen, int timeout_ms)
 {
 	struct rm_wire_hdr h;
-	int err = tcp_recv_all(NULL, cancel, fd, -1, &h, sizeof(h), timeout_ms, false);
+	int err = tcp_recv_all(NULL, cancel, fd, tls, -1, &h, sizeof(h), timeout_ms, false);
 	size_t len;
 
 	if (err)
@@ -100,7 +106,7 @@ static int recv_bare(const atomic_int *cancel, int fd, uint16_t *type, void *bod
 		return RDMAMIG_E_PROTO;
 	}
 	*blen = len;
-	return tcp_recv_all(NULL, cancel, fd, -1, body, len, timeout_ms, false);
+	return tcp_recv_all(NULL, cancel, fd, tls, -1, body, len, timeout_ms, false);
 }
 
 /* ---- the connection object ---- */
@@ -138,6 +144,7 @@ int tcp_close(struct rm_transport *t)
 			if (err && !first)
 				first = -err;
 		}
+		tcp_tls_free(c->ch[i].tls);
 		if (c->ch[i].fd >= 0 && close(c->ch[i].fd) < 0 && !first)
 			first = -errno;
 		pthread_mutex_destroy(&c->ch[i].tx_lock);
@@ -164,6 +171,14 @@ int tcp_listen(const struct rm_transport_opts *in, struct rm_listener **out)
 	err = rm_tr_listener_init(&l->base, &rm_transport_tcp_ops, in, &res);
 	if (err)
 		goto free_l;
+	if (l->base.opts.tls) {
+		l->tls = tcp_tls_ctx_new(l->base.opts.psk, l->base.opts.psk_len, true);
+		if (!l->tls) {
+			freeaddrinfo(res);
+			err = -ENOMEM;
+			goto free_l;
+		}
+	}
 	err = -EADDRNOTAVAIL;
 	for (ai = res; ai; ai = ai->ai_next) {
 		l->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
@@ -196,6 +211,7 @@ int tcp_listen(const struct rm_transport_opts *in, struct rm_listener **out)
 close_fd:
 	close(l->fd);
 free_l:
+	tcp_tls_ctx_free(l->tls);
 	free(l);
 	return err;
 }
@@ -204,18 +220,22 @@ void tcp_listener_close(struct rm_listener *lp)
 {
 	struct tcp_listener *l = (struct tcp_listener *)lp;
 
-	for (unsigned i = 0; i < l->npending; i++)
+	for (unsigned i = 0; i < l->npending; i++) {
+		tcp_tls_free(l->pending[i].tls);
 		close(l->pending[i].fd);
+	}
 	for (unsigned i = 0; i < TCP_SOURCES; i++)
 		if (l->src[i].c)
 			rm_tr_abandon(&l->src[i].c->base, -ECANCELED);
 	if (l->fd >= 0)
 		close(l->fd);
+	tcp_tls_ctx_free(l->tls);
 	free(l);
 }
 
 static void drop_pending(struct tcp_listener *l, unsigned i)
 {
+	tcp_tls_free(l->pending[i].tls);
 	close(l->pending[i].fd);
 	l->pending[i] = l->pending[--l->npending];
 }
@@ -252,6 +272,7 @@ static struct tcp_source *take_hello(struct tcp_listener *l, unsigned i, int *er
 	unsigned chan = 0;
 	char why[96];
 	int fd = p->fd;
+	struct tcp_tls *tls = p->tls;
 
 	memcpy(&hdr, p->buf, sizeof(hdr));
 	reason = rm_ctrl_hello_parse(rm_wire_get16(hdr.type), p->buf + sizeof(hdr),
@@ -270,13 +291,15 @@ static struct tcp_source *take_hello(struct tcp_listener *l, unsigned i, int *er
 	if (reason) {
 		if (reason == RM_REFUSE_AUTH)
 			atomic_fetch_add(&l->base.refused_auth, 1);
-		send_refuse(l->base.opts.cancel, fd, reason, why);
+		send_refuse(l->base.opts.cancel, fd, tls, reason, why);
+		tcp_tls_free(tls);
 		close(fd);
 		return NULL;
 	}
 	if (!s->c) {
 		s->c = tcp_conn_new(&l->base.opts, RM_ROLE_DEST, rm_wire_get16(h.nchan));
 		if (!s->c) {
+			tcp_tls_free(tls);
 			close(fd);
 			*err = -ENOMEM;
 			return NULL;
@@ -287,12 +310,65 @@ static struct tcp_source *take_hello(struct tcp_listener *l, unsigned i, int *er
 		s->deadline = rm_deadline(l->base.opts.timeout_ms);
 	}
 	rm_ctrl_hello_ack(&ack, &h, 0, 0, auth);
-	if (send_bare(l->base.opts.cancel, fd, RM_WIRE_HELLO_ACK, &ack, sizeof(ack), rm_deadline(1000))) {
+	if (send_bare(l->base.opts.cancel, fd, tls, RM_WIRE_HELLO_ACK, &ack, sizeof(ack),
+		      rm_deadline(1000))) {
+		tcp_tls_free(tls);
 		close(fd);
 		return NULL;
 	}
 	s->c->ch[chan].fd = fd;
+	s->c->ch[chan].tls = tls;
 	return ++s->have == s->c->base.nchan ? s : NULL;
+}
+
+/*
+ * TLS: one step of pending socket i's handshake; 1 once done, 0 for more,
+ * -1 when it was dropped.  A peer whose first byte is no TLS record is told,
+ * in the clear, to give --tls: it is an rdmamig source without it, and
+ * reads REFUSE where a TLS alert would mean nothing to it.
+ */
+static int shake_hello(struct tcp_listener *l, unsigned i)
+{
+	struct tcp_pending *p = &l->pending[i];
+	char why[128];
+	uint8_t first;
+	int r;
+
+	if (!p->tls) {
+		ssize_t n = recv(p->fd, &first, 1, MSG_PEEK);
+
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return 0;
+		if (n <= 0) {
+			rm_warn("transport tcp: dropping a peer that closed before its TLS handshake");
+			drop_pending(l, i);
+			return -1;
+		}
+		if (!tcp_tls_looks_like_tls(first)) {
+			send_refuse(l->base.opts.cancel, p->fd, NULL, RM_REFUSE_TLS,
+				    "this destination runs --tls: give --tls");
+			drop_pending(l, i);
+			return -1;
+		}
+		p->tls = tcp_tls_new(l->tls, p->fd);
+		if (!p->tls) {
+			drop_pending(l, i);
+			return -1;
+		}
+	}
+	r = tcp_tls_handshake(p->tls, &p->events, why, sizeof(why));
+	if (r < 0) {
+		if (r == RDMAMIG_E_AUTH)
+			atomic_fetch_add(&l->base.refused_auth, 1);
+		rm_warn("transport tcp: refusing a peer: %s", why);
+		drop_pending(l, i);
+		return -1;
+	}
+	if (r == 1) {
+		p->shaken = true;
+		p->events = POLLIN;
+	}
+	return r;
 }
 
 /* Read what pending socket i has; 1 when its HELLO is whole, 0 for more,
@@ -301,8 +377,15 @@ static int read_hello(struct tcp_listener *l, unsigned i)
 {
 	struct tcp_pending *p = &l->pending[i];
 	size_t want = sizeof(struct rm_wire_hdr);
+	short ev = POLLIN;
 	ssize_t n;
 
+	if (l->tls && !p->shaken) {
+		int r = shake_hello(l, i);
+
+		if (r != 1)
+			return r;
+	}
 	if (p->got >= want) {
 		struct rm_wire_hdr h;
 
@@ -318,13 +401,23 @@ static int read_hello(struct tcp_listener *l, unsigned i)
 		if (p->got == want)
 			return 1;
 	}
-	n = recv(p->fd, p->buf + p->got, want - p->got, 0);
+	n = tcp_io_recv(p->tls, p->fd, p->buf + p->got, want - p->got, &ev);
 	if (n > 0) {
+		if (!p->got && !l->tls && tcp_tls_looks_like_tls(p->buf[0])) {
+			rm_warn("transport tcp: dropping a peer that speaks TLS: this destination runs "
+				"without --tls; give --tls on both sides");
+			drop_pending(l, i);
+			return -1;
+		}
 		p->got += (size_t)n;
-		return p->got >= sizeof(struct rm_wire_hdr) ? read_hello(l, i) : 0;
+		/* Read on: TLS may hold the rest of a record, which no poll
+		 * would announce. */
+		return read_hello(l, i);
 	}
-	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+	if (n == -EAGAIN) {
+		p->events = ev;
 		return 0;
+	}
 	rm_warn("transport tcp: dropping a peer that closed before its HELLO");
 	drop_pending(l, i);
 	return -1;
@@ -382,7 +475,8 @@ int tcp_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **
 			return -ECANCELED;
 		p[0] = (struct pollfd){ .fd = l->npending < TCP_PENDING ? l->fd : -1, .events = POLLIN };
 		for (unsigned i = 0; i < l->npending; i++)
-			p[1 + i] = (struct pollfd){ .fd = l->pending[i].fd, .events = POLLIN };
+			p[1 + i] = (struct pollfd){ .fd = l->pending[i].fd,
+						    .events = l->pending[i].events };
 		slice = rm_ms_left(next);
 		n = poll(p, 1 + l->npending, slice < TCP_SLICE_MS ? (slice ? slice : 1) : TCP_SLICE_MS);
 		if (n < 0 && errno != EINTR)
@@ -406,7 +500,8 @@ int tcp_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **
 				err = tcp_start_rx(c);
 				if (err)
 					return rm_tr_abandon(&c->base, err);
-				rm_info("transport tcp: accepted a source with %u channels", c->base.nchan);
+				rm_info("transport tcp: accepted a source with %u channels (%s)",
+					c->base.nchan, tcp_conn_tls_text(c, (char[160]){ 0 }, 160));
 				*out = &c->base;
 				return 0;
 			}
@@ -419,6 +514,7 @@ int tcp_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **
 			tune_socket(fd);
 			l->pending[l->npending++] = (struct tcp_pending){
 				.fd = fd, .deadline = rm_deadline(l->base.opts.timeout_ms),
+				.events = POLLIN,
 			};
 		}
 	}
@@ -466,15 +562,48 @@ static int connect_one(const struct rm_transport_opts *o, uint64_t deadline, int
 	return 0;
 }
 
+/* TLS: the client's handshake on channel i, bounded by deadline. */
+static int tls_connect(struct tcp_conn *c, struct tcp_tls_ctx *x, unsigned i, uint64_t deadline)
+{
+	struct tcp_chan *ch = &c->ch[i];
+	char why[128];
+
+	ch->tls = tcp_tls_new(x, ch->fd);
+	if (!ch->tls)
+		return -ENOMEM;
+	for (;;) {
+		short ev = POLLIN;
+		int r = tcp_tls_handshake(ch->tls, &ev, why, sizeof(why));
+
+		if (r == 1)
+			return 0;
+		if (r < 0) {
+			rm_err("transport tcp: channel %u: %s", i, why);
+			return r;
+		}
+		r = tcp_wait_fd(NULL, c->base.opts.cancel, ch->fd, ev, deadline);
+		if (r) {
+			rm_err("transport tcp: channel %u: TLS handshake: %s", i, rdmamig_strerror(r));
+			return r;
+		}
+	}
+}
+
 int tcp_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t deadline,
 		struct rm_transport **out)
 {
 	struct tcp_conn *c = tcp_conn_new(o, RM_ROLE_SOURCE, o->nchan);
+	struct tcp_tls_ctx *x = NULL;
+	char text[160];
 	int err;
 
 	if (!c)
 		return -ENOMEM;
 	c->base.session = session;
+	if (o->tls && !(x = tcp_tls_ctx_new(o->psk, o->psk_len, false))) {
+		err = -ENOMEM;
+		goto fail;
+	}
 	for (unsigned i = 0; i < o->nchan; i++) {
 		struct rm_wire_hello h;
 		struct rm_wire_hello_ack ack;
@@ -492,10 +621,16 @@ int tcp_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t de
 			       o->port, rdmamig_strerror(err));
 			goto fail;
 		}
-		err = send_bare(o->cancel, c->ch[i].fd, RM_WIRE_HELLO, &h, sizeof(h), deadline);
+		if (x) {
+			err = tls_connect(c, x, i, deadline);
+			if (err)
+				goto fail;
+		}
+		err = send_bare(o->cancel, c->ch[i].fd, c->ch[i].tls, RM_WIRE_HELLO, &h, sizeof(h),
+				deadline);
 		if (!err)
-			err = recv_bare(o->cancel, c->ch[i].fd, &type, &u, sizeof(u), &blen,
-					rm_ms_left(deadline) ?: 1);
+			err = recv_bare(o->cancel, c->ch[i].fd, c->ch[i].tls, &type, &u, sizeof(u),
+					&blen, rm_ms_left(deadline) ?: 1);
 		if (err) {
 			rm_err("transport tcp: handshake on channel %u: %s", i, rdmamig_strerror(err));
 			goto fail;
@@ -507,9 +642,38 @@ int tcp_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t de
 	err = tcp_start_rx(c);
 	if (err)
 		goto fail;
+	tcp_tls_ctx_free(x);	/* the sessions keep what they need */
+	rm_info("transport tcp: connected %u channels (%s)", c->base.nchan,
+		tcp_conn_tls_text(c, text, sizeof(text)));
 	*out = &c->base;
 	return 0;
 
 fail:
+	tcp_tls_ctx_free(x);
 	return rm_tr_abandon(&c->base, err);
+}
+
+enum tcp_tls_path tcp_conn_tls_path(const struct tcp_conn *c)
+{
+	enum tcp_tls_path path = tcp_tls_path(c->ch[0].tls);
+
+	for (unsigned i = 1; i < c->base.nchan; i++)
+		if (tcp_tls_path(c->ch[i].tls) < path)
+			path = tcp_tls_path(c->ch[i].tls);
+	return path;
+}
+
+const char *tcp_conn_tls_text(const struct tcp_conn *c, char *buf, size_t n)
+{
+	const struct tcp_tls *weakest = c->ch[0].tls;
+
+	for (unsigned i = 1; i < c->base.nchan; i++)
+		if (tcp_tls_path(c->ch[i].tls) < tcp_tls_path(weakest))
+			weakest = c->ch[i].tls;
+	if (!weakest) {
+		snprintf(buf, n, "no TLS: the stream, guest RAM included, is in the clear");
+		return buf;
+	}
+	tcp_tls_describe(weakest, buf, n);
+	return buf;
 }

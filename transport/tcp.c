@@ -6,7 +6,9 @@
  *
  * Frames are wire.h messages.  The source sends WRITE frames with writev
  * straight from guest RAM (header iovecs + a RAM iovec: no staging copy) and
- * spreads them round-robin over the channels.  Each side runs one receiver
+ * spreads them round-robin over the channels.  With opts.tls every byte goes
+ * through tcp-tls.c instead: kernel TLS keeps the same writev (the kernel
+ * encrypts), userspace TLS encrypts in OpenSSL.  Each side runs one receiver
  * thread per channel; on the destination it reads WRITE payloads straight into
  * guest RAM after checking region, offset and length against the layout.
  * Control messages travel on channel 0, MARKERs on every channel; ctrl.c
@@ -81,25 +83,24 @@ static int iov_advance(struct iovec *iov, int cnt, size_t n)
 	return done;
 }
 
-/* Write a whole iovec array (modified in place) before the deadline. */
-int tcp_send_iov(struct tcp_conn *c, const atomic_int *cancel, int fd, struct iovec *iov, int cnt,
-		 uint64_t deadline)
+/* Write a whole iovec array (modified in place) before the deadline, through
+ * tls (NULL: none). */
+int tcp_send_iov(struct tcp_conn *c, const atomic_int *cancel, int fd, struct tcp_tls *tls,
+		 struct iovec *iov, int cnt, uint64_t deadline)
 {
 	while (cnt > 0) {
-		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)(cnt > IOV_MAX ? IOV_MAX : cnt) };
-		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+		short ev = POLLOUT;
+		ssize_t n = tcp_io_send(tls, fd, iov, cnt > IOV_MAX ? IOV_MAX : cnt, &ev);
 		int done, err;
 
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
-				return errno == EPIPE ? -ECONNRESET : -errno;
-			err = tcp_wait_fd(c, cancel, fd, POLLOUT, deadline);
+		if (n == -EAGAIN) {
+			err = tcp_wait_fd(c, cancel, fd, ev, deadline);
 			if (err)
 				return err;
 			continue;
 		}
+		if (n < 0)
+			return (int)n;
 		done = iov_advance(iov, cnt, (size_t)n);
 		iov += done;
 		cnt -= done;
@@ -112,14 +113,15 @@ int tcp_send_iov(struct tcp_conn *c, const atomic_int *cancel, int fd, struct io
  * deadline (a frame boundary: the peer may legitimately be quiet); once a
  * frame has started, a stall beyond timeout_ms fails.
  */
-int tcp_recv_all(struct tcp_conn *c, const atomic_int *cancel, int fd, int chan, void *buf,
-		 size_t len, int timeout_ms, bool idle_ok)
+int tcp_recv_all(struct tcp_conn *c, const atomic_int *cancel, int fd, struct tcp_tls *tls,
+		 int chan, void *buf, size_t len, int timeout_ms, bool idle_ok)
 {
 	uint64_t deadline = rm_deadline(timeout_ms);
 	size_t got = 0;
 
 	while (got < len) {
-		ssize_t n = recv(fd, (char *)buf + got, len - got, 0);
+		short ev = POLLIN;
+		ssize_t n = tcp_io_recv(tls, fd, (char *)buf + got, len - got, &ev);
 		int err;
 
 		if (n > 0) {
@@ -131,14 +133,12 @@ int tcp_recv_all(struct tcp_conn *c, const atomic_int *cancel, int fd, int chan,
 		}
 		if (n == 0)
 			return -ECONNRESET;
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return -errno;
+		if (n != -EAGAIN)
+			return (int)n;
 		/* Between frames the liveness thread watches for silence. */
 		if (idle_ok && got == 0)
 			deadline = RM_NO_DEADLINE;
-		err = tcp_wait_fd(c, cancel, fd, POLLIN, deadline);
+		err = tcp_wait_fd(c, cancel, fd, ev, deadline);
 		if (err)
 			return err;
 	}
@@ -176,7 +176,7 @@ static int tcp_post(struct rm_transport *t, unsigned chan, uint16_t type, uint16
 	} else {
 		pthread_mutex_lock(&ch->tx_lock);
 	}
-	err = tcp_send_iov(c, NULL, ch->fd, iov, dlen ? 3 : 2, deadline);
+	err = tcp_send_iov(c, NULL, ch->fd, ch->tls, iov, dlen ? 3 : 2, deadline);
 	pthread_mutex_unlock(&ch->tx_lock);
 	if (!err)
 		rm_ctrl_sent(t, chan);
@@ -219,7 +219,7 @@ static int rx_write(struct tcp_conn *c, unsigned chan, uint16_t flags, size_t le
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "WRITE before the layout or to a source");
 	if (len < sizeof(w) || flags)
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "short WRITE frame or flags set");
-	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, &w, sizeof(w), c->base.opts.timeout_ms,
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, c->ch[chan].tls, (int)chan, &w, sizeof(w), c->base.opts.timeout_ms,
 			   false);
 	if (err)
 		return rx_fail(c, chan, err, "reading WRITE");
@@ -233,7 +233,7 @@ static int rx_write(struct tcp_conn *c, unsigned chan, uint16_t flags, size_t le
 			 id, (unsigned long long)off, (unsigned long long)length);
 		return rx_error(c, chan, RDMAMIG_E_PROTO, why);
 	}
-	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, (char *)c->base.regions[idx].addr + off,
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, c->ch[chan].tls, (int)chan, (char *)c->base.regions[idx].addr + off,
 			   length, c->base.opts.timeout_ms, false);
 	if (err)
 		return rx_fail(c, chan, err, "reading WRITE payload");
@@ -252,14 +252,14 @@ static int rx_ctrl(struct tcp_conn *c, unsigned chan, uint16_t flags, size_t len
 
 	if (len < sizeof(b))
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "CTRL shorter than its body");
-	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, &b, sizeof(b), c->base.opts.timeout_ms,
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, c->ch[chan].tls, (int)chan, &b, sizeof(b), c->base.opts.timeout_ms,
 			   false);
 	if (err)
 		return rx_fail(c, chan, err, "reading CTRL");
 	err = rm_ctrl_rx_begin(&c->base, chan, flags, &b, len, &dst, &why);
 	if (err)
 		return rx_error(c, chan, err, why);
-	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, dst, len - sizeof(b),
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, c->ch[chan].tls, (int)chan, dst, len - sizeof(b),
 			   c->base.opts.timeout_ms, false);
 	if (err)
 		return rx_fail(c, chan, err, "reading CTRL payload");
@@ -305,7 +305,7 @@ static int rx_msg(struct tcp_conn *c, unsigned chan, uint16_t type, uint16_t fla
 
 	if (len > sizeof(body))
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "message longer than any body");
-	err = tcp_recv_all(c, NULL, c->ch[chan].fd, (int)chan, body, len, c->base.opts.timeout_ms,
+	err = tcp_recv_all(c, NULL, c->ch[chan].fd, c->ch[chan].tls, (int)chan, body, len, c->base.opts.timeout_ms,
 			   false);
 	if (err)
 		return rx_fail(c, chan, err, "reading message");
@@ -332,7 +332,7 @@ static void *rx_thread(void *arg)
 		struct rm_wire_hdr h;
 		uint16_t type, flags;
 		size_t len;
-		int err = tcp_recv_all(c, NULL, c->ch[a.chan].fd, (int)a.chan, &h, sizeof(h),
+		int err = tcp_recv_all(c, NULL, c->ch[a.chan].fd, c->ch[a.chan].tls, (int)a.chan, &h, sizeof(h),
 				       c->base.opts.timeout_ms, true);
 
 		if (err) {
@@ -408,24 +408,20 @@ static int flush_all(struct tcp_conn *c, uint64_t deadline)
 
 			while (ch->iov_left > 0) {
 				struct iovec *iov = &ch->iov[ch->iov_next];
-				struct msghdr mh = {
-					.msg_iov = iov,
-					.msg_iovlen = (size_t)(ch->iov_left > IOV_MAX ? IOV_MAX : ch->iov_left),
-				};
+				short ev = POLLOUT;
 				ssize_t w;
 				int done;
 
 				pthread_mutex_lock(&ch->tx_lock);
-				w = sendmsg(ch->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+				w = tcp_io_send(ch->tls, ch->fd, iov,
+						ch->iov_left > IOV_MAX ? IOV_MAX : ch->iov_left, &ev);
 				pthread_mutex_unlock(&ch->tx_lock);
-				if (w < 0) {
-					if (errno == EINTR)
-						continue;
-					if (errno != EAGAIN && errno != EWOULDBLOCK)
-						return errno == EPIPE ? -ECONNRESET : -errno;
-					p[np++] = (struct pollfd){ .fd = ch->fd, .events = POLLOUT };
+				if (w == -EAGAIN) {
+					p[np++] = (struct pollfd){ .fd = ch->fd, .events = ev };
 					break;
 				}
+				if (w < 0)
+					return (int)w;
 				rm_ctrl_sent(&c->base, i);
 				done = iov_advance(iov, ch->iov_left, (size_t)w);
 				ch->iov_next += (unsigned)done;
@@ -524,6 +520,7 @@ static void tcp_stats(struct rm_transport *t, struct rm_transport_stats *out)
 	struct tcp_conn *c = (struct tcp_conn *)t;
 
 	*out = t->st;
+	out->tls = tcp_conn_tls_path(c);
 	if (t->role == RM_ROLE_DEST) {
 		out->bytes_written = atomic_load(&c->rx_bytes);
 		out->writes = atomic_load(&c->rx_writes);
@@ -537,7 +534,8 @@ static int tcp_raw_send(struct rm_transport *t, unsigned chan, const void *msg, 
 	int err;
 
 	pthread_mutex_lock(&c->ch[chan].tx_lock);
-	err = tcp_send_iov(c, NULL, c->ch[chan].fd, &iov, 1, rm_deadline(t->opts.timeout_ms));
+	err = tcp_send_iov(c, NULL, c->ch[chan].fd, c->ch[chan].tls, &iov, 1,
+			   rm_deadline(t->opts.timeout_ms));
 	pthread_mutex_unlock(&c->ch[chan].tx_lock);
 	return err;
 }

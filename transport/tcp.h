@@ -10,12 +10,14 @@
 #include <sys/uio.h>
 
 #include "transport/priv.h"
+#include "transport/tcp-tls.h"
 
 #define TCP_SLICE_MS 100
 #define TCP_TX_FRAMES 128	/* WRITE frames batched per writev */
 
 struct tcp_chan {
 	int fd;
+	struct tcp_tls *tls;		/* opts.tls: the channel's TLS session */
 	pthread_t rx;
 	bool rx_started;
 	/* Every sendmsg on fd is made under tx_lock: frames from the owner,
@@ -48,11 +50,11 @@ extern const struct rm_transport_ops rm_transport_tcp_ops;
  * or by *cancel (c is NULL in the handshake; cancel may be NULL). */
 int tcp_wait_fd(struct tcp_conn *c, const atomic_int *cancel, int fd, short events,
 		uint64_t deadline);
-int tcp_send_iov(struct tcp_conn *c, const atomic_int *cancel, int fd, struct iovec *iov, int cnt,
-		 uint64_t deadline);
+int tcp_send_iov(struct tcp_conn *c, const atomic_int *cancel, int fd, struct tcp_tls *tls,
+		 struct iovec *iov, int cnt, uint64_t deadline);
 /* chan >= 0: c's channel, whose bytes count as heard from the peer. */
-int tcp_recv_all(struct tcp_conn *c, const atomic_int *cancel, int fd, int chan, void *buf,
-		 size_t len, int timeout_ms, bool idle_ok);
+int tcp_recv_all(struct tcp_conn *c, const atomic_int *cancel, int fd, struct tcp_tls *tls,
+		 int chan, void *buf, size_t len, int timeout_ms, bool idle_ok);
 /* tcp.c: one receiver thread per channel. */
 int tcp_start_rx(struct tcp_conn *c);
 
@@ -64,5 +66,8 @@ int tcp_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **
 void tcp_listener_close(struct rm_listener *lp);
 int tcp_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t deadline,
 		struct rm_transport **out);
+/* The weakest TLS path over c's channels, and its text for logs (buf). */
+enum tcp_tls_path tcp_conn_tls_path(const struct tcp_conn *c);
+const char *tcp_conn_tls_text(const struct tcp_conn *c, char *buf, size_t n);
 
 #endif

@@ -62,6 +62,11 @@ int rm_tr_opts_fill(struct rm_transport_opts *o, const struct rm_transport_opts 
 		rm_err("transport: no pre-shared key: give one, or set no_auth to accept any peer");
 		return -EINVAL;
 	}
+	if (o->tls && (!o->psk_len || o->kind != RM_TRANSPORT_TCP)) {
+		rm_err("transport: TLS %s", o->psk_len ? "is for the TCP transport only"
+				       : "needs the pre-shared key it derives its key from");
+		return -EINVAL;
+	}
 	if (o->psk_len && (o->psk_len < RM_TR_PSK_MIN || o->psk_len > RM_TR_PSK_MAX)) {
 		rm_err("transport: a pre-shared key of %u bytes, expected %u to %u", o->psk_len,
 		       RM_TR_PSK_MIN, RM_TR_PSK_MAX);

@@ -127,6 +127,10 @@ struct rm_transport_opts {
 	uint8_t psk[RM_TR_PSK_MAX];
 	unsigned psk_len;
 	bool no_auth;
+	/* TCP: TLS 1.3 on every channel from its first byte, keyed by a key
+	 * derived from psk (so psk is required); both sides must set it.
+	 * Kernel TLS where the kernel offers it (stats.tls says which). */
+	bool tls;
 	/* Optional: once *cancel is nonzero, every wait of the listener or
 	 * connection made with these options — accept, connect, the
 	 * handshake, every op after — ends with -ECANCELED within 100 ms.
@@ -174,6 +178,9 @@ struct rm_transport_stats {
 	uint64_t fences;
 	uint64_t busy_ns;	/* wall time spent inside write/fence/send (source:
 				 * bytes_written / busy_ns is the achieved bandwidth) */
+	unsigned tls;		/* TCP: enum tcp_tls_path of the weakest channel
+				 * (0 none, 1 userspace, 2 kernel sending, 3
+				 * kernel both ways); = RDMAMIG_TLS_* */
 };
 
 /*

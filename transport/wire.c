@@ -60,6 +60,7 @@ static const char *const refuse_names[] = {
 	[RM_REFUSE_MAGIC] = "not an rdmamig peer",
 	[RM_REFUSE_PARAMS] = "write size or credits out of range",
 	[RM_REFUSE_AUTH] = "authentication failed",
+	[RM_REFUSE_TLS] = "TLS required",
 };
 
 const char *rm_wire_refuse_name(unsigned reason)

@@ -157,6 +157,9 @@ enum rm_wire_refuse {
 	RM_REFUSE_MAGIC = 6,	/* not an rdmamig peer */
 	RM_REFUSE_PARAMS = 7,	/* max_write or credits out of range */
 	RM_REFUSE_AUTH = 8,	/* the peer did not prove the pre-shared key */
+	RM_REFUSE_TLS = 9,	/* TCP: the destination runs TLS and the source
+				 * began without (sent in the clear, in place of
+				 * the TLS handshake) */
 };
 
 /* Flags in rm_wire_hdr.flags. */
