@@ -200,6 +200,148 @@ Test(hostile_handshake, channel_twice_refused, .timeout = 30)
 	cr_assert_eq(d.accept_rc, 0);
 }
 
+/* ---- a channel that joins by the session id alone ---- */
+
+/* A HELLO offering the key for channel chan of nchan, its HELLO_ACK read. */
+static int keyed_chan(int port, unsigned nchan, unsigned chan, uint64_t session)
+{
+	struct rm_wire_hello h;
+	struct rm_wire_hello_ack ack;
+	uint8_t buf[64];
+	uint16_t type, flags;
+	uint32_t len;
+	int fd = connect_to(port);
+
+	good_hello(&h, nchan, chan, session);
+	h.caps = rm_wire_put32(rm_wire_get32(h.caps) | RM_CAP_AUTH);
+	send_all(fd, buf, frame(buf, RM_WIRE_HELLO, 0, &h, sizeof(h)));
+	cr_assert_eq(recv_frame(fd, &type, &flags, &ack, sizeof(ack), &len), 0);
+	cr_assert_eq(type, RM_WIRE_HELLO_ACK, "channel %u: HELLO answered with %s", chan,
+		     rm_wire_type_name(type));
+	return fd;
+}
+
+static size_t auth_step(uint8_t *b, uint32_t step, const uint8_t *nonce, const uint8_t *mac)
+{
+	struct rm_wire_auth a = { .step = rm_wire_put32(step) };
+
+	if (nonce)
+		memcpy(a.nonce, nonce, RM_WIRE_NONCE);
+	if (mac)
+		memcpy(a.mac, mac, RM_WIRE_MAC);
+	return frame(b, RM_WIRE_AUTH, 0, &a, sizeof(a));
+}
+
+/* The source's side of channel 0's AUTH exchange, done right with the key;
+ * k keeps its session, nchan and nonces for the proofs that follow. */
+static void keyed_auth(int fd, struct rm_transport *k)
+{
+	struct rm_wire_auth a;
+	uint8_t buf[128], mac[RM_WIRE_MAC];
+	uint32_t len;
+
+	memset(k->ctrl.nonce_src, (int)(k->session & 0xff) | 1, RM_WIRE_NONCE);
+	send_all(fd, buf, auth_step(buf, RM_AUTH_NONCE_SRC, k->ctrl.nonce_src, NULL));
+	cr_assert_eq(recv_until(fd, RM_WIRE_AUTH, &a, sizeof(a), &len), 0, "no AUTH step 2");
+	cr_assert_eq(rm_wire_get32(a.step), RM_AUTH_NONCE_DST);
+	memcpy(k->ctrl.nonce_dst, a.nonce, RM_WIRE_NONCE);
+	cr_assert_eq(rm_ctrl_auth_mac(k, 'S', mac), 0);
+	send_all(fd, buf, auth_step(buf, RM_AUTH_PROOF_SRC, NULL, mac));
+	cr_assert_eq(recv_until(fd, RM_WIRE_AUTH, &a, sizeof(a), &len), 0, "no AUTH step 4");
+	cr_assert_eq(rm_wire_get32(a.step), RM_AUTH_PROOF_DST);
+}
+
+enum join_how { JOIN_RIGHT, JOIN_GUESSED, JOIN_REPLAYED, JOIN_MARKER };
+
+/*
+ * A keyed source connects channel 0 of a 2-channel session; channel 1 is
+ * connected with the same session id, as anyone who saw that id could,
+ * and after channel 0's exchange it sends what `how` says.  Returns the
+ * destination's accept result; *proof gets the right proof of channel 1.
+ */
+static int join_case(enum join_how how, uint64_t session, const uint8_t *replay,
+		     uint8_t proof[RM_WIRE_MAC], const char *why)
+{
+	struct rm_transport_opts o = { .nchan = 2, .max_write = 1u << 20, .timeout_ms = TMO_MS };
+	struct rm_wire_marker mk = { .epoch = rm_wire_put64(1), .chan = rm_wire_put32(1) };
+	struct rm_transport k;
+	uint8_t buf[256], zero[RM_WIRE_MAC] = { 0 };
+	uint32_t len;
+	struct tdst d;
+	int fd0, fd1;
+
+	memcpy(o.psk, test_key, sizeof(test_key));
+	o.psk_len = sizeof(test_key);
+	memset(&k, 0, sizeof(k));
+	cr_assert_eq(rm_tr_init(&k, &rm_transport_tcp_ops, &o, RM_ROLE_SOURCE, 2, 4096), 0);
+	k.session = session;
+	tdst_start_key(&d, true);
+	fd0 = keyed_chan(d.port, 2, 0, session);
+	fd1 = keyed_chan(d.port, 2, 1, session);	/* the intruder's, or the source's own */
+	keyed_auth(fd0, &k);
+	cr_assert_eq(rm_ctrl_join_mac(&k, 'S', 1, proof), 0);
+	switch (how) {
+	case JOIN_RIGHT:
+		send_all(fd1, buf, auth_step(buf, RM_AUTH_JOIN_SRC, NULL, proof));
+		break;
+	case JOIN_GUESSED:
+		send_all(fd1, buf, auth_step(buf, RM_AUTH_JOIN_SRC, NULL, zero));
+		break;
+	case JOIN_REPLAYED:
+		send_all(fd1, buf, auth_step(buf, RM_AUTH_JOIN_SRC, NULL, replay));
+		break;
+	case JOIN_MARKER:
+		send_all(fd1, buf, frame(buf, RM_WIRE_MARKER, 0, &mk, sizeof(mk)));
+		break;
+	}
+	if (how == JOIN_RIGHT) {
+		/* The destination proves itself on channel 1, then lays out. */
+		struct rm_wire_auth a;
+		uint8_t want[RM_WIRE_MAC], lay[sizeof(struct rm_ctrl_layout_msg)];
+
+		cr_assert_eq(recv_until(fd1, RM_WIRE_AUTH, &a, sizeof(a), &len), 0, "no AUTH step 6");
+		cr_assert_eq(rm_wire_get32(a.step), RM_AUTH_JOIN_DST);
+		cr_assert_eq(rm_ctrl_join_mac(&k, 'D', 1, want), 0);
+		cr_assert_eq(memcmp(a.mac, want, RM_WIRE_MAC), 0, "the destination's channel proof");
+		cr_assert_eq(recv_until(fd0, RM_WIRE_LAYOUT, lay, sizeof(lay), &len), 0, "no LAYOUT");
+	} else {
+		/* No LAYOUT: the connection is dropped, channel 0 too. */
+		uint16_t type, flags;
+
+		while (recv_frame(fd0, &type, &flags, buf, sizeof(buf), &len) == 0)
+			cr_assert(type != RM_WIRE_LAYOUT, "%s: LAYOUT sent after an unproven join", why);
+	}
+	close(fd0);
+	close(fd1);
+	tdst_finish(&d);
+	if (how != JOIN_RIGHT)
+		cr_assert(log_has(why), "the log does not name \"%s\":\n%s", why, logbuf);
+	rm_tr_destroy(&k);
+	return d.accept_rc;
+}
+
+/*
+ * Channel 1 of a keyed source's session, connected by someone who saw the
+ * session id (it crosses the network in the clear): a guessed proof, the
+ * proof of an earlier session under the same id, or no proof at all each
+ * cost the whole connection, before LAYOUT; the right proof joins it.
+ */
+Test(hostile_handshake, join_by_session_id_alone_refused, .timeout = 60)
+{
+	uint8_t earlier[RM_WIRE_MAC], proof[RM_WIRE_MAC];
+	int rc;
+
+	rc = join_case(JOIN_RIGHT, 4242, NULL, earlier, NULL);
+	cr_assert_eq(rc, 0, "the source's own channel 1 with its proof: %s", rdmamig_strerror(rc));
+	rc = join_case(JOIN_GUESSED, 4243, NULL, proof, "did not prove it belongs to the authenticated session");
+	cr_assert_eq(rc, -ETIMEDOUT, "a guessed proof: %s", rdmamig_strerror(rc));
+	rc = join_case(JOIN_REPLAYED, 4242, earlier, proof, "did not prove it belongs to the authenticated session");
+	cr_assert_eq(rc, -ETIMEDOUT, "a replayed proof: %s", rdmamig_strerror(rc));
+	cr_assert_neq(memcmp(proof, earlier, RM_WIRE_MAC), 0, "the same session id gave the same proof");
+	rc = join_case(JOIN_MARKER, 4244, NULL, proof, "before it proved it belongs to the session");
+	cr_assert_eq(rc, -ETIMEDOUT, "no proof: %s", rdmamig_strerror(rc));
+}
+
 /* ---- after the handshake: a hostile source's frames against the destination ---- */
 
 struct frame_case {

@@ -3,6 +3,7 @@
  * transport/ctrl.c) on its own, over two fake backends wired to each other:
  * the same key passes; a wrong key, a forged, reflected or replayed proof
  * fail; nothing but AUTH, REFUSE, ABORT and BYE is taken before the proof;
+ * a channel other than 0 joins only with its proof of the session;
  * keys on one side only are refused at HELLO; options must choose.
  */
 #include <criterion/criterion.h>
@@ -83,8 +84,11 @@ Test(auth, with_the_same_key_passes)
 	cr_assert_eq(serr, 0, "source: %s", rdmamig_strerror(serr));
 	cr_assert_eq(derr, 0, "destination: %s", rdmamig_strerror(derr));
 	cr_assert(s->base.ctrl.authed && d->base.ctrl.authed);
-	cr_assert_eq(count_type(s, RM_WIRE_AUTH), 2);
-	cr_assert_eq(count_type(d, RM_WIRE_AUTH), 2);
+	/* Two steps on channel 0, then each side's proof on channel 1. */
+	cr_assert_eq(count_type(s, RM_WIRE_AUTH), 3);
+	cr_assert_eq(count_type(d, RM_WIRE_AUTH), 3);
+	cr_assert_eq(s->base.ctrl.joined, 2u, "the source did not see channel 1 join");
+	cr_assert_eq(d->base.ctrl.joined, 2u, "the destination did not see channel 1 join");
 	/* The nonces differ between the sides. */
 	cr_assert_neq(memcmp(s->base.ctrl.nonce_src, s->base.ctrl.nonce_dst, RM_WIRE_NONCE), 0);
 	fake_free(s);
@@ -121,7 +125,9 @@ Test(auth, a_forged_destination_proof_fails_at_the_source)
 	memset(forged, 0x5a, sizeof(forged));
 	d->forge_mac = forged;	/* what the destination sends is altered */
 	auth_pair(s, d, &serr, &derr);
-	cr_assert_eq(derr, 0);
+	/* The source refused before joining channel 1: the destination waits
+	 * for that proof until its deadline, and gives up. */
+	cr_assert_eq(derr, -ETIMEDOUT, "destination: %s", rdmamig_strerror(derr));
 	cr_assert_eq(serr, RDMAMIG_E_AUTH, "source accepted a forged proof: %s", rdmamig_strerror(serr));
 	cr_assert(!s->base.ctrl.authed);
 	fake_free(s);
@@ -212,6 +218,62 @@ Test(auth, nothing_is_taken_before_the_proof)
 	cr_assert(d->base.ctrl.authed, "no_auth starts authenticated");
 	cr_assert_eq(rm_ctrl_rx(&d->base, 0, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), RDMAMIG_E_PROTO);
 	fake_free(d);
+}
+
+/*
+ * Channel 1 joins the session only with the proof of the peer of channel 0's
+ * exchange: not before that exchange, not with a proof from another session
+ * (the session id alone is no secret), not with the other role's proof, and
+ * nothing else is taken on it before.
+ */
+Test(auth, a_channel_joins_only_with_its_session_proof)
+{
+	struct fake *d = fake_keyed(RM_ROLE_DEST, KEY, 9), *other = fake_keyed(RM_ROLE_SOURCE, KEY, 9);
+	struct rm_wire_marker mk = { .epoch = rm_wire_put64(1), .chan = rm_wire_put32(1) };
+	struct rm_wire_auth a = { .step = rm_wire_put32(RM_AUTH_JOIN_SRC) };
+	const char *why = NULL;
+
+	memset(d->base.ctrl.nonce_src, 0x11, RM_WIRE_NONCE);
+	memset(d->base.ctrl.nonce_dst, 0x22, RM_WIRE_NONCE);
+	/* The right proof, but channel 0's exchange is not done yet. */
+	memcpy(other->base.ctrl.nonce_src, d->base.ctrl.nonce_src, RM_WIRE_NONCE);
+	memcpy(other->base.ctrl.nonce_dst, d->base.ctrl.nonce_dst, RM_WIRE_NONCE);
+	cr_assert_eq(rm_ctrl_join_mac(&other->base, 'S', 1, a.mac), 0);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), RDMAMIG_E_PROTO);
+	cr_assert(strstr(why, "out of order"), "%s", why);
+	d->base.ctrl.authed = true;	/* as after a good step 3 */
+	/* Nothing but AUTH on channel 1 before it joined. */
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_MARKER, 0, &mk, sizeof(mk), &why), RDMAMIG_E_PROTO);
+	cr_assert(strstr(why, "before it proved it belongs to the session"), "%s", why);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_KEEPALIVE, 0, NULL, 0, &why), RDMAMIG_E_PROTO);
+	/* A proof valid in another session (same id, other nonces): replayed. */
+	memset(other->base.ctrl.nonce_dst, 0x33, RM_WIRE_NONCE);
+	cr_assert_eq(rm_ctrl_join_mac(&other->base, 'S', 1, a.mac), 0);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), RDMAMIG_E_AUTH);
+	cr_assert(strstr(why, "did not prove it belongs"), "%s", why);
+	cr_assert_eq(d->base.ctrl.joined, 0u, "a replayed proof joined channel 1");
+	/* The destination's own proof, reflected; another channel's proof. */
+	memcpy(other->base.ctrl.nonce_dst, d->base.ctrl.nonce_dst, RM_WIRE_NONCE);
+	cr_assert_eq(rm_ctrl_join_mac(&other->base, 'D', 1, a.mac), 0);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), RDMAMIG_E_AUTH);
+	cr_assert_eq(rm_ctrl_join_mac(&other->base, 'S', 2, a.mac), 0);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), RDMAMIG_E_AUTH);
+	/* The nonce field set, or the wrong step: refused as such. */
+	cr_assert_eq(rm_ctrl_join_mac(&other->base, 'S', 1, a.mac), 0);
+	a.nonce[0] = 1;
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), RDMAMIG_E_PROTO);
+	a.nonce[0] = 0;
+	a.step = rm_wire_put32(RM_AUTH_JOIN_DST);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), RDMAMIG_E_PROTO);
+	cr_assert_eq(d->base.ctrl.joined, 0u);
+	/* The right proof joins it, once; then the channel is open. */
+	a.step = rm_wire_put32(RM_AUTH_JOIN_SRC);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), 0, "%s", why);
+	cr_assert_eq(d->base.ctrl.joined, 2u);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), RDMAMIG_E_PROTO);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 1, RM_WIRE_MARKER, 0, &mk, sizeof(mk), &why), 0, "%s", why);
+	fake_free(d);
+	fake_free(other);
 }
 
 /* Keys on one side only: each side refuses at HELLO time. */

@@ -2,8 +2,9 @@
  * transport/ctrl-auth.c — the pre-shared-key challenge–response of the
  * handshake (ctrl.h, wire.h's AUTH): both sides send a nonce, then each
  * proves the key with an HMAC-SHA256 over its role, the session, the channel
- * count and both nonces.  The answers are checked on the receive path
- * (ctrl.c's rx_auth), so this file only drives the exchange.
+ * count and both nonces; then every other channel proves that it belongs
+ * to that session (steps 5 and 6).  The answers are checked on the receive
+ * path (ctrl.c's rx_auth), so this file only drives the exchange.
  */
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -38,6 +39,39 @@ int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIR
 	    mlen != RM_WIRE_MAC)
 		return -ENOMEM;
 	return 0;
+}
+
+int rm_ctrl_join_mac(const struct rm_transport *t, char role, unsigned chan,
+		     uint8_t mac[RM_WIRE_MAC])
+{
+	static const char slabel[] = RM_WIRE_SESSION_LABEL, jlabel[] = RM_WIRE_JOIN_LABEL;
+	uint8_t smsg[sizeof(slabel) + 8 + 2 + 2 * RM_WIRE_NONCE], *p = smsg;
+	uint8_t jmsg[sizeof(jlabel) + 1 + 2], key[RM_WIRE_MAC];
+	__le64 session = rm_wire_put64(t->session);
+	__le16 nchan = rm_wire_put16((uint16_t)t->nchan), c = rm_wire_put16((uint16_t)chan);
+	unsigned klen = 0, mlen = 0;
+	int err = 0;
+
+	/* The session key: label, session, nchan, nonce_s, nonce_d. */
+	memcpy(p, slabel, sizeof(slabel));
+	p += sizeof(slabel);
+	memcpy(p, &session, 8);
+	p += 8;
+	memcpy(p, &nchan, 2);
+	p += 2;
+	memcpy(p, t->ctrl.nonce_src, RM_WIRE_NONCE);
+	p += RM_WIRE_NONCE;
+	memcpy(p, t->ctrl.nonce_dst, RM_WIRE_NONCE);
+	/* The channel's proof under it: label, role, channel. */
+	memcpy(jmsg, jlabel, sizeof(jlabel));
+	jmsg[sizeof(jlabel)] = (uint8_t)role;
+	memcpy(jmsg + sizeof(jlabel) + 1, &c, 2);
+	if (!HMAC(EVP_sha256(), t->opts.psk, (int)t->opts.psk_len, smsg, sizeof(smsg), key, &klen) ||
+	    klen != sizeof(key) ||
+	    !HMAC(EVP_sha256(), key, sizeof(key), jmsg, sizeof(jmsg), mac, &mlen) || mlen != RM_WIRE_MAC)
+		err = -ENOMEM;
+	OPENSSL_cleanse(key, sizeof(key));
+	return err;
 }
 
 static bool never(struct rm_transport *t, void *arg)
@@ -95,6 +129,50 @@ static int auth_wait(struct rm_transport *t, unsigned step, bool verdict, uint64
 	return ret < 0 ? ret : ret ? 0 : -ETIMEDOUT;
 }
 
+/* Every channel but 0, as a mask of joined. */
+static uint32_t join_all(const struct rm_transport *t)
+{
+	return ((1u << t->nchan) - 1) & ~1u;
+}
+
+static bool all_joined(struct rm_transport *t, void *arg)
+{
+	return (t->ctrl.joined & join_all(t)) == join_all(t);
+}
+
+/* Our proof on every channel but 0 (step 5 or 6), then, on the source,
+ * the destination's on each; the destination sends its own only once the
+ * source's all checked out (the receive path checks them). */
+static int auth_join(struct rm_transport *t, uint64_t deadline)
+{
+	bool src = t->role == RM_ROLE_SOURCE;
+	int err = 0;
+
+	if (!src) {
+		err = rm_ctrl_wait_for(t, deadline, all_joined, NULL);
+		if (err <= 0)
+			return err < 0 ? err : -ETIMEDOUT;
+		err = 0;
+	}
+	for (unsigned c = 1; c < t->nchan && !err; c++) {
+		struct rm_wire_auth a = { .step = rm_wire_put32(src ? RM_AUTH_JOIN_SRC
+								    : RM_AUTH_JOIN_DST) };
+
+		pthread_mutex_lock(&t->ctrl.lock);
+		err = rm_ctrl_join_mac(t, src ? 'S' : 'D', c, a.mac);
+		t->ctrl.join_sent |= 1u << c;	/* before the answer can come */
+		pthread_mutex_unlock(&t->ctrl.lock);
+		if (!err)
+			err = t->ops->post(t, c, RM_WIRE_AUTH, 0, &a, sizeof(a), NULL, 0, deadline);
+		OPENSSL_cleanse(&a, sizeof(a));
+	}
+	if (!err && src) {
+		err = rm_ctrl_wait_for(t, deadline, all_joined, NULL);
+		err = err < 0 ? err : err ? 0 : -ETIMEDOUT;
+	}
+	return err;
+}
+
 /* Has the peer's proof checked out?  Takes the lock for the verdict. */
 static bool auth_ok(struct rm_transport *t)
 {
@@ -132,7 +210,11 @@ int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
 			       t->ops->name, RM_AUTH_HINT);
 			return RDMAMIG_E_AUTH;
 		}
-		return 0;
+		err = auth_join(t, deadline);
+		if (err)
+			rm_err("transport %s: joining channels 1-%u to the session: %s", t->ops->name,
+			       t->nchan - 1, rdmamig_strerror(err));
+		return err;
 	}
 	err = auth_wait(t, RM_AUTH_NONCE_SRC, false, deadline);
 	if (!err)
@@ -154,5 +236,12 @@ int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
 			rm_ctrl_wait_for(t, rm_deadline(1000), never, NULL);
 		return RDMAMIG_E_AUTH;
 	}
-	return auth_send(t, RM_AUTH_PROOF_DST, deadline);
+	err = auth_send(t, RM_AUTH_PROOF_DST, deadline);
+	if (err)
+		return err;
+	err = auth_join(t, deadline);
+	if (err)
+		rm_warn("transport %s: dropping a source whose channels did not all join its session: "
+			"%s", t->ops->name, rdmamig_strerror(err));
+	return err;
 }

@@ -345,6 +345,44 @@ static bool all_zero(const uint8_t *p, size_t n)
  * follows a good proof on the wire is taken, one that follows a bad proof
  * or comes before any is refused.
  */
+/*
+ * AUTH step 5 or 6 on channel chan > 0: the peer proves that this channel
+ * is its own, not one that someone who saw the session id connected into
+ * it.  Taken only once channel 0's exchange is done (and, on the source,
+ * after its own step 5 on the channel), once per channel.
+ */
+static int rx_join(struct rm_transport *t, unsigned chan, const struct rm_wire_auth *a,
+		   const char **why)
+{
+	struct rm_ctrl *q = &t->ctrl;
+	bool src = t->role == RM_ROLE_SOURCE;
+	uint32_t bit = 1u << chan;
+	uint8_t mac[RM_WIRE_MAC];
+	int err = 0;
+
+	pthread_mutex_lock(&q->lock);
+	if (rm_wire_get32(a->step) != (src ? RM_AUTH_JOIN_DST : RM_AUTH_JOIN_SRC) || a->reserved ||
+	    !q->authed || (q->joined & bit) || (src && !(q->join_sent & bit))) {
+		*why = "AUTH step out of order";
+		err = RDMAMIG_E_PROTO;
+	} else if (!all_zero(a->nonce, sizeof(a->nonce))) {
+		*why = "AUTH with a field its step does not carry";
+		err = RDMAMIG_E_PROTO;
+	} else if (rm_ctrl_join_mac(t, src ? 'D' : 'S', chan, mac)) {
+		*why = "computing the expected proof";
+		err = -ENOMEM;
+	} else if (CRYPTO_memcmp(mac, a->mac, sizeof(mac)) == 0) {
+		q->joined |= bit;
+	} else {
+		*why = "a channel that did not prove it belongs to the authenticated session";
+		err = RDMAMIG_E_AUTH;
+	}
+	OPENSSL_cleanse(mac, sizeof(mac));
+	changed(q);
+	pthread_mutex_unlock(&q->lock);
+	return err;
+}
+
 static int rx_auth(struct rm_transport *t, unsigned chan, const void *body, size_t len,
 		   const char **why)
 {
@@ -355,11 +393,13 @@ static int rx_auth(struct rm_transport *t, unsigned chan, const void *body, size
 	unsigned step, want;
 	int err = 0;
 
-	if (chan != 0 || len != sizeof(a) || !t->opts.psk_len) {
+	if (len != sizeof(a) || !t->opts.psk_len) {
 		*why = "AUTH off channel 0, of the wrong length, or not agreed";
 		return RDMAMIG_E_PROTO;
 	}
 	memcpy(&a, body, sizeof(a));
+	if (chan != 0)
+		return rx_join(t, chan, &a, why);
 	step = rm_wire_get32(a.step);
 	pthread_mutex_lock(&q->lock);
 	/* Each side takes the peer's steps in order, each only after it sent
@@ -396,7 +436,7 @@ int rm_ctrl_rx(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t fl
 	       const void *body, size_t len, const char **why)
 {
 	struct rm_wire_ctrl b;
-	bool authed;
+	bool authed, joined;
 	void *dst;
 	int err;
 
@@ -410,9 +450,15 @@ int rm_ctrl_rx(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t fl
 	}
 	pthread_mutex_lock(&t->ctrl.lock);
 	authed = t->ctrl.authed;
+	joined = chan == 0 || !t->opts.psk_len || (t->ctrl.joined & (1u << chan));
 	pthread_mutex_unlock(&t->ctrl.lock);
 	if (!authed && (type == RM_WIRE_MARKER || type == RM_WIRE_CTRL || type == RM_WIRE_LAYOUT)) {
 		*why = "a message before authentication";
+		return RDMAMIG_E_PROTO;
+	}
+	if (!joined && type != RM_WIRE_AUTH && type != RM_WIRE_ABORT && type != RM_WIRE_REFUSE &&
+	    type != RM_WIRE_BYE) {
+		*why = "a message on a channel before it proved it belongs to the session";
 		return RDMAMIG_E_PROTO;
 	}
 	switch (type) {

@@ -72,7 +72,12 @@ struct rm_ctrl {
 	 * no key); until then only AUTH, REFUSE, ABORT and BYE are taken. */
 	bool authed;
 	bool auth_bad;			/* the peer's proof was wrong */
-	unsigned auth_sent, auth_got;	/* last step sent, received */
+	unsigned auth_sent, auth_got;	/* last step sent, received (channel 0) */
+	/* Channels whose peer proved, by AUTH step 5 or 6, that it is the
+	 * peer of channel 0's exchange (bit 0: channel 0, once authed); only
+	 * AUTH, REFUSE, ABORT and BYE are taken on a channel before.  Source:
+	 * channels it sent its own step 5 on. */
+	uint32_t joined, join_sent;
 	uint8_t nonce_src[RM_WIRE_NONCE];
 	uint8_t nonce_dst[RM_WIRE_NONCE];
 
@@ -172,6 +177,10 @@ int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline);
 /* HMAC-SHA256 proof of role ('S' or 'D') over t's session, nchan and both
  * nonces; exposed for tests/test-transport-ctrl.c. */
 int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIRE_MAC]);
+/* The proof that channel chan belongs to t's session (AUTH steps 5 and 6,
+ * wire.h), by role; exposed for the hostile suites. */
+int rm_ctrl_join_mac(const struct rm_transport *t, char role, unsigned chan,
+		     uint8_t mac[RM_WIRE_MAC]);
 
 /* ---- liveness ----
  *

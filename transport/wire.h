@@ -37,6 +37,22 @@
  *      key learns no proof, and the destination sends nothing but its nonce
  *      and allocates nothing for the migration before step 3 checks out.
  *      Until then a receiver takes nothing but AUTH, REFUSE, ABORT and BYE.
+ *   1b. AUTH {step 5, join_s}  on every channel c > 0, once the source
+ *       checked mac_d           ->  checks join_s: else the connection
+ *                                    fails (the channel was not the source's)
+ *                                <-  AUTH {step 6, join_d} on channel c,
+ *                                    checked by the source
+ *      join_x = HMAC-SHA256(K, RM_WIRE_JOIN_LABEL, role x, c) with the
+ *      session key K = HMAC-SHA256(key, RM_WIRE_SESSION_LABEL, session,
+ *      nchan, nonce_s, nonce_d).  A channel joins a connection by the
+ *      session id of its HELLO, which crosses the network in the clear
+ *      (inside TLS with --tls): anyone who saw it could connect a channel
+ *      of its own into the session first.  So each channel but 0 proves
+ *      that its peer took part in channel 0's exchange: K is fresh with
+ *      both nonces, so a proof replayed from another session fails, and
+ *      it names the channel, so one channel's proof is no other's.  The
+ *      destination sends LAYOUT (RDMA: the rkeys) and takes MARKER, WRITE
+ *      or anything else on channel c only after join_s checked out.
  *   2.                                   <-  LAYOUT {count, regions[]:
  *                                              id, size, addr, rkey}
  *      source checks every region id and size against its own RAM; on a
@@ -77,7 +93,10 @@
  * layout, offset + length against the region size without overflow, counts
  * and lengths against the RM_WIRE_MAX_* bounds below.
  *
- * Version 3 (this one) adds AUTH, RM_CAP_AUTH and RM_REFUSE_AUTH to version
+ * Version 4 (this one) adds AUTH steps 5 and 6, which every channel but 0
+ * must pass, and RM_REFUSE_TLS.  Version 3 peers are refused.
+ *
+ * Version 3 added AUTH, RM_CAP_AUTH and RM_REFUSE_AUTH to version
  * 2, and KEEPALIVE: a version 2 peer neither sends nor accepts it, and would
  * be taken for dead while it iterates quietly.  Version 2 peers are refused.
  *
@@ -95,8 +114,8 @@
 #include <stdint.h>
 
 #define RM_WIRE_MAGIC 0x474d4452u	/* "RDMG" read as little-endian bytes */
-#define RM_WIRE_VERSION 3		/* the version this build speaks */
-#define RM_WIRE_VERSION_MIN 3		/* the oldest version it accepts */
+#define RM_WIRE_VERSION 4		/* the version this build speaks */
+#define RM_WIRE_VERSION_MIN 4		/* the oldest version it accepts */
 
 /* Bounds every receiver checks before using a peer's number. */
 #define RM_WIRE_MAX_REGIONS 64
@@ -111,6 +130,8 @@
 #define RM_WIRE_NONCE 32		/* AUTH nonce bytes */
 #define RM_WIRE_MAC 32			/* AUTH proof: an HMAC-SHA256 */
 #define RM_WIRE_AUTH_LABEL "rdmamig auth v3"	/* first bytes every proof covers */
+#define RM_WIRE_SESSION_LABEL "rdmamig session key v4"	/* ... the session key's */
+#define RM_WIRE_JOIN_LABEL "rdmamig join v4"	/* ... every channel's proof */
 #define RM_WIRE_KEEPALIVE_MS 250	/* longest quiet spell on a channel: so a
 					 * peer's timeout of 1 s or more holds with
 					 * a 4x margin, whatever ours is */
@@ -220,13 +241,15 @@ enum rm_wire_auth_step {
 	RM_AUTH_NONCE_DST = 2,	/* destination -> source: nonce */
 	RM_AUTH_PROOF_SRC = 3,	/* source -> destination: mac */
 	RM_AUTH_PROOF_DST = 4,	/* destination -> source: mac */
+	RM_AUTH_JOIN_SRC = 5,	/* source -> destination, channel c > 0: join_s */
+	RM_AUTH_JOIN_DST = 6,	/* destination -> source, channel c > 0: join_d */
 };
 
 struct rm_wire_auth {
 	__le32 step;			/* enum rm_wire_auth_step */
 	__le32 reserved;
-	uint8_t nonce[RM_WIRE_NONCE];	/* steps 1 and 2; zero in 3 and 4 */
-	uint8_t mac[RM_WIRE_MAC];	/* steps 3 and 4; zero in 1 and 2 */
+	uint8_t nonce[RM_WIRE_NONCE];	/* steps 1 and 2; zero in 3 to 6 */
+	uint8_t mac[RM_WIRE_MAC];	/* steps 3 to 6; zero in 1 and 2 */
 };
 
 struct rm_wire_region {
