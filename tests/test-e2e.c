@@ -7,7 +7,10 @@
  * --run-after, with its progress moving.  The handover (issue 11): a lost
  * RESUMED leaves the destination running and the source released, a lost GO
  * leaves the source running, and a source that cannot learn the outcome
- * keeps its guest paused until the operator ends it (exit 8).
+ * keeps its guest paused until the operator ends it (exit 8).  With --tls
+ * (TCP): the same migrations encrypted, the TLS path each took checked
+ * against what the kernel offers, a wrong key and a side without --tls
+ * refused with the fix named.
  *
  * Needs /dev/kvm (skips, saying why, without it: make test runs it in the
  * test VM) and, for RDMA cases, the soft-RoCE bed (RDMAMIG_RXE_ADDR).
@@ -217,18 +220,43 @@ static unsigned count(const char *s, const char *needle)
 	return n;
 }
 
-/* Migrate a 64 MiB, 2-vCPU guest; extra: more source flags (at most 8). */
+/* Does this kernel offer kernel TLS (the tls ULP, loaded)? */
+static bool kernel_has_tls(void)
+{
+	const char *ulp = slurp("/proc/sys/net/ipv4/tcp_available_ulp");
+
+	return strstr(ulp, "tls") != NULL;
+}
+
+/* A JSON string field, into buf. */
+static const char *json_str(const char *path, const char *key, char *buf, size_t n)
+{
+	char pat[64];
+	const char *at;
+
+	snprintf(pat, sizeof(pat), "\"%s\": \"", key);
+	at = strstr(slurp(path), pat);
+	cr_assert_not_null(at, "%s has no %s", path, key);
+	snprintf(buf, n, "%.*s", (int)strcspn(at + strlen(pat), "\""), at + strlen(pat));
+	return buf;
+}
+
+/* Migrate a 64 MiB, 2-vCPU guest; extra: more source flags (at most 8).
+ * "--tls" among them goes to the destination too. */
 static void migrate(bool rdma, const char *workload, const char *const *extra, const char *expect_switch)
 {
-	char ep[64], json[128];
+	char ep[64], json[128], path[32] = "off";
 	const char *tr = rdma ? "rdma" : "tcp";
 	struct proc dst, src;
+	bool tls = false;
 
 	need_bed(rdma);
+	for (unsigned i = 0; extra && extra[i]; i++)
+		tls |= !strcmp(extra[i], "--tls");
 	snprintf(ep, sizeof(ep), "%s:0", addr(rdma));
 	snprintf(json, sizeof(json), "/tmp/rdmamig-e2e-%d-src.json", getpid());
 	const char *dargs[] = { "--dst", "--listen", ep, "--transport", tr, "--run-after", "2",
-				"--psk", key_file("key"), NULL };
+				"--psk", key_file("key"), tls ? "--tls" : NULL, NULL };
 	start(&dst, "dst", dargs);
 	snprintf(ep, sizeof(ep), "%s:%u", addr(rdma), wait_listening(&dst));
 	const char *sargs[30] = { "--src", "--connect", ep, "--transport", tr, "--mem", "64M", "--vcpus", "2",
@@ -252,9 +280,26 @@ static void migrate(bool rdma, const char *workload, const char *const *extra, c
 	const char *at = strstr(js, "\"switchover\": \"");
 	if (at)
 		sscanf(at + 15, "%31[a-z-]", sw);
-	printf("e2e %s %s: total %.2f s, downtime %.1f ms, %u iterations, switchover %s\n", tr, workload,
-	       json_u64(json, "total_ns") / 1e9, json_u64(json, "downtime_ns") / 1e6,
-	       count(slurp(json), "\"index\""), sw);
+	json_str(json, "tls", path, sizeof(path));
+	printf("e2e %s %s%s: total %.2f s, downtime %.1f ms, %u iterations, switchover %s\n", tr,
+	       tls ? "TLS " : "", workload, json_u64(json, "total_ns") / 1e9,
+	       json_u64(json, "downtime_ns") / 1e6, count(slurp(json), "\"index\""), sw);
+	if (tls) {
+		/* The path is what this kernel offers: the kernel's records
+		 * where it has the tls ULP (OpenSSL 3.0: sending only), else
+		 * OpenSSL's; and the log says so. */
+		printf("e2e %s TLS %s: TLS path %s (kernel tls ULP %s)\n", tr, workload, path,
+		       kernel_has_tls() ? "present" : "absent");
+		if (kernel_has_tls())
+			cr_assert(!strcmp(path, "kernel-tx") || !strcmp(path, "kernel"),
+				  "the kernel has TLS, the migration used %s: %s", path, slurp(src.log));
+		else
+			cr_assert_str_eq(path, "userspace");
+		cr_assert(log_has(&src, "channels (TLSv1.3 TLS_AES_128_GCM_SHA256, "), "%s", slurp(src.log));
+		cr_assert(log_has(&dst, "accepted a source with 2 channels (TLSv1.3"), "%s", slurp(dst.log));
+	} else {
+		cr_assert_str_eq(path, "off");
+	}
 	if (expect_switch && strcmp(expect_switch, "deadline"))
 		cr_assert_str_eq(sw, expect_switch);
 	if (expect_switch && !strcmp(expect_switch, "deadline")) {
@@ -712,3 +757,109 @@ static void auth_cli(bool rdma)
 
 Test(e2e_tcp, auth_no_key_wrong_key_then_right_key, .timeout = 300) { auth_cli(false); }
 Test(e2e_rdma, auth_no_key_wrong_key_then_right_key, .timeout = 300) { auth_cli(true); }
+
+/* ---- --tls (TCP) ---- */
+
+Test(e2e_tcp, tls_uniform, .timeout = 300)
+{
+	const char *const extra[] = { "--tls", NULL };
+
+	migrate(false, "uniform:300", extra, NULL);
+}
+
+Test(e2e_tcp, tls_hotset, .timeout = 300)
+{
+	const char *const extra[] = { "--tls", NULL };
+
+	migrate(false, "hotset:2000", extra, NULL);
+}
+
+/* The bed's kernel has the tls module (setup.sh loads it), the host's may
+ * not: named *_rdma so that make test runs it on the bed, where kernel TLS
+ * is checked to be what the migration used. */
+Test(e2e_ktls_rdma, tls_stamp_kernel_tls, .timeout = 300)
+{
+	const char *const extra[] = { "--tls", NULL };
+
+	if (!kernel_has_tls())
+		cr_skip_test("this kernel offers no tls ULP (/proc/sys/net/ipv4/tcp_available_ulp)");
+	migrate(false, "stamp:300", extra, NULL);
+}
+
+/*
+ * Under --tls a source with another key fails the TLS handshake: it exits 7
+ * naming the cause while its guest runs on, and the destination, which set
+ * up nothing, takes the source with the key afterwards.
+ */
+Test(e2e_tcp, tls_wrong_key_refused_then_right_key, .timeout = 300)
+{
+	char ep[64];
+	struct proc dst, src;
+
+	need_bed(false);
+	snprintf(ep, sizeof(ep), "127.0.0.1:0");
+	const char *dargs[] = { "--dst", "--listen", ep, "--transport", "tcp", "--tls", "--run-after",
+				"1", "--psk", key_file("key"), NULL };
+	start(&dst, "dst", dargs);
+	snprintf(ep, sizeof(ep), "127.0.0.1:%u", wait_listening(&dst));
+	const char *wrong[] = { "--src", "--connect", ep, "--transport", "tcp", "--tls", "--mem", "64M",
+				"--workload", "uniform:300", "--warmup", "1", "--psk", key_file("other"), NULL };
+	start(&src, "src-wrong", wrong);
+	expect_exit(&src, 60, 7);
+	cr_assert(log_has(&src, "the destination's TLS key differs from ours: wrong key; check --psk on "
+				"both sides"), "%s", slurp(src.log));
+	source_ran_on(&src);
+	cr_assert_eq(waitpid(dst.pid, &dst.status, WNOHANG), 0, "the destination gave up: %s",
+		     slurp(dst.log));
+	cr_assert(log_has(&dst, "refusing a peer: the source's TLS key differs from ours"), "%s",
+		  slurp(dst.log));
+	cr_assert(!log_has(&dst, "accepted a source"), "%s", slurp(dst.log));
+
+	const char *good[] = { "--src", "--connect", ep, "--transport", "tcp", "--tls", "--mem", "64M",
+			       "--workload", "uniform:300", "--warmup", "1", "--verify", "--psk",
+			       key_file("key"), NULL };
+	start(&src, "src", good);
+	expect_exit(&src, 240, 0);
+	expect_exit(&dst, 60, 0);
+	cr_assert(log_has(&src, "matches on both sides"), "%s", slurp(src.log));
+}
+
+/* One side with --tls, the other without: the source fails, naming the
+ * fix, its guest runs on, and the destination keeps waiting. */
+static void tls_one_side(bool dst_tls)
+{
+	char ep[64];
+	struct proc dst, src;
+
+	need_bed(false);
+	snprintf(ep, sizeof(ep), "127.0.0.1:0");
+	const char *dargs[] = { "--dst", "--listen", ep, "--transport", "tcp", "--psk", key_file("key"),
+				dst_tls ? "--tls" : NULL, NULL };
+	start(&dst, dst_tls ? "dst-tls" : "dst-plain", dargs);
+	snprintf(ep, sizeof(ep), "127.0.0.1:%u", wait_listening(&dst));
+	const char *sargs[] = { "--src", "--connect", ep, "--transport", "tcp", "--mem", "64M",
+				"--workload", "uniform:300", "--warmup", "1", "--run-after", "1", "--psk",
+				key_file("key"), dst_tls ? NULL : "--tls", NULL };
+	start(&src, dst_tls ? "src-plain" : "src-tls", sargs);
+	if (dst_tls) {
+		/* REFUSE in the clear, in place of the handshake: exit 3. */
+		expect_exit(&src, 60, 3);
+		cr_assert(log_has(&src, "the destination refused: TLS required: this destination runs "
+					"--tls: give --tls"), "%s", slurp(src.log));
+		wait_for_log(&dst, "refusing a peer: TLS required", 30);
+	} else {
+		expect_exit(&src, 60, 1);
+		cr_assert(log_has(&src, "the destination hung up in the TLS handshake: does it run "
+					"with --tls? give --tls on both sides"), "%s", slurp(src.log));
+		wait_for_log(&dst, "dropping a peer that speaks TLS: this destination runs without "
+				   "--tls; give --tls on both sides", 30);
+	}
+	source_ran_on(&src);
+	cr_assert_eq(waitpid(dst.pid, &dst.status, WNOHANG), 0, "the destination gave up: %s",
+		     slurp(dst.log));
+	kill(dst.pid, SIGTERM);
+	wait_exit(&dst, 30);
+}
+
+Test(e2e_tcp, tls_destination_plain_source_named_fix, .timeout = 120) { tls_one_side(true); }
+Test(e2e_tcp, tls_source_plain_destination_named_fix, .timeout = 120) { tls_one_side(false); }

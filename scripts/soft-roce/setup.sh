@@ -33,6 +33,12 @@ for m in crc32_generic udp_tunnel ip6_udp_tunnel ib_core ib_uverbs rdma_rxe \
 		exit 1
 	fi
 done
+# Kernel TLS for the TCP transport's --tls, where the kernel has it (best
+# effort: without it --tls runs in userspace).  The AEAD modules are loaded
+# by name because a VM's kernel cannot load them on demand from the chroot.
+for m in tls gcm ghash_generic aesni_intel ghash_clmulni_intel chacha20poly1305; do
+	modprobe "$m" 2>/dev/null || true
+done
 if ! ip link show "$netdev" >/dev/null 2>&1; then
 	modprobe dummy numdummies=0 2>/dev/null || true
 	ip link add "$netdev" type dummy || { say "cannot create dummy netdev $netdev"; exit 1; }
