@@ -4,12 +4,14 @@
  * per measurement so bench/transport.sh can set it against ib_write_bw.
  *
  *   bench-transport xfer --kind rdma|tcp --addr A [--total BYTES] [--region BYTES]
- *                        [--chans N] [--write BYTES] [--batch N]
+ *                        [--chans N] [--write BYTES] [--batch N] [--tls]
  *       Destination in a thread, source in the main thread, one process.
  *       The source writes --total bytes as ranges of --write bytes, in a
  *       shuffled order over a --region sized region (so neighbours are
  *       rarely adjacent and are not coalesced), then fences; the time from
- *       the first write to the fence's return is the result.
+ *       the first write to the fence's return is the result, with the CPU
+ *       time both sides spent meanwhile (one process).  --tls (TCP): TLS
+ *       on every channel; the line says which path its records took.
  *   bench-transport reg --dev DEV [--region BYTES]
  *       Registration time per GiB of populated anonymous 4 KiB pages,
  *       transparent huge pages, and 2 MiB and 1 GiB hugetlbfs pages (where
@@ -27,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include "transport/register.h"
 #include "transport/priv.h"
@@ -117,15 +120,28 @@ static void *dst_thread(void *arg)
 	return NULL;
 }
 
-static int xfer(enum rm_transport_kind kind, const char *addr, uint64_t total, uint64_t region,
-		unsigned chans, uint64_t wsize, unsigned batch)
+/* CPU seconds this process has used, user + system. */
+static double cpu_s(void)
 {
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+	       (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+static int xfer(enum rm_transport_kind kind, const char *addr, uint64_t total, uint64_t region,
+		unsigned chans, uint64_t wsize, unsigned batch, bool tls)
+{
+	static const char *const paths[] = { "off", "userspace", "kernel-tx", "kernel" };
 	struct rm_transport_opts o = {
 		.kind = kind, .addr = addr, .port = "0", .nchan = chans,
 		.max_write = (uint32_t)(wsize > (64u << 20) ? (64u << 20) : wsize),
 		.timeout_ms = 60000,
 		.psk_len = 32,	/* authenticated, as deployed; the key's bytes don't matter */
+		.tls = tls,
 	};
+	double cpu0;
 	struct dst_arg d = { 0 };
 	struct rm_transport *src = NULL;
 	struct rm_transport_stats st;
@@ -173,19 +189,25 @@ static int xfer(enum rm_transport_kind kind, const char *addr, uint64_t total, u
 	if (err)
 		goto join;
 	t0 = rm_now_ns();
+	cpu0 = cpu_s();
 	for (uint64_t i = 0; i < n && !err; i += batch)
 		err = rm_tr_write(src, r + i, n - i < batch ? n - i : batch);
 	if (!err)
 		err = rm_tr_fence(src);
 	ns = rm_now_ns() - t0;
 	if (!err) {
+		/* The destination's last bytes are in its RAM once the fence is
+		 * back (a MARKER follows them on every channel). */
+		double cpu = cpu_s() - cpu0;
+
 		rm_tr_stats(src, &st);
-		printf("xfer kind=%s chans=%u write=%llu bytes=%llu secs=%.3f MBps=%.1f writes=%llu "
-		       "wrs=%llu completions=%llu\n",
-		       kind == RM_TRANSPORT_RDMA ? "rdma" : "tcp", chans, (unsigned long long)wsize,
-		       (unsigned long long)st.bytes_written, ns / 1e9, st.bytes_written / 1e6 / (ns / 1e9),
-		       (unsigned long long)st.writes, (unsigned long long)st.wrs_posted,
-		       (unsigned long long)st.completions);
+		printf("xfer kind=%s tls=%s chans=%u write=%llu bytes=%llu secs=%.3f MBps=%.1f "
+		       "cpu_s=%.3f cpu_s_per_GiB=%.3f writes=%llu wrs=%llu completions=%llu\n",
+		       kind == RM_TRANSPORT_RDMA ? "rdma" : "tcp", paths[st.tls & 3], chans,
+		       (unsigned long long)wsize, (unsigned long long)st.bytes_written, ns / 1e9,
+		       st.bytes_written / 1e6 / (ns / 1e9), cpu,
+		       cpu / ((double)st.bytes_written / (1ull << 30)), (unsigned long long)st.writes,
+		       (unsigned long long)st.wrs_posted, (unsigned long long)st.completions);
 		/* Spot-check that the data arrived. */
 		if (memcmp((char *)sram + r[0].offset, (char *)dram + r[0].offset, wsize) ||
 		    memcmp((char *)sram + r[n - 1].offset, (char *)dram + r[n - 1].offset, wsize)) {
@@ -287,12 +309,13 @@ int main(int argc, char **argv)
 		{ "total", required_argument, NULL, 't' }, { "region", required_argument, NULL, 'r' },
 		{ "chans", required_argument, NULL, 'c' }, { "write", required_argument, NULL, 'w' },
 		{ "batch", required_argument, NULL, 'b' }, { "dev", required_argument, NULL, 'd' },
-		{ "verbose", no_argument, NULL, 'v' }, { 0 },
+		{ "verbose", no_argument, NULL, 'v' }, { "tls", no_argument, NULL, 'T' }, { 0 },
 	};
 	enum rm_transport_kind kind = RM_TRANSPORT_TCP;
 	const char *addr = "127.0.0.1", *dev = NULL;
 	uint64_t total = 1ull << 30, region = 1ull << 30, wsize = 1u << 20;
 	unsigned chans = 1, batch = 256;
+	bool tls = false;
 	int c;
 
 	if (argc < 2) {
@@ -311,11 +334,12 @@ int main(int argc, char **argv)
 		case 'b': batch = (unsigned)atoi(optarg); break;
 		case 'd': dev = optarg; break;
 		case 'v': rdmamig_set_log(log_stderr, NULL, RDMAMIG_LOG_DEBUG); break;
+		case 'T': tls = true; break;
 		default: return 2;
 		}
 	}
 	if (!strcmp(argv[1], "xfer"))
-		return xfer(kind, addr, total, region, chans, wsize, batch ? batch : 256);
+		return xfer(kind, addr, total, region, chans, wsize, batch ? batch : 256, tls);
 	if (!strcmp(argv[1], "reg"))
 		return reg_bench(dev, region);
 	if (!strcmp(argv[1], "pop"))

@@ -164,6 +164,11 @@ static int auth_join(struct rm_transport *t, uint64_t deadline)
 		pthread_mutex_unlock(&t->ctrl.lock);
 		if (!err)
 			err = t->ops->post(t, c, RM_WIRE_AUTH, 0, &a, sizeof(a), NULL, 0, deadline);
+		if (!err) {
+			pthread_mutex_lock(&t->ctrl.lock);
+			t->ctrl.join_posted |= 1u << c;
+			pthread_mutex_unlock(&t->ctrl.lock);
+		}
 		OPENSSL_cleanse(&a, sizeof(a));
 	}
 	if (!err && src) {

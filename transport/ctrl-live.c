@@ -46,11 +46,28 @@ static bool peer_said_bye(struct rm_transport *t)
 	return bye;
 }
 
+/* With a key, a channel other than 0 carries nothing before this side's
+ * proof that it belongs to the session (AUTH step 5 or 6): the peer would
+ * refuse it.  Backends that send keep-alives from their progress loop
+ * (RDMA) reach here during the handshake. */
+static bool may_send(struct rm_transport *t, unsigned chan)
+{
+	bool ok;
+
+	if (!chan || !t->opts.psk_len)
+		return true;
+	pthread_mutex_lock(&t->ctrl.lock);
+	ok = t->ctrl.join_posted & (1u << chan);
+	pthread_mutex_unlock(&t->ctrl.lock);
+	return ok;
+}
+
 bool rm_ctrl_keepalive_due(struct rm_transport *t, unsigned chan, uint64_t now)
 {
 	uint64_t sent = atomic_load(&t->ctrl.last_tx[chan]);
 
-	return now > sent && now - sent >= keepalive_ns(t) && !peer_said_bye(t);
+	return now > sent && now - sent >= keepalive_ns(t) && !peer_said_bye(t) &&
+	       may_send(t, chan);
 }
 
 int rm_ctrl_live(struct rm_transport *t, uint64_t now)

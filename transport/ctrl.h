@@ -75,9 +75,11 @@ struct rm_ctrl {
 	unsigned auth_sent, auth_got;	/* last step sent, received (channel 0) */
 	/* Channels whose peer proved, by AUTH step 5 or 6, that it is the
 	 * peer of channel 0's exchange (bit 0: channel 0, once authed); only
-	 * AUTH, REFUSE, ABORT and BYE are taken on a channel before.  Source:
-	 * channels it sent its own step 5 on. */
-	uint32_t joined, join_sent;
+	 * AUTH, REFUSE, ABORT and BYE are taken on a channel before.
+	 * join_sent: channels this side is sending its own proof on (set
+	 * before the post, as the answer may come at once); join_posted: the
+	 * proof is on its way, so other messages may follow it. */
+	uint32_t joined, join_sent, join_posted;
 	uint8_t nonce_src[RM_WIRE_NONCE];
 	uint8_t nonce_dst[RM_WIRE_NONCE];
 

@@ -20,6 +20,13 @@
  * No session tickets are issued, so nothing but application data follows
  * the handshake.
  *
+ * OpenSSL writes to the socket with write(), which raises SIGPIPE on a
+ * connection the peer closed, and the default SIGPIPE ends the process: a
+ * library must not.  So every SSL call runs with SIGPIPE blocked in the
+ * calling thread, and a SIGPIPE that call raised is taken back before the
+ * mask is restored (the write itself fails with EPIPE, which is what we
+ * act on).
+ *
  * One SSL object serves a channel's receiver thread and its senders; OpenSSL
  * does not allow two threads in one SSL object at once, so every SSL call
  * holds the session's lock — briefly: the sockets are non-blocking and the
@@ -33,6 +40,7 @@
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +76,38 @@ struct tcp_tls {
 	size_t tx_len;
 	uint8_t stage[TLS_STAGE];
 };
+
+/* SIGPIPE blocked around one SSL call; see the top comment. */
+struct nopipe {
+	sigset_t old;
+};
+
+static void nopipe_begin(struct nopipe *g)
+{
+	sigset_t pipe;
+
+	sigemptyset(&pipe);
+	sigaddset(&pipe, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe, &g->old);
+}
+
+/* epipe: the call failed on a closed connection, so it raised SIGPIPE
+ * (unless this thread had it blocked before, and so pending, already). */
+static void nopipe_end(struct nopipe *g, bool epipe)
+{
+	if (epipe && !sigismember(&g->old, SIGPIPE)) {
+		sigset_t pipe;
+		struct timespec now = { 0 };
+		int e = errno;
+
+		sigemptyset(&pipe);
+		sigaddset(&pipe, SIGPIPE);
+		while (sigtimedwait(&pipe, NULL, &now) == SIGPIPE)
+			;
+		errno = e;
+	}
+	pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
 
 static const unsigned char suite_aes128[2] = { 0x13, 0x01 };	/* TLS_AES_128_GCM_SHA256 */
 
@@ -217,11 +257,14 @@ static int handshake_error(struct tcp_tls *s, int ssl_err, unsigned long e, char
 
 int tcp_tls_handshake(struct tcp_tls *s, short *events, char *why, size_t n)
 {
+	struct nopipe g;
 	int r, err;
 	unsigned long e;
 
 	ERR_clear_error();
+	nopipe_begin(&g);
 	r = SSL_do_handshake(s->ssl);
+	nopipe_end(&g, r != 1 && errno == EPIPE);
 	if (r == 1) {
 		bool ktx = BIO_get_ktls_send(SSL_get_wbio(s->ssl)) > 0;
 		bool krx = BIO_get_ktls_recv(SSL_get_rbio(s->ssl)) > 0;
@@ -292,6 +335,7 @@ ssize_t tcp_io_send(struct tcp_tls *s, int fd, const struct iovec *iov, int cnt,
 {
 	const void *buf;
 	size_t len, done = 0;
+	struct nopipe g;
 	int r, err;
 
 	if (!s || s->path >= TCP_TLS_KERNEL_TX) {
@@ -331,7 +375,9 @@ ssize_t tcp_io_send(struct tcp_tls *s, int fd, const struct iovec *iov, int cnt,
 		return 0;
 	pthread_mutex_lock(&s->lock);
 	ERR_clear_error();
+	nopipe_begin(&g);
 	r = SSL_write_ex(s->ssl, buf, len, &done);
+	nopipe_end(&g, r != 1 && errno == EPIPE);
 	err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, r);
 	pthread_mutex_unlock(&s->lock);
 	if (r == 1) {
@@ -349,6 +395,7 @@ ssize_t tcp_io_send(struct tcp_tls *s, int fd, const struct iovec *iov, int cnt,
 ssize_t tcp_io_recv(struct tcp_tls *s, int fd, void *buf, size_t len, short *events)
 {
 	size_t got = 0;
+	struct nopipe g;
 	int r, err;
 
 	if (!s || s->path == TCP_TLS_KERNEL) {
@@ -370,7 +417,10 @@ ssize_t tcp_io_recv(struct tcp_tls *s, int fd, void *buf, size_t len, short *eve
 	}
 	pthread_mutex_lock(&s->lock);
 	ERR_clear_error();
+	/* A read may write too: an alert, when the record is bad. */
+	nopipe_begin(&g);
 	r = SSL_read_ex(s->ssl, buf, len, &got);
+	nopipe_end(&g, r != 1 && errno == EPIPE);
 	err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, r);
 	pthread_mutex_unlock(&s->lock);
 	if (r == 1)
