@@ -20,6 +20,19 @@
 
 #include "transport/priv.h"
 
+/* RDMAMIG_TEST_VERBOSE=1: the library's log on stderr, to see why a case
+ * failed on the bed. */
+static void verbose_log(void *o, enum rdmamig_log_level l, const char *msg)
+{
+	fprintf(stderr, "  [lib] %s\n", msg);
+}
+
+__attribute__((constructor)) static void verbose_start(void)
+{
+	if (getenv("RDMAMIG_TEST_VERBOSE"))
+		rdmamig_set_log(verbose_log, NULL, RDMAMIG_LOG_DEBUG);
+}
+
 #define GUARD (64u << 10)
 #define CANARY 0xa5
 #define PAGE 4096u

@@ -365,6 +365,8 @@ ssize_t tcp_io_send(struct tcp_tls *s, int fd, const struct iovec *iov, int cnt,
 			size_t take = iov[i].iov_len < sizeof(s->stage) - done ? iov[i].iov_len
 									       : sizeof(s->stage) - done;
 
+			if (!take)
+				continue;	/* an empty body: its base may be NULL */
 			memcpy(s->stage + done, iov[i].iov_base, take);
 			done += take;
 		}
