@@ -50,6 +50,10 @@ measure() {
 		echo "where=$where kernel=$(uname -r) cpus=$(nproc)"
 		echo "tcp_available_ulp=$(cat /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null)"
 		echo "openssl=$(openssl version 2>/dev/null)"
+		# What this CPU (or its emulation, in the VM) encrypts at: the
+		# ceiling of any TLS figure below.
+		echo "aes-128-gcm_16KiB=$(openssl speed -seconds 1 -bytes 16384 -evp aes-128-gcm 2>/dev/null |
+			awk '/^AES-128-GCM/ { print $2 }')"
 	} >> "$raw/machines.txt"
 	for r in $(seq "$REPEATS"); do
 		for c in 1 2; do
