@@ -293,8 +293,8 @@ void tcp_tls_describe(const struct tcp_tls *s, char *buf, size_t n)
 	static const char *const how[] = {
 		[TCP_TLS_OFF] = "no TLS",
 		[TCP_TLS_USER] = "userspace TLS (no kernel TLS here: the kernel offers no tls ULP)",
-		[TCP_TLS_KERNEL_TX] = "kernel TLS sending, userspace TLS receiving (OpenSSL 3.0 "
-				      "receives TLS 1.3 in userspace)",
+		[TCP_TLS_KERNEL_TX] = ("kernel TLS sending, userspace TLS receiving (OpenSSL 3.0 "
+				       "receives TLS 1.3 in userspace)"),
 		[TCP_TLS_KERNEL] = "kernel TLS both ways",
 	};
 
