@@ -13,12 +13,19 @@
  *                 ("send-GO": it counts GO as sent), but it is lost: the
  *                 side breaks the connection instead of sending it
  *   side   src or dst
- *   step   a step the engine names: "iteration-N" — the source has sent
- *          iteration N and synced the dirty log, and has not yet decided
- *          whether to switch over (its guest still runs); "send-LOADED",
- *          "send-GO", "send-RESUMED" — just before that handover message
- *          (migration/handover.c); "recover" — the source, its answer lost,
- *          is about to ask the destination (its guest paused)
+ *   step   a step the engine names, in the order a migration meets them:
+ *          "accepted" (dst) — the transport connected and both peers
+ *          authenticated, before SETUP is read; "setup" (dst) — SETUP
+ *          checked and prepare() done, before SETUP_OK and the layout;
+ *          "iteration-N" (src) — the source has sent iteration N and synced
+ *          the dirty log, and has not yet decided whether to switch over
+ *          (its guest still runs); "send-STATE" (src) — the guest paused
+ *          and the final RAM sent, before the device state; "send-LOADED"
+ *          (dst), "send-GO" (src), "send-RESUMED" (dst) — just before that
+ *          handover message (migration/handover.c); "recover" (src) — the
+ *          source, its answer lost, is about to ask the destination (its
+ *          guest paused).  At the steps that send no handover message
+ *          (accepted, setup, iteration-N, send-STATE) drop acts as cut.
  *   file   pause: created when the side arrives at the step (the test's
  *          proof that it is there); the side waits until the file is
  *          removed, the migration is cancelled, or RM_FAULT_MAX_PAUSE_S

@@ -97,6 +97,10 @@ int rm_mig_expect(struct rdmamig *m, struct rm_msg *msg, int timeout_ms);
 /* A test's fault point (common/fault.h) named by fmt: 0 to go on,
  * RDMAMIG_E_ABORTED, RM_FAULT_CUT or RM_FAULT_DROP. */
 int rm_mig_fault(struct rdmamig *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A fault point at a step that sends no handover message of its own
+ * ("iteration-N", "accepted", "setup", "send-STATE"): cut and drop both
+ * break the link there.  0 to go on, or a negative error to fail with. */
+int rm_mig_fault_step(struct rdmamig *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Break the connection as a cut link would: no BYE, no ABORT. */
 void rm_mig_cut(struct rdmamig *m);
 void rm_mig_set_stage(struct rdmamig *m, int stage);

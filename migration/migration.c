@@ -298,6 +298,24 @@ int rm_mig_fault(struct rdmamig *m, const char *fmt, ...)
 	return rm_fault_point(m->opts.role == RDMAMIG_SOURCE ? "src" : "dst", step, &m->cancelled);
 }
 
+int rm_mig_fault_step(struct rdmamig *m, const char *fmt, ...)
+{
+	char step[64];
+	va_list ap;
+	int fault;
+
+	va_start(ap, fmt);
+	vsnprintf(step, sizeof(step), fmt, ap);
+	va_end(ap);
+	fault = rm_mig_fault(m, "%s", step);
+	if (fault == RM_FAULT_CUT || fault == RM_FAULT_DROP) {
+		/* A positive return would read as success to the caller. */
+		rm_mig_cut(m);
+		return -ECONNRESET;
+	}
+	return fault;
+}
+
 void rm_mig_set_stage(struct rdmamig *m, int stage)
 {
 	pthread_mutex_lock(&m->lock);
@@ -523,6 +541,9 @@ static int stop_and_copy(struct rdmamig *m)
 		pthread_mutex_unlock(&m->lock);
 	}
 
+	err = rm_mig_fault_step(m, "send-STATE");
+	if (err)
+		return err;
 	t0 = rm_now_ns();
 	err = m->ops->save_state(m->vmm, &state, &state_len);
 	if (err) {
@@ -613,7 +634,7 @@ static int run_source(struct rdmamig *m)
 		rm_info("migration: iteration %u sent %llu pages (%llu zero skipped) in %llu ms, %llu dirty now",
 			it, (unsigned long long)pass.pages, (unsigned long long)pass.zero_pages,
 			(unsigned long long)(pass.ns / 1000000), (unsigned long long)dirty);
-		err = rm_mig_fault(m, "iteration-%u", it);
+		err = rm_mig_fault_step(m, "iteration-%u", it);
 		if (err)
 			goto fail;
 
@@ -727,7 +748,7 @@ static int dest_accept(struct rdmamig *m)
 		return rm_mig_cancelled(m) ? RDMAMIG_E_ABORTED : err;
 	rm_mig_set_transport(m, t);
 	m->start_ns = rm_now_ns();
-	return 0;
+	return rm_mig_fault_step(m, "accepted");
 }
 
 /* The host's MemAvailable in bytes, or UINT64_MAX when /proc says nothing. */
@@ -808,6 +829,9 @@ static int dest_setup(struct rdmamig *m, uint32_t *flags)
 		rm_mig_refuse(m, RDMAMIG_E_REFUSED, why);
 		return RDMAMIG_E_REFUSED;
 	}
+	err = rm_mig_fault_step(m, "setup");
+	if (err)
+		return err;
 	err = rm_tr_send(m->t, RM_MIG_SETUP_OK, NULL, 0);
 	if (err)
 		return err;
@@ -830,7 +854,7 @@ static int run_dest(struct rdmamig *m)
 
 	err = dest_accept(m);
 	if (err)
-		return err;
+		goto out;
 	err = dest_setup(m, &flags);
 	if (err)
 		goto out;
