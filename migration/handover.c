@@ -201,6 +201,22 @@ int rm_handover_source(struct rdmamig *m, uint64_t digest)
 		return fault;
 	if (rm_mig_cancelled(m))
 		return RDMAMIG_E_ABORTED;	/* the last moment a cancel is honoured */
+	/* A link already known to be broken (the destination died, the
+	 * connection was reset) carries nothing: GO provably never leaves,
+	 * so this side may still resume.  Sending into it would put the
+	 * source in doubt with nobody left to ask. */
+	err = rm_tr_recv(m->t, &msg, 0);
+	if (err > 0) {
+		rm_err("migration: %s after LOADED, before GO: a protocol error; no GO sent",
+		       rm_mig_type_name(msg.type));
+		rm_msg_free(&msg);
+		return RDMAMIG_E_PROTO;
+	}
+	if (err < 0) {
+		rm_err("migration: the link to the destination broke before GO (%s): no GO sent",
+		       rdmamig_strerror(err));
+		return err;
+	}
 
 	/* From here this side never resumes on its own: GO may be on the
 	 * wire even when the send reports an error. */
