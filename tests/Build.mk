@@ -13,6 +13,9 @@ BED_TESTS  += test-kvm-smoke
 HOST_TESTS += test-linkage
 HOST_TESTS += test-hostile
 HOST_TESTS += test-hostile-peer
+# The fault matrix (issue 11): TCP cases here, RDMA cases (matrix_rdma) on the bed.
+HOST_TESTS += test-fault-matrix
+BED_TESTS  += test-fault-matrix
 
 # Linked against the shared library alone: only what it exports may link.
 # (An explicit rule would become make's default goal: keep the Makefile's.)

@@ -1,0 +1,786 @@
+/*
+ * tests/test-fault-matrix.c — issue 11's fault matrix: every step a
+ * migration meets × every fault (tests/fault-matrix.h) × both transports,
+ * each case checked against the handover's rules: never two running copies;
+ * exactly one runnable at the end (or the process holding the only copy was
+ * killed), with the source's unknown-outcome window saying --recover and the
+ * recovery then leaving exactly one; the RAM of the side that runs equals the
+ * source's at its pause; the exit codes the CLI would give.
+ *
+ * The level: each case is two processes (fork) running librdmamig over the
+ * fake VMM (tests/fake-vmm.h), whose pause() and resume() record the run
+ * state of both copies in memory shared with the test.  "Two running
+ * copies" is observed, not inferred: a resume() that finds the other copy
+ * running marks it at that instant.  Signals reach real processes; TCP link
+ * faults go through a small proxy in the test that resets or black-holes
+ * the connections it carries (new connections, as after a re-route, pass);
+ * RDMA's link fault downs rxe's netdev (RDMAMIG_RXE_NETDEV) until the source
+ * has given up on the link.
+ *
+ * Every case reaches its step by a pause point (RDMAMIG_FAULT), strikes
+ * while the side is provably held there, and waits on events (a side's
+ * return, a line in its log), never on the migration being fast or slow.
+ * Cases run several at a time (they mostly wait out silence bounds), each
+ * in its own processes, ports and files.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include "tests/fault-matrix.h"
+#include "tests/test-migration.h"
+
+#define MX_TIMEOUT_MS 600		/* silence bound, both sides */
+#define MX_SRC_RECOVER_MS 1500		/* the source asks for this long */
+#define MX_DST_RECOVER_MS 2500		/* the destination answers for 2x this */
+#define MX_REGION (2 * MiB)
+#define MX_LOG 12288
+#define MX_WORKERS 6
+#define MX_WAIT_MS 40000		/* bound on any one wait of a case */
+
+enum { VM_NONE, VM_RUN, VM_PAUSED, VM_DEAD };
+enum { CMD_NONE, CMD_RECOVER, CMD_EXIT };
+enum { SRC, DST };
+
+/* One side, in memory shared between the test and the side's process. */
+struct mx_peer {
+	pid_t pid;
+	atomic_int vm;				/* VM_*: observed by pause/resume */
+	atomic_int pauses, resumes;
+	uint64_t pause_digest, pause_counter;	/* at pause() */
+	uint64_t resume_digest;			/* at resume(), before it runs */
+	uint64_t loaded_counter;
+	atomic_uint_fast64_t counter;		/* the guest's progress, mirrored */
+	atomic_int port;			/* destination: its listener */
+	atomic_int done, rc;
+	atomic_int cmd, recovered, recover_rc;
+	atomic_uint log_len;
+	char log[MX_LOG];
+};
+
+struct mx_shared {
+	struct mx_peer p[2];
+	atomic_int two_running;		/* a resume() found the other copy running */
+};
+
+struct mx_vmm {
+	struct fake_vmm v;		/* first: fake_* callbacks take it */
+	struct mx_shared *sh;
+	int me;
+};
+
+static uint64_t ram_digest(const struct fake_vmm *v)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (unsigned r = 0; r < v->nregions; r++) {
+		const uint64_t *w = (const uint64_t *)v->ram[r];
+
+		for (uint64_t i = 0; i < v->region_size / 8; i++)
+			h = (h ^ w[i]) * 0x100000001b3ull;
+	}
+	return h;
+}
+
+static int mx_pause(void *o)
+{
+	struct mx_vmm *x = o;
+	struct mx_peer *me = &x->sh->p[x->me];
+	int err = fake_pause(&x->v);
+
+	me->pause_counter = atomic_load(&x->v.counter);
+	me->pause_digest = ram_digest(&x->v);
+	atomic_store(&me->vm, VM_PAUSED);
+	atomic_fetch_add(&me->pauses, 1);
+	return err;
+}
+
+static int mx_resume(void *o)
+{
+	struct mx_vmm *x = o;
+	struct mx_peer *me = &x->sh->p[x->me];
+
+	me->resume_digest = ram_digest(&x->v);
+	me->loaded_counter = x->v.loaded_counter;
+	atomic_store(&me->vm, VM_RUN);
+	if (atomic_load(&x->sh->p[!x->me].vm) == VM_RUN)
+		atomic_store(&x->sh->two_running, 1);
+	atomic_fetch_add(&me->resumes, 1);
+	return fake_resume(&x->v);
+}
+
+static int mx_describe(void *o, struct rdmamig_vm_desc *d) { return fake_describe(o, d); }
+static int mx_dirty_start(void *o) { return fake_dirty_start(o); }
+static long mx_dirty_sync(void *o, const uint64_t **b) { return fake_dirty_sync(o, b); }
+static void mx_dirty_stop(void *o) { fake_dirty_stop(o); }
+static int mx_save(void *o, void **b, size_t *l) { return fake_save_state(o, b, l); }
+static int mx_load(void *o, const void *b, size_t l) { return fake_load_state(o, b, l); }
+
+static const struct rdmamig_vmm_ops mx_ops = {
+	.version = RDMAMIG_VMM_OPS_VERSION,
+	.describe = mx_describe,
+	.dirty_start = mx_dirty_start,
+	.dirty_sync = mx_dirty_sync,
+	.dirty_stop = mx_dirty_stop,
+	.pause = mx_pause,
+	.resume = mx_resume,
+	.save_state = mx_save,
+	.load_state = mx_load,
+};
+
+/* The side's log, into shared memory for the test to read. */
+static void mx_log(void *o, enum rdmamig_log_level l, const char *msg)
+{
+	struct mx_peer *p = o;
+	size_t n = strlen(msg);
+	unsigned at = atomic_fetch_add(&p->log_len, (unsigned)n + 1);
+
+	(void)l;
+	if (at + n + 1 < MX_LOG) {
+		memcpy(p->log + at, msg, n);
+		p->log[at + n] = '\n';
+	}
+	if (getenv("RDMAMIG_TEST_VERBOSE"))
+		fprintf(stderr, "  [%d %s] %s\n", (int)getpid(), p->port ? "dst" : "src", msg);
+}
+
+struct mx_run {
+	rdmamig_t *m;
+	struct mx_peer *p;
+};
+
+static void *mx_run_thread(void *arg)
+{
+	struct mx_run *r = arg;
+
+	atomic_store(&r->p->rc, rdmamig_run(r->m));
+	atomic_store(&r->p->done, 1);
+	return NULL;
+}
+
+/* A side's process: run the migration, then keep the guest as it is
+ * (running, paused or released) until the test says exit, asking for the
+ * outcome when told to, as an operator's `rdmamig --recover` does. */
+static void __attribute__((noreturn))
+mx_child(struct mx_shared *sh, int me, enum rdmamig_transport tr, const char *fault, int port)
+{
+	struct mx_peer *p = &sh->p[me];
+	struct mx_vmm x = { .sh = sh, .me = me };
+	struct rdmamig_opts o = {
+		.role = me == SRC ? RDMAMIG_SOURCE : RDMAMIG_DESTINATION, .transport = tr,
+		.addr = bed_addr(tr), .timeout_ms = MX_TIMEOUT_MS, .channels = 2,
+		.psk = KEY, .psk_len = sizeof(KEY) - 1, .max_mem = 64 * MiB,
+		.recover_ms = me == SRC ? MX_SRC_RECOVER_MS : MX_DST_RECOVER_MS,
+	};
+	struct mx_run r = { .p = p };
+	char portstr[16];
+	pthread_t th;
+
+	if (fault)
+		setenv(RM_FAULT_ENV, fault, 1);
+	else
+		unsetenv(RM_FAULT_ENV);
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	o.port = portstr;
+	rdmamig_set_log(mx_log, p, RDMAMIG_LOG_INFO);
+	if (fake_vmm_init(&x.v, 2, MX_REGION, 2000))
+		_exit(90);
+	if (me == SRC) {
+		if (fake_vmm_start(&x.v))
+			_exit(91);
+		atomic_store(&p->vm, VM_RUN);
+	} else {
+		/* The destination's guest runs only once resumed. */
+		atomic_store(&x.v.paused, true);
+		x.v.thread_started = pthread_create(&x.v.thread, NULL, fake_guest, &x.v) == 0;
+	}
+	r.m = rdmamig_new(&o, &mx_ops, &x);
+	if (!r.m || pthread_create(&th, NULL, mx_run_thread, &r))
+		_exit(92);
+	for (;;) {
+		int cmd = atomic_load(&p->cmd);
+
+		if (me == DST && atomic_load(&p->port) <= 0)
+			atomic_store(&p->port, rdmamig_listen_port(r.m));
+		atomic_store(&p->counter, atomic_load(&x.v.counter));
+		if (cmd == CMD_EXIT && atomic_load(&p->done))
+			break;
+		if (cmd == CMD_RECOVER && atomic_load(&p->done)) {
+			atomic_store(&p->recover_rc, rdmamig_recover(r.m));
+			atomic_store(&p->cmd, CMD_NONE);
+			atomic_store(&p->recovered, 1);
+		}
+		usleep(1000);
+	}
+	pthread_join(th, NULL);
+	rdmamig_free(r.m);
+	fake_vmm_destroy(&x.v);
+	_exit(0);
+}
+
+/* ---- a TCP proxy that can reset or black-hole what it carries ---- */
+
+#define PX_MAX 16
+
+struct proxy {
+	int lfd, dst_port;
+	int fd[PX_MAX][2];		/* [client, server] */
+	bool dead[PX_MAX];		/* black-holed: read and dropped */
+	int n;
+	atomic_int order;		/* 1 reset, 2 black-hole the current ones */
+	atomic_int done, stop;
+	pthread_t th;
+};
+
+static void px_close(int fd, bool reset)
+{
+	struct linger lg = { 1, 0 };
+
+	if (reset)
+		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(fd);
+}
+
+static void *px_thread(void *arg)
+{
+	struct proxy *x = arg;
+	char buf[65536];
+
+	while (!atomic_load(&x->stop)) {
+		struct pollfd pf[1 + 2 * PX_MAX];
+		int order = atomic_load(&x->order);
+
+		if (order) {
+			for (int i = 0; i < x->n; i++) {
+				if (x->fd[i][0] < 0)
+					continue;
+				if (order == 1) {
+					px_close(x->fd[i][0], true);
+					px_close(x->fd[i][1], true);
+					x->fd[i][0] = x->fd[i][1] = -1;
+				} else {
+					x->dead[i] = true;
+				}
+			}
+			atomic_store(&x->order, 0);
+			atomic_store(&x->done, 1);
+		}
+		pf[0] = (struct pollfd){ .fd = x->lfd, .events = POLLIN };
+		for (int i = 0; i < x->n; i++)
+			for (int k = 0; k < 2; k++)
+				pf[1 + 2 * i + k] = (struct pollfd){ .fd = x->fd[i][k], .events = POLLIN };
+		if (poll(pf, 1 + 2 * x->n, 10) <= 0)
+			continue;
+		if ((pf[0].revents & POLLIN) && x->n < PX_MAX) {
+			int c = accept4(x->lfd, NULL, NULL, SOCK_CLOEXEC);
+			int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+			struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(x->dst_port),
+						 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+			if (c >= 0 && s >= 0 && connect(s, (struct sockaddr *)&a, sizeof(a)) == 0) {
+				x->fd[x->n][0] = c;
+				x->fd[x->n][1] = s;
+				x->dead[x->n++] = false;
+			} else {
+				if (c >= 0)
+					close(c);
+				if (s >= 0)
+					close(s);
+			}
+		}
+		for (int i = 0; i < x->n; i++) {
+			for (int k = 0; k < 2; k++) {
+				ssize_t got;
+
+				if (x->fd[i][k] < 0 || !(pf[1 + 2 * i + k].revents & (POLLIN | POLLHUP | POLLERR)))
+					continue;
+				got = read(x->fd[i][k], buf, sizeof(buf));
+				if (got <= 0) {	/* pass the close on as it came */
+					px_close(x->fd[i][0], got < 0);
+					px_close(x->fd[i][1], got < 0);
+					x->fd[i][0] = x->fd[i][1] = -1;
+					break;
+				}
+				if (!x->dead[i] && write(x->fd[i][!k], buf, (size_t)got) != got) {
+					px_close(x->fd[i][0], true);
+					px_close(x->fd[i][1], true);
+					x->fd[i][0] = x->fd[i][1] = -1;
+					break;
+				}
+			}
+		}
+	}
+	for (int i = 0; i < x->n; i++)
+		for (int k = 0; k < 2; k++)
+			if (x->fd[i][k] >= 0)
+				close(x->fd[i][k]);
+	close(x->lfd);
+	return NULL;
+}
+
+static int px_start(struct proxy *x, int dst_port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a);
+
+	memset(x, 0, sizeof(*x));
+	x->dst_port = dst_port;
+	x->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (x->lfd < 0 || bind(x->lfd, (struct sockaddr *)&a, sizeof(a)) || listen(x->lfd, 16) ||
+	    getsockname(x->lfd, (struct sockaddr *)&a, &al) || pthread_create(&x->th, NULL, px_thread, x))
+		return -1;
+	return ntohs(a.sin_port);
+}
+
+static void px_order(struct proxy *x, int order)
+{
+	atomic_store(&x->done, 0);
+	atomic_store(&x->order, order);
+	for (int i = 0; i < 2000 && !atomic_load(&x->done); i++)
+		usleep(1000);
+}
+
+/* ---- one case ---- */
+
+struct mx_case {
+	enum rdmamig_transport tr;
+	enum mx_step step;
+	enum mx_fault fault;
+	char why[600];			/* empty: passed */
+	char seen[96];			/* what came of it, for the log */
+	double secs;
+};
+
+struct mx_ctx {
+	struct mx_case *c;
+	struct mx_shared *sh;
+	struct proxy px;
+	bool px_on;
+	char hold[160], mark[160];
+	bool stopped[2];
+	int exit_code[2];		/* the child's own exit; -1 killed */
+	bool reaped[2];
+};
+
+#define FAIL(ctx, ...) do { if (!(ctx)->c->why[0]) snprintf((ctx)->c->why, sizeof((ctx)->c->why), __VA_ARGS__); } while (0)
+
+static uint64_t ms_now(void)
+{
+	return rm_now_ns() / 1000000ull;
+}
+
+static bool log_has(struct mx_peer *p, unsigned from, const char *what)
+{
+	unsigned len = atomic_load(&p->log_len);
+	char tmp[MX_LOG + 1];
+
+	if (len > MX_LOG)
+		len = MX_LOG;
+	if (from >= len)
+		return false;
+	memcpy(tmp, p->log + from, len - from);
+	tmp[len - from] = 0;
+	return strstr(tmp, what) != NULL;
+}
+
+/* Wait until cond() or ms pass; true if it came. */
+#define WAIT_UNTIL(ms, cond) ({ uint64_t e_ = ms_now() + (ms); bool ok_;	\
+	while (!(ok_ = (cond)) && ms_now() < e_) {				\
+		usleep(2000);							\
+	}									\
+	ok_; })
+
+static pid_t mx_fork(struct mx_ctx *x, int me, const char *fault, int port)
+{
+	pid_t pid = fork();
+
+	if (pid == 0)
+		mx_child(x->sh, me, x->c->tr, fault, port);
+	x->sh->p[me].pid = pid;
+	return pid;
+}
+
+static void mx_reap(struct mx_ctx *x, int me, bool block)
+{
+	int st;
+
+	if (x->reaped[me] || x->sh->p[me].pid <= 0)
+		return;
+	if (waitpid(x->sh->p[me].pid, &st, block ? 0 : WNOHANG) == x->sh->p[me].pid) {
+		x->reaped[me] = true;
+		x->exit_code[me] = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	}
+}
+
+static void mx_kill(struct mx_ctx *x, int me)
+{
+	kill(x->sh->p[me].pid, SIGKILL);
+	mx_reap(x, me, true);
+	atomic_store(&x->sh->p[me].vm, VM_DEAD);	/* its copy is gone with it */
+}
+
+static void mx_cont(struct mx_ctx *x, int me)
+{
+	if (x->stopped[me]) {
+		kill(x->sh->p[me].pid, SIGCONT);
+		x->stopped[me] = false;
+	}
+}
+
+static bool alive(struct mx_ctx *x, int me)
+{
+	return atomic_load(&x->sh->p[me].vm) != VM_DEAD;
+}
+
+/* A transport failure the held side has seen since unsigned mark. */
+static bool saw_loss(struct mx_peer *p, unsigned mark)
+{
+	return log_has(p, mark, "transport tcp: ") || log_has(p, mark, "transport rdma: ") ||
+	       log_has(p, mark, "timed out") || log_has(p, mark, "peer");
+}
+
+static void link_down(struct mx_ctx *x, bool down)
+{
+	char cmd[128];
+	const char *dev = getenv("RDMAMIG_RXE_NETDEV");
+
+	if (x->c->tr == RDMAMIG_TRANSPORT_TCP) {
+		if (down)
+			px_order(&x->px, x->c->fault == MX_LINK_RESET ? 1 : 2);
+		return;
+	}
+	snprintf(cmd, sizeof(cmd), "ip link set %s %s", dev ? dev : "?", down ? "down" : "up");
+	if (!dev || system(cmd))
+		FAIL(x, "%s failed", cmd);
+}
+
+static void mx_strike(struct mx_ctx *x, int held)
+{
+	struct mx_case *c = x->c;
+	int peer = !held;
+	unsigned mark = atomic_load(&x->sh->p[held].log_len);
+
+	switch (c->fault) {
+	case MX_DELAY_IN:
+		usleep(MX_TIMEOUT_MS * 1000 / 2);
+		unlink(x->hold);
+		break;
+	case MX_DELAY_PAST:
+		usleep(MX_TIMEOUT_MS * 1000 * 3);
+		unlink(x->hold);
+		break;
+	case MX_CUT:
+	case MX_DROP:
+		break;		/* struck by the side itself */
+	case MX_KILL_HELD:
+		mx_kill(x, held);
+		unlink(x->hold);
+		break;
+	case MX_KILL_PEER:
+		mx_kill(x, peer);
+		/* The held side sees its peer die before it goes on: what it
+		 * does next must not depend on when it happens to notice. */
+		if (mx_steps[c->step].link && !WAIT_UNTIL(10000, saw_loss(&x->sh->p[held], mark)))
+			FAIL(x, "the held side never noticed its peer's death");
+		unlink(x->hold);
+		break;
+	case MX_STOP_HELD:
+	case MX_STOP_PEER: {
+		int t = c->fault == MX_STOP_HELD ? held : peer;
+
+		kill(x->sh->p[t].pid, SIGSTOP);
+		x->stopped[t] = true;
+		unlink(x->hold);
+		break;
+	}
+	case MX_LINK_RESET:
+		link_down(x, true);
+		if (!WAIT_UNTIL(10000, saw_loss(&x->sh->p[held], mark)))
+			FAIL(x, "the held side never noticed the reset");
+		unlink(x->hold);
+		break;
+	case MX_LINK_DOWN:
+		link_down(x, true);
+		unlink(x->hold);
+		break;
+	default:
+		break;
+	}
+}
+
+/* Settle: continue a stopped side once the other has given up, bring a
+ * downed link back once the source has, and ask for the outcome as an
+ * operator would when the source says it is unknown. */
+static void mx_settle(struct mx_ctx *x)
+{
+	struct mx_peer *s = &x->sh->p[SRC], *d = &x->sh->p[DST];
+	bool link_is_down = x->c->fault == MX_LINK_DOWN && x->c->tr == RDMAMIG_TRANSPORT_RDMA &&
+			    mx_steps[x->c->step].link;
+	bool asked = false;
+	uint64_t end = ms_now() + MX_WAIT_MS;
+
+	while (ms_now() < end) {
+		bool sd = !alive(x, SRC) || atomic_load(&s->done);
+		bool dd = !alive(x, DST) || atomic_load(&d->done);
+		bool d_serving = log_has(d, 0, "answering a recovering source");
+
+		if (link_is_down && (sd || log_has(s, 0, "the answer is lost"))) {
+			link_down(x, false);
+			link_is_down = false;
+		}
+		if (x->stopped[SRC] && (dd || d_serving))
+			mx_cont(x, SRC);
+		if (x->stopped[DST] && sd)
+			mx_cont(x, DST);
+		if (sd && alive(x, SRC) && atomic_load(&s->rc) == RDMAMIG_E_INDOUBT && !asked &&
+		    !x->stopped[DST] && alive(x, DST) && (dd || d_serving)) {
+			atomic_store(&s->cmd, CMD_RECOVER);
+			asked = true;
+		}
+		if (sd && dd && !x->stopped[SRC] && !x->stopped[DST] && !link_is_down &&
+		    (!asked || atomic_load(&s->recovered)))
+			return;
+		usleep(2000);
+	}
+	FAIL(x, "did not settle within %d ms (src done %d, dst done %d)", MX_WAIT_MS,
+	     atomic_load(&s->done), atomic_load(&d->done));
+	if (link_is_down)
+		link_down(x, false);
+	mx_cont(x, SRC);
+	mx_cont(x, DST);
+}
+
+/* The CLI's exit code for a side's return (cli/main.c exit_for, and the
+ * source's recovery after RDMAMIG_E_INDOUBT). */
+static int cli_exit(struct mx_peer *p, int me)
+{
+	int rc = atomic_load(&p->rc);
+
+	if (me == SRC && rc == RDMAMIG_E_INDOUBT) {
+		if (!atomic_load(&p->recovered))
+			return 8;
+		rc = atomic_load(&p->recover_rc);
+		return rc == RDMAMIG_OUTCOME_DESTINATION ? 0 : rc == RDMAMIG_OUTCOME_SOURCE ? 1 : 8;
+	}
+	return rc == 0 ? 0 : rc == RDMAMIG_E_REFUSED ? 3 : rc == RDMAMIG_E_VERIFY ? 4 : 1;
+}
+
+static void mx_check(struct mx_ctx *x)
+{
+	struct mx_case *c = x->c;
+	struct mx_outcome want = mx_expect(c->step, c->fault, c->tr == RDMAMIG_TRANSPORT_RDMA);
+	struct mx_peer *s = &x->sh->p[SRC], *d = &x->sh->p[DST];
+	int runs = 0, who = -1, want_src, want_dst, se, de;
+	bool indoubt = atomic_load(&s->rc) == RDMAMIG_E_INDOUBT && atomic_load(&s->done);
+
+	for (int i = 0; i < 2; i++)
+		if (atomic_load(&x->sh->p[i].vm) == VM_RUN)
+			runs++, who = i;
+	se = alive(x, SRC) ? cli_exit(s, SRC) : -1;
+	de = alive(x, DST) ? cli_exit(d, DST) : -1;
+	snprintf(c->seen, sizeof(c->seen), "%s runs, exit %d/%d%s",
+		 runs == 1 ? (who == SRC ? "src" : "dst") : runs ? "BOTH" : "none", se, de,
+		 indoubt ? ", src said in doubt" : "");
+	if (atomic_load(&x->sh->two_running))
+		FAIL(x, "TWO RUNNING COPIES: a resume() found the other copy running");
+	if (runs > 1)
+		FAIL(x, "TWO RUNNING COPIES at the end");
+	if (want.who == MX_LOST_SRC || want.who == MX_LOST_DST) {
+		if (runs)
+			FAIL(x, "expected no copy (its holder was killed), %s runs", who == SRC ? "src" : "dst");
+		if (want.who == MX_LOST_DST && alive(x, SRC) && atomic_load(&s->vm) != VM_PAUSED)
+			FAIL(x, "the source's copy is not paused");
+		if (want.who == MX_LOST_DST && atomic_load(&d->resumes) == 0)
+			FAIL(x, "the destination was killed before running the guest");
+	} else if (runs != 1) {
+		FAIL(x, "%d copies run at the end, expected exactly one", runs);
+	} else if (want.who != MX_EITHER && who != (want.who == MX_SRC ? SRC : DST)) {
+		FAIL(x, "%s runs the guest, expected %s", who == SRC ? "src" : "dst", mx_who_text(want.who));
+	}
+	if (want.indoubt != indoubt)
+		FAIL(x, want.indoubt ? "the source never said the outcome is unknown (rc %d)"
+				     : "the source ended in doubt (rc %d)", atomic_load(&s->rc));
+	if (indoubt && !log_has(s, 0, "--recover"))
+		FAIL(x, "the source in doubt did not name --recover");
+	/* The RAM that runs is the source's at its pause. */
+	if (runs == 1 && who == DST && (d->resume_digest != s->pause_digest || d->loaded_counter != s->pause_counter))
+		FAIL(x, "the destination runs RAM (or state) other than the source's at its pause");
+	if (runs == 1 && who == SRC && atomic_load(&s->pauses) && s->resume_digest != s->pause_digest)
+		FAIL(x, "the source resumed RAM other than what it paused with");
+	/* It really runs: its guest moves. */
+	if (runs == 1) {
+		uint64_t c0 = atomic_load(&x->sh->p[who].counter);
+
+		if (!WAIT_UNTIL(5000, atomic_load(&x->sh->p[who].counter) != c0))
+			FAIL(x, "the copy marked running does not move");
+	}
+	mx_exit_codes(want.who == MX_EITHER ? (struct mx_outcome){ who == SRC ? MX_SRC : MX_DST, true } : want,
+		      c->fault, c->step, &want_src, &want_dst);
+	if (se != want_src || de != want_dst)
+		FAIL(x, "exit codes %d/%d, expected %d/%d", se, de, want_src, want_dst);
+}
+
+static void mx_run_case(struct mx_case *c, int idx)
+{
+	struct mx_ctx x = { .c = c };
+	int held = mx_src_side(c->step) ? SRC : DST, dport, sport;
+	char spec[2][400] = { "", "" }, file[160];
+	uint64_t t0 = ms_now();
+	const char *action = c->fault == MX_CUT ? "cut" : c->fault == MX_DROP ? "drop" : "pause";
+	bool link_fault = c->fault == MX_LINK_RESET || c->fault == MX_LINK_DOWN;
+
+	x.sh = mmap(NULL, sizeof(*x.sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (x.sh == MAP_FAILED) {
+		FAIL(&x, "mmap: %s", strerror(errno));
+		return;
+	}
+	memset(x.sh, 0, sizeof(*x.sh));
+	snprintf(x.hold, sizeof(x.hold), "/tmp/rdmamig-matrix-%d-%d-hold", (int)getpid(), idx);
+	snprintf(file, sizeof(file), "/tmp/rdmamig-matrix-%d-%d-pre", (int)getpid(), idx);
+	unlink(x.hold);
+	unlink(file);
+	snprintf(spec[held], sizeof(spec[held]), "%s:%s:%s:%s", action, mx_steps[c->step].side,
+		 mx_steps[c->step].name, x.hold);
+	if (c->step == MX_RECOVER)	/* there by a lost RESUMED: the destination runs it */
+		snprintf(spec[DST], sizeof(spec[DST]), "drop:dst:send-RESUMED:%s", file);
+
+	mx_fork(&x, DST, spec[DST], 0);
+	if (!WAIT_UNTIL(MX_WAIT_MS, atomic_load(&x.sh->p[DST].port) > 0)) {
+		FAIL(&x, "the destination never listened");
+		goto out;
+	}
+	dport = sport = atomic_load(&x.sh->p[DST].port);
+	if (c->tr == RDMAMIG_TRANSPORT_TCP && link_fault) {
+		sport = px_start(&x.px, dport);
+		x.px_on = sport > 0;
+		if (!x.px_on) {
+			FAIL(&x, "proxy: %s", strerror(errno));
+			goto out;
+		}
+	}
+	mx_fork(&x, SRC, spec[SRC], sport);
+	/* The step is reached: the hold file is there (cut and drop make it
+	 * when they strike). */
+	if (!WAIT_UNTIL(MX_WAIT_MS, access(x.hold, F_OK) == 0)) {
+		FAIL(&x, "never reached %s:%s", mx_steps[c->step].side, mx_steps[c->step].name);
+		goto out;
+	}
+	mx_strike(&x, held);
+	mx_settle(&x);
+	mx_check(&x);
+out:
+	for (int i = 0; i < 2; i++) {
+		mx_cont(&x, i);
+		if (alive(&x, i))
+			atomic_store(&x.sh->p[i].cmd, CMD_EXIT);
+	}
+	for (int i = 0; i < 2; i++) {
+		if (!alive(&x, i) || x.sh->p[i].pid <= 0)
+			continue;
+		if (!WAIT_UNTIL(MX_WAIT_MS, (mx_reap(&x, i, false), x.reaped[i]))) {
+			FAIL(&x, "%s did not exit", i == SRC ? "src" : "dst");
+			kill(x.sh->p[i].pid, SIGKILL);
+			mx_reap(&x, i, true);
+		} else if (x.exit_code[i] != 0) {
+			FAIL(&x, "%s's process exited %d", i == SRC ? "src" : "dst", x.exit_code[i]);
+		}
+	}
+	if (x.px_on) {
+		atomic_store(&x.px.stop, 1);
+		pthread_join(x.px.th, NULL);
+	}
+	unlink(x.hold);
+	unlink(file);
+	munmap(x.sh, sizeof(*x.sh));
+	c->secs = (double)(ms_now() - t0) / 1000.0;
+}
+
+/* ---- the runs ---- */
+
+struct mx_pool {
+	struct mx_case *cases;
+	int n;
+	atomic_int next;
+};
+
+static void *mx_worker(void *arg)
+{
+	struct mx_pool *pool = arg;
+	int i;
+
+	while ((i = atomic_fetch_add(&pool->next, 1)) < pool->n)
+		mx_run_case(&pool->cases[i], i);
+	return NULL;
+}
+
+static void run_matrix(enum rdmamig_transport tr, int workers)
+{
+	static struct mx_case cases[MX_NSTEPS * MX_NFAULTS];
+	struct mx_pool pool = { .cases = cases };
+	pthread_t th[MX_WORKERS];
+	const char *only = getenv("RDMAMIG_MATRIX_ONLY");	/* "step/fault", to debug one */
+	uint64_t t0 = ms_now();
+	int failed = 0;
+	double busy = 0;
+
+	want_transport(tr);
+	for (int s = 0; s < MX_NSTEPS; s++)
+		for (int f = 0; f < MX_NFAULTS; f++) {
+			char name[64];
+
+			snprintf(name, sizeof(name), "%s/%s", mx_steps[s].name, mx_fault_names[f]);
+			if (!mx_applies(s, f, tr == RDMAMIG_TRANSPORT_RDMA) || (only && strcmp(only, name)))
+				continue;
+			cases[pool.n++] = (struct mx_case){ .tr = tr, .step = s, .fault = f };
+		}
+	for (int w = 0; w < workers; w++)
+		cr_assert_eq(pthread_create(&th[w], NULL, mx_worker, &pool), 0);
+	for (int w = 0; w < workers; w++)
+		pthread_join(th[w], NULL);
+	for (int i = 0; i < pool.n; i++) {
+		struct mx_case *c = &cases[i];
+
+		busy += c->secs;
+		fprintf(stderr, "matrix %s %-13s %-12s %-40s %5.1f s%s%s\n",
+			tr == RDMAMIG_TRANSPORT_TCP ? "tcp " : "rdma", mx_steps[c->step].name,
+			mx_fault_names[c->fault], c->seen, c->secs, c->why[0] ? "  FAIL: " : "", c->why);
+		failed += c->why[0] != 0;
+	}
+	fprintf(stderr, "matrix %s: %d cases, %d failed, %.1f s (%.1f s of cases, %d at a time)\n",
+		tr == RDMAMIG_TRANSPORT_TCP ? "tcp" : "rdma", pool.n, failed, (ms_now() - t0) / 1000.0, busy,
+		workers);
+	cr_assert_gt(pool.n, 0, "no case ran");
+	cr_assert_eq(failed, 0, "%d of %d fault-matrix cases failed (see above)", failed, pool.n);
+}
+
+Test(matrix_tcp, every_step_every_fault, .timeout = 300)
+{
+	run_matrix(RDMAMIG_TRANSPORT_TCP, MX_WORKERS);
+}
+
+/* The nested bed is ~10x slower: fewer at a time, so silence bounds hold. */
+Test(matrix_rdma, every_step_every_fault, .timeout = 300)
+{
+	run_matrix(RDMAMIG_TRANSPORT_RDMA, 3);
+}
+
+/* README.md's fault-matrix table is mx_render()'s: the documented outcomes
+ * are the ones this suite checks.  RDMAMIG_MATRIX_TABLE=1 prints it. */
+Test(matrix, readme_table_is_the_suites)
+{
+	static char table[16384], readme[1 << 18];
+	FILE *f = fopen("README.md", "r");
+	size_t n;
+
+	cr_assert_eq(mx_render(table, sizeof(table)), 0);
+	if (getenv("RDMAMIG_MATRIX_TABLE"))
+		fputs(table, stdout);
+	cr_assert_not_null(f, "README.md: run the suite from the repository's top");
+	n = fread(readme, 1, sizeof(readme) - 1, f);
+	fclose(f);
+	readme[n] = 0;
+	cr_assert(strstr(readme, table), "README.md's fault-matrix table differs from the suite's; "
+					 "RDMAMIG_MATRIX_TABLE=1 build/tests/test-fault-matrix --filter "
+					 "'matrix/*' prints it:\n%s", table);
+}
