@@ -6,6 +6,9 @@ BENCH_BINS += model
 # bench/bench-engine: the engine's iterate pass alone, over a memory-only VMM
 # and a null transport: guest GiB scanned and ranges made per second.
 BENCH_BINS += bench-engine
+# bench/bench-soak: 100 migrations back and forth between two processes,
+# their RSS and open fds (issue 11's soak).
+BENCH_BINS += bench-soak
 
 # bench/qemu-guest.elf: the guest bench/qemu-peer has QEMU migrate, a
 # freestanding 32-bit Multiboot ELF (QEMU's -kernel takes no 64-bit ELF).

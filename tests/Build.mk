@@ -16,6 +16,8 @@ HOST_TESTS += test-hostile-peer
 # The fault matrix (issue 11): TCP cases here, RDMA cases (matrix_rdma) on the bed.
 HOST_TESTS += test-fault-matrix
 BED_TESTS  += test-fault-matrix
+HOST_TESTS += test-soak
+BED_TESTS  += test-soak
 
 # Linked against the shared library alone: only what it exports may link.
 # (An explicit rule would become make's default goal: keep the Makefile's.)
