@@ -49,6 +49,7 @@ enum { SRC, DST };
 /* One side, in memory shared between the test and the side's process. */
 struct mx_peer {
 	pid_t pid;
+	int me;					/* SRC or DST, for the log */
 	atomic_int vm;				/* VM_*: observed by pause/resume */
 	atomic_int pauses, resumes;
 	uint64_t pause_digest, pause_counter;	/* at pause() */
@@ -145,7 +146,7 @@ static void mx_log(void *o, enum rdmamig_log_level l, const char *msg)
 		p->log[at + n] = '\n';
 	}
 	if (getenv("RDMAMIG_TEST_VERBOSE"))
-		fprintf(stderr, "  [%d %s] %s\n", (int)getpid(), p->port ? "dst" : "src", msg);
+		fprintf(stderr, "  [%d %s] %s\n", (int)getpid(), p->me == DST ? "dst" : "src", msg);
 }
 
 struct mx_run {
@@ -443,6 +444,24 @@ static bool saw_loss(struct mx_peer *p, unsigned mark)
 	       log_has(p, mark, "timed out") || log_has(p, mark, "peer");
 }
 
+/* The process is in group stop ('T' in /proc/PID/stat). */
+static bool proc_stopped(pid_t pid)
+{
+	char path[64], buf[256], *p;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	return p && p[1] == ' ' && p[2] == 'T';
+}
+
 static void link_down(struct mx_ctx *x, bool down)
 {
 	char cmd[128], ndev[64] = "";
@@ -507,6 +526,9 @@ static void mx_strike(struct mx_ctx *x, int held)
 
 		kill(x->sh->p[t].pid, SIGSTOP);
 		x->stopped[t] = true;
+		/* kill() returns before the stop lands: see it land first. */
+		if (!WAIT_UNTIL(10000, proc_stopped(x->sh->p[t].pid)))
+			FAIL(x, "SIGSTOP did not stop %s", t == SRC ? "src" : "dst");
 		unlink(x->hold);
 		break;
 	}
@@ -652,6 +674,7 @@ static void mx_run_case(struct mx_case *c, int idx)
 		return;
 	}
 	memset(x.sh, 0, sizeof(*x.sh));
+	x.sh->p[DST].me = DST;
 	snprintf(x.hold, sizeof(x.hold), "/tmp/rdmamig-matrix-%d-%d-hold", (int)getpid(), idx);
 	snprintf(file, sizeof(file), "/tmp/rdmamig-matrix-%d-%d-pre", (int)getpid(), idx);
 	unlink(x.hold);
