@@ -274,7 +274,9 @@ static void *px_thread(void *arg)
 		for (int i = 0; i < x->n; i++)
 			for (int k = 0; k < 2; k++)
 				pf[1 + 2 * i + k] = (struct pollfd){ .fd = x->fd[i][k], .events = POLLIN };
-		if (poll(pf, 1 + 2 * x->n, 10) <= 0)
+		int polled = x->n;	/* a pair accepted below has no pf[] yet */
+
+		if (poll(pf, 1 + 2 * polled, 10) <= 0)
 			continue;
 		if ((pf[0].revents & POLLIN) && x->n < PX_MAX) {
 			int c = accept4(x->lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -293,7 +295,7 @@ static void *px_thread(void *arg)
 					close(s);
 			}
 		}
-		for (int i = 0; i < x->n; i++) {
+		for (int i = 0; i < polled; i++) {
 			for (int k = 0; k < 2; k++) {
 				ssize_t got;
 
