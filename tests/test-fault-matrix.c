@@ -703,8 +703,13 @@ static void mx_run_case(struct mx_case *c, int idx)
 	mx_fork(&x, SRC, spec[SRC], sport);
 	/* The step is reached: the hold file is there (cut and drop make it
 	 * when they strike). */
-	if (!WAIT_UNTIL(MX_WAIT_MS, access(x.hold, F_OK) == 0)) {
-		FAIL(&x, "never reached %s:%s", mx_steps[c->step].side, mx_steps[c->step].name);
+	if (!WAIT_UNTIL(MX_WAIT_MS, access(x.hold, F_OK) == 0 || atomic_load(&x.sh->p[SRC].done) ||
+				    atomic_load(&x.sh->p[DST].done)) ||
+	    access(x.hold, F_OK)) {
+		FAIL(&x, "never reached %s:%s (source: %s; destination: %s)", mx_steps[c->step].side,
+		     mx_steps[c->step].name,
+		     atomic_load(&x.sh->p[SRC].done) ? rdmamig_strerror(atomic_load(&x.sh->p[SRC].rc)) : "running",
+		     atomic_load(&x.sh->p[DST].done) ? rdmamig_strerror(atomic_load(&x.sh->p[DST].rc)) : "running");
 		goto out;
 	}
 	mx_strike(&x, held);
