@@ -179,6 +179,7 @@ mx_child(struct mx_shared *sh, int me, enum rdmamig_transport tr, const char *fa
 	};
 	struct mx_run r = { .p = p };
 	char portstr[16];
+	bool cancelled = false;
 	pthread_t th;
 
 	if (fault)
@@ -210,6 +211,10 @@ mx_child(struct mx_shared *sh, int me, enum rdmamig_transport tr, const char *fa
 		atomic_store(&p->counter, atomic_load(&x.v.counter));
 		if (cmd == CMD_EXIT && atomic_load(&p->done))
 			break;
+		if (cmd == CMD_EXIT && !cancelled) {	/* e.g. a destination no source reached */
+			rdmamig_cancel(r.m);
+			cancelled = true;
+		}
 		if (cmd == CMD_RECOVER && atomic_load(&p->done)) {
 			atomic_store(&p->recover_rc, rdmamig_recover(r.m));
 			atomic_store(&p->cmd, CMD_NONE);
