@@ -86,6 +86,12 @@ static inline bool soak_wait(atomic_int *v, int at_least, int ms)
 	return atomic_load(v) >= at_least;
 }
 
+static inline void soak_log(void *o, enum rdmamig_log_level l, const char *msg)
+{
+	if (l <= RDMAMIG_LOG_WARN)	/* a failed round says why */
+		fprintf(stderr, "  [soak process %d] %s\n", (int)(intptr_t)o, msg);
+}
+
 /* One process's life: every round, source or destination in turn. */
 static inline int soak_child(struct soak *s, int me)
 {
@@ -93,6 +99,7 @@ static inline int soak_child(struct soak *s, int me)
 	struct fake_vmm v;
 	char port[16];
 
+	rdmamig_set_log(soak_log, (void *)(intptr_t)me, RDMAMIG_LOG_WARN);
 	if (fake_vmm_init(&v, 2, s->region_size, 2000))
 		return 1;
 	if (me == 0) {
