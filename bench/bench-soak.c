@@ -34,6 +34,7 @@ int main(int argc, char **argv)
 
 	if (s == MAP_FAILED)
 		return 1;
+	setvbuf(stdout, NULL, _IOLBF, 0);	/* a bench cut short keeps what it printed */
 	memset(s, 0, sizeof(*s));
 	s->tr = RDMAMIG_TRANSPORT_TCP;
 	while ((c = getopt_long(argc, argv, "t:a:r:m:", lo, NULL)) != -1) {
