@@ -12,6 +12,7 @@
 
 #include <dirent.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -167,8 +168,10 @@ static inline int soak_run(struct soak *s, char *why, size_t whylen)
 
 	for (int me = 0; me < 2; me++) {
 		pid[me] = fork();
-		if (pid[me] == 0)
+		if (pid[me] == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);	/* not left behind by a killed run */
 			_exit(soak_child(s, me));
+		}
 	}
 	for (int me = 0; me < 2; me++) {
 		waitpid(pid[me], &st[me], 0);

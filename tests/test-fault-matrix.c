@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include "tests/fault-matrix.h"
@@ -182,6 +183,9 @@ mx_child(struct mx_shared *sh, int me, enum rdmamig_transport tr, const char *fa
 	bool cancelled = false;
 	pthread_t th;
 
+	/* A test killed at its bound takes its sides with it: a destination
+	 * nobody reached would listen on for ever. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (fault)
 		setenv(RM_FAULT_ENV, fault, 1);
 	else
