@@ -33,11 +33,11 @@
 #include "tests/test-migration.h"
 
 /* RDMAMIG_MATRIX_SCALE multiplies the bounds below, for valgrind (whose
- * serialised threads can starve keep-alives for longer than 600 ms). */
+ * serialised threads can starve keep-alives for longer than a second). */
 static int mx_scale = 1;
-#define MX_TIMEOUT_MS (600 * mx_scale)		/* silence bound, both sides */
-#define MX_SRC_RECOVER_MS (1500u * mx_scale)	/* the source asks for this long */
-#define MX_DST_RECOVER_MS (2500u * mx_scale)	/* the destination answers for 2x this */
+#define MX_TIMEOUT_MS (1000 * mx_scale)		/* silence bound, both sides */
+#define MX_SRC_RECOVER_MS (2500u * mx_scale)	/* the source asks for this long */
+#define MX_DST_RECOVER_MS (4000u * mx_scale)	/* the destination answers for 2x this */
 #define MX_REGION (2 * MiB)
 #define MX_LOG 12288
 #define MX_WORKERS 6
