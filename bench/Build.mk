@@ -15,12 +15,14 @@ BENCH_BINS += bench-soak
 QEMU_GUEST_CFLAGS := -std=gnu11 -O2 -m32 -march=i686 -ffreestanding -fno-pic -fno-pie -mno-red-zone
 QEMU_GUEST_CFLAGS += -mgeneral-regs-only -fno-stack-protector -fcf-protection=none
 QEMU_GUEST_CFLAGS += -fno-asynchronous-unwind-tables -MD -MP $(WARNINGS)
+
+# The rules below would become make's default goal (the first rule read):
+# keep whatever goal the Makefile had.
+bench_saved_goal := $(.DEFAULT_GOAL)
 benches: $(O)/bench/qemu-guest.elf
 
 # `make bench`: the migration benchmark (bench/run; on a host without RDMA it
-# boots the soft-RoCE test VM).  An explicit rule would become make's default
-# goal: keep whatever goal the Makefile had.
-bench_saved_goal := $(.DEFAULT_GOAL)
+# boots the soft-RoCE test VM).
 bench: all benches
 	$(Q)O=$(O) bench/run
 .PHONY: bench
