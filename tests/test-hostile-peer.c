@@ -200,7 +200,7 @@ Test(hostile_peer_destination, every_layout_bound, .timeout = 120)
 	for (size_t i = 0; i < ARRAY_SIZE(layout_cases); i++) {
 		const struct layout_case *c = &layout_cases[i];
 		struct rm_ctrl_layout_msg lay = { .l = { .count = rm_wire_put32(c->count),
-							  .reserved = rm_wire_put32(c->reserved) } };
+							  .flags = rm_wire_put32(c->reserved) } };
 		struct rm_wire_hello_ack a;
 		struct rm_wire_refuse_body rf;
 		uint8_t buf[sizeof(lay) + 64];

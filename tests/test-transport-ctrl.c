@@ -455,10 +455,10 @@ Test(ctrl, layout_hostile_forms)
 	cr_assert_eq(rm_ctrl_rx(&s->base, 0, RM_WIRE_LAYOUT, 0, &lay, len, &why), RDMAMIG_E_PROTO,
 		     "LAYOUT count over the bound");
 	lay.l.count = rm_wire_put32(3);
-	lay.l.reserved = rm_wire_put32(4096);
+	lay.l.flags = rm_wire_put32(4096);
 	cr_assert_eq(rm_ctrl_rx(&s->base, 0, RM_WIRE_LAYOUT, 0, &lay, len, &why), RDMAMIG_E_PROTO,
 		     "LAYOUT reserved field (version 1's page_size) set");
-	lay.l.reserved = 0;
+	lay.l.flags = 0;
 	lay.r[2].id = lay.r[0].id;
 	cr_assert_eq(rm_ctrl_rx(&s->base, 0, RM_WIRE_LAYOUT, 0, &lay, len, &why), 0);
 	cr_assert_eq(rm_ctrl_layout_match(&s->base, why2, sizeof(why2)), RDMAMIG_E_PROTO,

@@ -17,6 +17,7 @@ LIB_OBJS += transport/tcp-conn.o
 LIB_OBJS += transport/tcp-tls.o
 LIB_OBJS += transport/rdma.o
 LIB_OBJS += transport/rdma-cm.o
+LIB_OBJS += transport/rdma-mw.o
 HOST_TESTS += test-transport-ctrl
 HOST_TESTS += test-transport-hello
 HOST_TESTS += test-transport-auth

@@ -247,7 +247,7 @@ static int rx_layout(struct rm_transport *t, unsigned chan, const void *body, si
 		     const char **why)
 {
 	struct rm_wire_layout l;
-	uint32_t n;
+	uint32_t n, flags, nkeys;
 	int err = 0;
 
 	if (chan != 0 || t->role != RM_ROLE_SOURCE || len < sizeof(l)) {
@@ -256,8 +256,12 @@ static int rx_layout(struct rm_transport *t, unsigned chan, const void *body, si
 	}
 	memcpy(&l, body, sizeof(l));
 	n = rm_wire_get32(l.count);
-	if (n > RM_WIRE_MAX_REGIONS || len != sizeof(l) + n * sizeof(struct rm_wire_region) ||
-	    l.reserved) {
+	flags = rm_wire_get32(l.flags);
+	/* Per-channel keys only where there is more than one channel. */
+	nkeys = flags & RM_WIRE_LAYOUT_CHAN_KEYS ? n * (t->nchan - 1) : 0;
+	if (n > RM_WIRE_MAX_REGIONS || (flags & ~RM_WIRE_LAYOUT_CHAN_KEYS) ||
+	    (flags && t->nchan == 1) ||
+	    len != sizeof(l) + n * sizeof(struct rm_wire_region) + nkeys * sizeof(__le32)) {
 		*why = "LAYOUT count or length out of range";
 		return RDMAMIG_E_PROTO;
 	}
@@ -268,6 +272,10 @@ static int rx_layout(struct rm_transport *t, unsigned chan, const void *body, si
 	} else {
 		memcpy(t->ctrl.peer_regions, (const char *)body + sizeof(l),
 		       n * sizeof(struct rm_wire_region));
+		memcpy(t->ctrl.peer_keys,
+		       (const char *)body + sizeof(l) + n * sizeof(struct rm_wire_region),
+		       nkeys * sizeof(__le32));
+		t->ctrl.peer_chan_keys = flags & RM_WIRE_LAYOUT_CHAN_KEYS;
 		t->ctrl.peer_nregions = n;
 		t->ctrl.have_layout = true;
 		changed(&t->ctrl);
@@ -670,6 +678,11 @@ int rm_ctrl_layout_match(struct rm_transport *t, char *why, size_t why_len)
 			.addr = rm_wire_get64(p->addr),
 			.rkey = rm_wire_get32(p->rkey),
 		};
+		for (unsigned c = 0; c < t->nchan; c++)
+			q->peer[idx].chan_rkey[c] =
+				c && q->peer_chan_keys ?
+					rm_wire_get32(q->peer_keys[i * (t->nchan - 1) + c - 1]) :
+					q->peer[idx].rkey;
 	}
 	return 0;
 }
@@ -691,9 +704,19 @@ int rm_ctrl_layout(struct rm_transport *t, const struct rm_region *r, unsigned n
 	err = t->ops->layout(t, r, n, lay.r);
 	if (err)
 		return err;
-	if (t->role == RM_ROLE_DEST)
+	if (t->role == RM_ROLE_DEST) {
+		size_t nkeys = t->ctrl.chan_keys ? (size_t)n * (t->nchan - 1) : 0;
+
+		/* The keys go right after the n regions, not after r[]'s end. */
+		if (nkeys) {
+			lay.l.flags = rm_wire_put32(RM_WIRE_LAYOUT_CHAN_KEYS);
+			memcpy((char *)&lay + sizeof(lay.l) + n * sizeof(lay.r[0]), t->ctrl.keys,
+			       nkeys * sizeof(__le32));
+		}
 		return t->ops->post(t, 0, RM_WIRE_LAYOUT, 0, &lay,
-				    sizeof(lay.l) + n * sizeof(lay.r[0]), NULL, 0, deadline);
+				    sizeof(lay.l) + n * sizeof(lay.r[0]) + nkeys * sizeof(__le32),
+				    NULL, 0, deadline);
+	}
 
 	err = rm_ctrl_wait_for(t, deadline, have_layout, NULL);
 	if (err < 0)

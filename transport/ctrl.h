@@ -43,7 +43,10 @@ struct rm_msg;
 /* The destination's RAM as the source sees it, by local region index. */
 struct rm_ctrl_peer_region {
 	uint64_t addr;		/* RDMA: remote virtual address */
-	uint32_t rkey;		/* RDMA: remote key */
+	uint32_t rkey;		/* RDMA: remote key (channel 0's) */
+	/* RDMA: the key to use on each channel: rkey on all of them, or one
+	 * memory window's each where the LAYOUT carried per-channel keys. */
+	uint32_t chan_rkey[RM_WIRE_MAX_CHANNELS];
 };
 
 struct rm_ctrl_msg;		/* one received message; private to ctrl.c */
@@ -87,7 +90,15 @@ struct rm_ctrl {
 	bool have_layout;
 	unsigned peer_nregions;
 	struct rm_wire_region peer_regions[RM_WIRE_MAX_REGIONS];
+	bool peer_chan_keys;		/* RM_WIRE_LAYOUT_CHAN_KEYS came */
+	__le32 peer_keys[RM_WIRE_MAX_REGIONS * (RM_WIRE_MAX_CHANNELS - 1)];
 	struct rm_ctrl_peer_region peer[RM_WIRE_MAX_REGIONS];
+
+	/* Destination, RDMA: the backend's layout op sets chan_keys and fills
+	 * keys (as the LAYOUT carries them) when it bound a window per
+	 * channel. */
+	bool chan_keys;
+	__le32 keys[RM_WIRE_MAX_REGIONS * (RM_WIRE_MAX_CHANNELS - 1)];
 
 	/* Liveness: when this side last put bytes on each channel, and when it
 	 * last heard from the peer on each (rm_now_ns()). */
@@ -104,6 +115,7 @@ struct rm_ctrl {
 struct rm_ctrl_layout_msg {
 	struct rm_wire_layout l;
 	struct rm_wire_region r[RM_WIRE_MAX_REGIONS];
+	__le32 keys[RM_WIRE_MAX_REGIONS * (RM_WIRE_MAX_CHANNELS - 1)];
 };
 
 /* Largest body of a message other than CTRL and WRITE (a full LAYOUT). */

@@ -31,6 +31,9 @@ struct rm_transport {
 	atomic_bool cancel;
 	atomic_int error;		/* first fatal error, 0 while healthy */
 	bool laid_out;			/* rm_tr_layout() succeeded */
+	/* Destination: the source may write RAM no more (rm_tr_seal(), or the
+	 * first error): RDMA access revoked, TCP WRITEs refused. */
+	atomic_bool sealed;
 	unsigned nregions;
 	struct rm_region regions[RM_WIRE_MAX_REGIONS];	/* local RAM, by index */
 	/* Region id -> index + 1 (0: empty), open addressing, built once by
@@ -143,6 +146,12 @@ int rm_tr_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_
 /* Tests only: an RDMA WRITE of len bytes to offset in the peer's region idx,
  * not checked against its size (the NIC must refuse what is outside). */
 int rm_rdma_raw_write(struct rm_transport *t, unsigned idx, uint64_t offset, uint32_t len);
+/* Tests only: a destination's live exposures of RAM (bound memory windows,
+ * plus one for plain MRs with remote write); 0 once sealed. */
+unsigned rm_rdma_exposed(struct rm_transport *t);
+/* Tests only: expose destination RAM through plain MRs even where the
+ * device has type-2 memory windows (the fallback path). */
+extern bool rm_rdma_no_windows;
 
 /* A random 64-bit session id. */
 uint64_t rm_tr_session_id(void);

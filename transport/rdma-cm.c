@@ -39,6 +39,7 @@ static struct rd_conn *conn_new(const struct rm_transport_opts *o, enum rm_role 
 	if (c) {
 		c->tx_free = TX_N == 64 ? ~0ull : (1ull << TX_N) - 1;
 		pthread_mutex_init(&c->lock, NULL);
+		pthread_mutex_init(&c->expose_lock, NULL);
 	}
 	return c;
 }
@@ -152,6 +153,8 @@ int rd_teardown(struct rd_conn *c)
 		if (q->id && rdma_destroy_id(q->id))
 			keep_first(&first, -errno);
 	}
+	/* Windows first: an MR with windows bound to it cannot go. */
+	rd_expose_free(c);
 	keep_first(&first, rm_reg_close(c->reg));
 	if (c->tx_mr)
 		keep_first(&first, -ibv_dereg_mr(c->tx_mr));
@@ -164,6 +167,7 @@ int rd_teardown(struct rd_conn *c)
 		rdma_destroy_event_channel(c->ec);
 	rm_tr_destroy(&c->base);
 	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->expose_lock);
 	free(c);
 	return first;
 }

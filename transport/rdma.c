@@ -53,6 +53,7 @@
  * connection while the owner naps or runs VMM code.
  */
 #include <poll.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -269,7 +270,8 @@ static int recv_one(struct rd_conn *c, unsigned chan, const char *buf, uint32_t 
 
 static const char *kind_name(unsigned kind)
 {
-	return kind == WR_WRITE ? "WRITE" : kind == WR_SEND ? "SEND" : kind == WR_RECV ? "RECV" : "?";
+	return kind == WR_WRITE ? "WRITE" : kind == WR_SEND ? "SEND" : kind == WR_RECV ? "RECV" :
+	       kind == WR_BIND ? "BIND_MW" : "?";
 }
 
 static int handle_wc(struct rd_conn *c, const struct ibv_wc *wc)
@@ -300,6 +302,7 @@ static int handle_wc(struct rd_conn *c, const struct ibv_wc *wc)
 			c->tx_free |= 1ull << slot;
 		/* fall through */
 	case WR_WRITE:
+	case WR_BIND:
 		/* Everything up to this WR's sequence number has completed.  Its
 		 * mark is still there: that slot is reused only for WR
 		 * seq + SQ_DEPTH, which is posted only after this one retired. */
@@ -462,27 +465,10 @@ static int rd_layout(struct rm_transport *t, const struct rm_region *r, unsigned
 		     struct rm_wire_region *wire)
 {
 	struct rd_conn *c = (struct rd_conn *)t;
-	int err;
 
 	if (t->role == RM_ROLE_SOURCE)
 		return rm_reg_open(&c->reg, c->pd, r, n, t->opts.reg, 0, t->opts.reg_chunk);
-
-	/* Remote write only: no remote read of destination RAM. */
-	err = rm_reg_open(&c->reg, c->pd, r, n, t->opts.reg == RM_REG_ODP ? RM_REG_ODP : RM_REG_ALL,
-			  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, 0);
-	if (err)
-		return err;
-	for (unsigned i = 0; i < n; i++) {
-		uint32_t lkey, rkey;
-		uint64_t avail;
-
-		rm_reg_keys(c->reg, i, 0, r[i].size, &lkey, &rkey, &avail);
-		wire[i].rkey = rm_wire_put32(rkey);
-		wire[i].addr = rm_wire_put64((uintptr_t)r[i].addr);
-	}
-	rm_info("transport rdma: registered %u regions for remote write in %llu ms", n,
-		(unsigned long long)(rm_reg_ns(c->reg) / 1000000));
-	return 0;
+	return rd_expose(c, r, n, wire);
 }
 
 /* ---- source: write, fence ---- */
@@ -574,8 +560,10 @@ static int rd_write(struct rm_transport *t, unsigned idx, uint64_t off, uint64_t
 	if (!err) {
 		/* A lazy chunk may end inside: write up to it, still a power of two. */
 		*took = rm_pow2_floor(avail);
-		err = add_write(c, c->next_chan++ % t->nchan, (char *)t->regions[idx].addr + off,
-				lkey, peer->addr + off, peer->rkey, (uint32_t)*took, deadline);
+		unsigned chan = c->next_chan++ % t->nchan;
+
+		err = add_write(c, chan, (char *)t->regions[idx].addr + off, lkey, peer->addr + off,
+				peer->chan_rkey[chan], (uint32_t)*took, deadline);
 	}
 	pthread_mutex_unlock(&c->lock);
 	return err;
@@ -721,6 +709,9 @@ int rm_rdma_raw_write(struct rm_transport *t, unsigned idx, uint64_t offset, uin
 {
 	struct rd_conn *c = (struct rd_conn *)t;
 	uint64_t deadline = rm_deadline(t->opts.timeout_ms), avail;
+	struct rd_qp *q = &c->q[0];
+	struct ibv_send_wr wr, *bad;
+	struct ibv_sge sge;
 	uint32_t lkey, rkey;
 	int err;
 
@@ -731,10 +722,54 @@ int rm_rdma_raw_write(struct rm_transport *t, unsigned idx, uint64_t offset, uin
 		return err ? err : -EINVAL;
 	/* Deliberately unchecked against the peer's region: tests only. */
 	pthread_mutex_lock(&c->lock);
-	err = add_write(c, 0, t->regions[idx].addr, lkey, t->ctrl.peer[idx].addr + offset,
-			t->ctrl.peer[idx].rkey, len, deadline);
-	if (!err)
-		err = fence_locked(c);
+	err = flush_chain(c, 0);
+	if (err)
+		goto out;
+	sge = (struct ibv_sge){ .addr = (uintptr_t)t->regions[idx].addr, .length = len, .lkey = lkey };
+	wr = (struct ibv_send_wr){
+		.wr_id = mk_wr_id(WR_WRITE, 0, 0, q->posted + 1),
+		.sg_list = &sge,
+		.num_sge = 1,
+		.opcode = IBV_WR_RDMA_WRITE,
+		.send_flags = IBV_SEND_SIGNALED,
+		.wr.rdma = { .remote_addr = t->ctrl.peer[idx].addr + offset, .rkey = t->ctrl.peer[idx].rkey },
+	};
+	err = -ibv_post_send(q->qp, &wr, &bad);
+	if (err)
+		goto out;
+	q->posted++;
+	q->wbytes += len;
+	q->mark[q->posted % SQ_DEPTH] = q->wbytes;
+	/*
+	 * Wait for this WRITE's own completion, polling QP 0's CQ here with
+	 * the lock held (the liveness thread stays out): the connection may
+	 * have failed already — a hostile writer that ignores the ABORT it got
+	 * — and the normal path stops at the sticky error without reaping.
+	 */
+	err = -ETIMEDOUT;
+	while (rm_ms_left(deadline)) {
+		struct ibv_wc wc;
+		int n = ibv_poll_cq(q->cq, 1, &wc);
+
+		if (n < 0) {
+			err = -EIO;
+			break;
+		}
+		if (n == 0) {
+			usleep(1000);
+			continue;
+		}
+		if (wc.wr_id == wr.wr_id) {
+			err = wc.status == IBV_WC_SUCCESS ? handle_wc(c, &wc) : RDMAMIG_E_WC;
+			if (err == RDMAMIG_E_WC)
+				rd_fail(c, err, "raw WRITE refused by the NIC");
+			break;
+		}
+		/* Keep a healthy connection's accounting. */
+		if (!atomic_load(&c->base.error))
+			handle_wc(c, &wc);
+	}
+out:
 	pthread_mutex_unlock(&c->lock);
 	return err;
 }
@@ -754,5 +789,6 @@ const struct rm_transport_ops rm_transport_rdma_ops = {
 	.abort = rd_abort,
 	.close = rd_close,
 	.stats = rd_stats,
+	.seal = rd_seal,
 	.raw_send = rd_raw_send,
 };

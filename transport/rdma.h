@@ -40,7 +40,7 @@
 /* The largest CTRL fragment that fits one control buffer. */
 #define FRAG_MAX (CTRL_BUF - sizeof(struct rm_wire_hdr) - sizeof(struct rm_wire_ctrl))
 
-enum { WR_WRITE = 1, WR_SEND = 2, WR_RECV = 3 };
+enum { WR_WRITE = 1, WR_SEND = 2, WR_RECV = 3, WR_BIND = 4 };
 
 static inline uint64_t mk_wr_id(unsigned kind, unsigned chan, unsigned slot, uint64_t seq)
 {
@@ -91,6 +91,13 @@ struct rd_conn {
 	bool in_progress;		/* guards re-entry from the receive path */
 	struct rm_reg *reg;
 	unsigned next_chan;
+	/* Destination: how RAM is exposed to the source (rdma-mw.c).  Under
+	 * expose_lock, never held while taking lock: the seal op runs on any
+	 * thread, inside an op's lock or not. */
+	pthread_mutex_t expose_lock;
+	bool windows;			/* reg is local only; mw[] expose it */
+	unsigned nmw;
+	struct ibv_mw **mw;		/* nchan * nregions, NULL once revoked */
 };
 
 extern const struct rm_transport_ops rm_transport_rdma_ops;
@@ -103,6 +110,15 @@ int rd_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t dea
 	       struct rm_transport **out);
 /* Best effort, keeps going, reports the first error; frees c. */
 int rd_teardown(struct rd_conn *c);
+
+/* rdma-mw.c */
+/* The destination's part of the layout op: register RAM and expose it to
+ * this connection's QPs; fills wire[].rkey/.addr and t->ctrl.keys. */
+int rd_expose(struct rd_conn *c, const struct rm_region *r, unsigned n,
+	      struct rm_wire_region *wire);
+int rd_seal(struct rm_transport *t);
+/* Teardown: revoke what is left, free the window list. */
+void rd_expose_free(struct rd_conn *c);
 
 /* rdma.c */
 int rd_post_recv(struct rd_conn *c, unsigned i, unsigned slot);

@@ -264,6 +264,27 @@ int rm_reg_close(struct rm_reg *g)
 	return first;
 }
 
+struct ibv_mr *rm_reg_mr(const struct rm_reg *g, unsigned idx)
+{
+	return g && idx < g->n ? g->r[idx].mr : NULL;
+}
+
+unsigned rm_reg_mw_caps(struct ibv_context *ctx)
+{
+	struct ibv_device_attr_ex attr;
+	uint64_t f;
+
+	memset(&attr, 0, sizeof(attr));
+	if (ibv_query_device_ex(ctx, NULL, &attr))
+		return 0;
+	/* The legacy flags carry the window bits; the _ex word repeats them
+	 * on providers that fill it. */
+	f = attr.orig_attr.device_cap_flags | attr.device_cap_flags_ex;
+	return (f & IBV_DEVICE_MEM_WINDOW ? RM_MW_TYPE1 : 0) |
+	       (f & IBV_DEVICE_MEM_WINDOW_TYPE_2A ? RM_MW_TYPE2A : 0) |
+	       (f & IBV_DEVICE_MEM_WINDOW_TYPE_2B ? RM_MW_TYPE2B : 0);
+}
+
 uint64_t rm_reg_bytes(const struct rm_reg *g)
 {
 	return g ? g->bytes : 0;

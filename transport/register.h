@@ -44,6 +44,19 @@ int rm_reg_keys(struct rm_reg *g, unsigned idx, uint64_t off, uint64_t len, uint
  * 0 or the first error. */
 int rm_reg_close(struct rm_reg *g);
 
+/* Region idx's MR (strategies all and odp), for binding memory windows;
+ * NULL for lazy or an index out of range. */
+struct ibv_mr *rm_reg_mr(const struct rm_reg *g, unsigned idx);
+
+/*
+ * The memory windows the device offers (ibv_query_device_ex
+ * device_cap_flags): RM_MW_* bits, 0 when none or the query fails.
+ */
+#define RM_MW_TYPE1 1u
+#define RM_MW_TYPE2A 2u
+#define RM_MW_TYPE2B 4u
+unsigned rm_reg_mw_caps(struct ibv_context *ctx);
+
 /* Bytes currently registered, and time spent registering (ns). */
 uint64_t rm_reg_bytes(const struct rm_reg *g);
 uint64_t rm_reg_ns(const struct rm_reg *g);

@@ -217,6 +217,8 @@ static int rx_write(struct tcp_conn *c, unsigned chan, uint16_t flags, size_t le
 
 	if (c->base.role != RM_ROLE_DEST || !atomic_load(&c->ram_ready))
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "WRITE before the layout or to a source");
+	if (atomic_load(&c->base.sealed))
+		return rx_error(c, chan, RDMAMIG_E_PROTO, "WRITE after the last fence (RAM sealed)");
 	if (len < sizeof(w) || flags)
 		return rx_error(c, chan, RDMAMIG_E_PROTO, "short WRITE frame or flags set");
 	err = tcp_recv_all(c, NULL, c->ch[chan].fd, c->ch[chan].tls, (int)chan, &w, sizeof(w), c->base.opts.timeout_ms,

@@ -122,11 +122,24 @@ int rm_tr_abandon(struct rm_transport *t, int err)
 	return err;
 }
 
+/* Seal a destination's RAM on a failure; an error of the revocation is
+ * logged by the backend, and the failure already stops the guest here. */
+static void seal_quietly(struct rm_transport *t)
+{
+	if (t->role == RM_ROLE_DEST) {
+		atomic_store(&t->sealed, true);
+		if (t->ops->seal)
+			t->ops->seal(t);
+	}
+}
+
 int rm_tr_fail(struct rm_transport *t, int err, const char *what)
 {
 	int expected = 0;
 
 	if (atomic_compare_exchange_strong(&t->error, &expected, err)) {
+		/* A dead connection leaves nothing of RAM exposed. */
+		seal_quietly(t);
 		if (err == RDMAMIG_E_ABORTED || err == -EPIPE)
 			rm_info("transport %s: %s: %s", t->ops->name, what, rdmamig_strerror(err));
 		else
@@ -465,6 +478,19 @@ int rm_tr_write(struct rm_transport *t, const struct rm_range *r, size_t n)
 	return 0;
 }
 
+int rm_tr_seal(struct rm_transport *t)
+{
+	int err;
+
+	if (!t || t->role != RM_ROLE_DEST || !t->laid_out)
+		return -EINVAL;
+	atomic_store(&t->sealed, true);
+	err = t->ops->seal ? t->ops->seal(t) : 0;
+	if (!err)
+		rm_dbg("transport %s: RAM sealed: the source can write it no more", t->ops->name);
+	return err;
+}
+
 int rm_tr_fence(struct rm_transport *t)
 {
 	uint64_t t0;
@@ -571,6 +597,7 @@ void rm_tr_cancel(struct rm_transport *t)
 	if (!t)
 		return;
 	atomic_store(&t->cancel, true);
+	seal_quietly(t);
 	/* Waiters on the control queue see it now, not a slice later. */
 	pthread_mutex_lock(&t->ctrl.lock);
 	pthread_cond_broadcast(&t->ctrl.cond);

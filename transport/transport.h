@@ -278,6 +278,16 @@ struct rm_transport_ops {
 	 * 0 or the first teardown error. */
 	int (*close)(struct rm_transport *t);
 
+	/* Destination.  End the source's remote access to RAM now (RDMA:
+	 * invalidate the memory windows, or deregister the RAM where there
+	 * are none), so that no later write of the peer lands.  Called by
+	 * rm_tr_seal() and on the connection's first error (rm_tr_fail(),
+	 * rm_tr_cancel()): any thread, with or without the backend's locks
+	 * held, any number of times; never waits for the peer.  NULL where
+	 * t->sealed is enough (TCP refuses WRITE frames once it is set).
+	 * 0 or the first -errno of the revocation. */
+	int (*seal)(struct rm_transport *t);
+
 	void (*stats)(struct rm_transport *t, struct rm_transport_stats *out);
 
 	/* Tests only: put len raw bytes on channel chan as one message (TCP:
@@ -323,6 +333,16 @@ int rm_tr_layout(struct rm_transport *t, const struct rm_region *r, unsigned n);
  * outside a region: nothing posted). */
 int rm_tr_write(struct rm_transport *t, const struct rm_range *r, size_t n);
 int rm_tr_fence(struct rm_transport *t);
+
+/* Destination, once the source's last fence is known done (its COMMIT has
+ * arrived): the source may write RAM no more.  RDMA: its rkeys stop working
+ * at once (a later WRITE fails on its QP with a remote access error and
+ * touches nothing); TCP: a later WRITE frame is a protocol error.  The
+ * first error of a destination connection (an ABORT either way, a
+ * disconnect, silence) and a cancel seal it too.  Idempotent.  0,
+ * -EINVAL (not a destination after rm_tr_layout()), or the backend's
+ * error: then the RAM may still be exposed and the guest must not run. */
+int rm_tr_seal(struct rm_transport *t);
 
 /* Both sides.  Send one control message of len bytes (0 allowed, at most
  * RM_WIRE_MAX_CTRL) of an engine type; messages arrive in order.  Returns

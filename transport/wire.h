@@ -53,10 +53,15 @@
  *      it names the channel, so one channel's proof is no other's.  The
  *      destination sends LAYOUT (RDMA: the rkeys) and takes MARKER, WRITE
  *      or anything else on channel c only after join_s checked out.
- *   2.                                   <-  LAYOUT {count, regions[]:
+ *   2.                                   <-  LAYOUT {count, flags, regions[]:
  *                                              id, size, addr, rkey}
  *      source checks every region id and size against its own RAM; on a
- *      mismatch it sends REFUSE {RM_REFUSE_LAYOUT} and fails.
+ *      mismatch it sends REFUSE {RM_REFUSE_LAYOUT} and fails.  With flag
+ *      RM_WIRE_LAYOUT_CHAN_KEYS (RDMA, type-2 memory windows, which work
+ *      only on the QP they were bound to) the regions are followed by
+ *      count * (nchan - 1) __le32 rkeys: region 0's for channels 1..nchan-1,
+ *      then region 1's, ...; the region entry's rkey is channel 0's.  A
+ *      receiver built before the flag refuses such a LAYOUT as malformed.
  *   3. WRITE {region, offset, length} + data   (TCP only; RDMA uses one-sided
  *      RDMA WRITEs that never show on the wire as messages).  length is at
  *      most the max_write of the source's HELLO.
@@ -261,8 +266,11 @@ struct rm_wire_region {
 
 struct rm_wire_layout {		/* followed by count rm_wire_region entries */
 	__le32 count;
-	__le32 reserved;
+	__le32 flags;		/* RM_WIRE_LAYOUT_*; others zero */
 };
+
+/* LAYOUT flags. */
+#define RM_WIRE_LAYOUT_CHAN_KEYS 1u	/* per-channel rkeys follow the regions */
 
 struct rm_wire_write {		/* TCP: followed by length bytes of RAM */
 	__le32 region;
