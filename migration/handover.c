@@ -373,6 +373,17 @@ int rm_handover_dest(struct rdmamig *m, const struct rm_mig_commit *commit, cons
 
 	/* Still discarding on failure until LOADED leaves. */
 	m->state = RM_ST_DST_RECEIVE;
+	/* COMMIT comes after the source's last fence: from here no write of
+	 * the source may land, so it can touch neither the state loaded nor
+	 * the digest, and the guest never runs on RAM a peer can write. */
+	err = rm_tr_seal(m->t);
+	if (err) {
+		snprintf(why, sizeof(why), "the destination cannot revoke the source's access to RAM: %s",
+			 rdmamig_strerror(err));
+		rm_err("migration: %s", why);
+		rm_mig_refuse(m, err, why);
+		goto discard;
+	}
 	if (le64toh(commit->state_len) != state->len) {
 		rm_err("migration: COMMIT says %llu bytes of state, %zu arrived",
 		       (unsigned long long)le64toh(commit->state_len), state->len);
