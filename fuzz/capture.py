@@ -15,7 +15,7 @@ import argparse, os, select, socket, struct, subprocess, sys, threading, time, h
 HDR = struct.Struct('<HHIII')
 CTRL = struct.Struct('<HHIQQ')
 HELLO, HELLO_ACK, REFUSE, LAYOUT, WRITE, MARKER, CTRL_T, CREDIT, ABORT, BYE, AUTH = range(1, 12)
-MIG_SETUP, MIG_STATE = 0x101, 0x105
+MIG_SETUP, MIG_STATE, MIG_RECOVER, MIG_OUTCOME = 0x101, 0x105, 0x10a, 0x10b
 
 
 class Proxy(threading.Thread):
@@ -256,13 +256,22 @@ def main():
     for typ, body in msgs:
         if typ == MIG_SETUP:
             put(a.out, 'fuzz-engine', bytes([0]) + body)
-        put(a.out, 'fuzz-engine', bytes([1]) + struct.pack('<H', typ) + body)
+        # In every state (and one unknown): the table and body checks.
+        for st in range(12):
+            put(a.out, 'fuzz-engine', bytes([1, st]) + struct.pack('<H', typ) + body)
         if typ == MIG_STATE:
             sh = vm_shape(body)
             prefix = struct.pack('<BBHIQQ', (sh['vcpus'] - 1) % 8, sh['xcrs'] | sh['dbg'] << 1, 0,
                                  sh['xsave'], sh['ram'], 0)
             put(a.out, 'fuzz-state', prefix + body)
             put(a.out, 'fuzz-vmstate', body)
+    # A plain run has no recovery: RECOVER and OUTCOME as the engine sends them.
+    mid = next((struct.unpack_from('<Q', b, 72)[0] for t, b in msgs if t == MIG_SETUP), 1)
+    for st in range(12):
+        for flags in (0, 1):
+            put(a.out, 'fuzz-engine', bytes([1, st]) + struct.pack('<HQII', MIG_RECOVER, mid, flags, 0))
+        for go, ran in ((0, 0), (1, 0), (1, 1)):
+            put(a.out, 'fuzz-engine', bytes([1, st]) + struct.pack('<HQII', MIG_OUTCOME, mid, go, ran))
     vmstate_seeds(a.out)
     print('capture: %d channels, %d frames, %d engine messages (%s)' %
           (nchan, len(fr), len(msgs), ', '.join('%#x:%d' % (t, len(b)) for t, b in msgs)))

@@ -1,11 +1,16 @@
 /*
  * fuzz/fuzz-engine.c — the engine's message parsers (migration/protocol.c):
  * a destination decoding a source's SETUP and comparing it with its own VM,
- * and the names logs print for any message type.
+ * and any message in any handover state as rm_mig_expect() takes it: the
+ * state table's verdict, then the body check of what it takes (LOADED, GO,
+ * RESUMED, RECOVER, OUTCOME, COMMIT, ITER...).
  *
- * Input: one selector byte, then the message body as it arrives in a CTRL
- * message (selector 0: SETUP).  A decoded SETUP must encode back to a
- * message that decodes to the same description.
+ * Input: one selector byte, then
+ *   0: a SETUP body as it arrives in a CTRL message;
+ *   1: a state byte (taken modulo RM_ST_COUNT + 1: one past the last is an
+ *      unknown state), a little-endian 16-bit message type, and its body.
+ * A decoded SETUP must encode back to a message that decodes to the same
+ * description; a body that passes its check has the size of its message.
  */
 #include "fuzz/fuzz.h"
 #include "migration/protocol.h"
@@ -40,6 +45,65 @@ static void setup(const uint8_t *p, size_t len)
 	free(again);
 }
 
+static void in_state(struct fz_in *in)
+{
+	int st = fz_u8(in);
+	const uint8_t *t = fz_take(in, 2);
+	enum rm_mig_state state, next;
+	enum rm_mig_action act;
+	uint16_t type;
+	char why[RM_MIG_TEXT];
+
+	if (st < 0 || !t)
+		return;
+	state = (enum rm_mig_state)(st % (RM_ST_COUNT + 1));
+	type = (uint16_t)(t[0] | t[1] << 8);
+	act = rm_mig_lookup(state, type, &next);
+	FZ_CHECK(rm_mig_state_name(state) && rm_mig_expected_name(state));
+	FZ_CHECK(rm_mig_on_fail(state) <= RM_FAIL_RECOVER);
+	if (act == RM_ACT_PROTO) {
+		FZ_CHECK(next == state);
+		return;
+	}
+	/* Only the known states and types have rules. */
+	FZ_CHECK(state < RM_ST_COUNT && strcmp(rm_mig_type_name(type), "UNKNOWN"));
+	if (act != RM_ACT_TAKE && act != RM_ACT_PROGRESS)
+		return;
+	why[0] = 0;
+	if (rm_mig_body_check(type, in->p, in->left, why, sizeof(why))) {
+		FZ_CHECK(why[0]);
+		return;
+	}
+	switch (type) {
+	case RM_MIG_GO:
+	case RM_MIG_SETUP_OK:
+		FZ_CHECK(in->left == 0);
+		break;
+	case RM_MIG_LOADED:
+		FZ_CHECK(in->left == sizeof(struct rm_mig_loaded));
+		break;
+	case RM_MIG_RESUMED:
+		FZ_CHECK(in->left == sizeof(struct rm_mig_resumed));
+		break;
+	case RM_MIG_RECOVER:
+		FZ_CHECK(in->left == sizeof(struct rm_mig_recover));
+		break;
+	case RM_MIG_OUTCOME: {
+		struct rm_mig_outcome o;
+
+		FZ_CHECK(in->left == sizeof(o));
+		memcpy(&o, in->p, sizeof(o));
+		FZ_CHECK(o.got_go || !o.ran);
+		break;
+	}
+	case RM_MIG_SETUP:
+		setup(in->p, in->left);
+		break;
+	default:
+		break;
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct fz_in in = { data, size };
@@ -50,6 +114,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	switch (sel) {
 	case 0:
 		setup(in.p, in.left);
+		break;
+	case 1:
+		in_state(&in);
 		break;
 	default:
 		if (in.left >= 2)

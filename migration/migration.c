@@ -350,6 +350,7 @@ int rm_mig_expect(struct rdmamig *m, struct rm_msg *msg, int timeout_ms)
 	for (;;) {
 		enum rm_mig_state next;
 		enum rm_mig_action act;
+		char why[RM_MIG_TEXT];
 		int ret = rm_tr_recv(m->t, msg, timeout_ms);
 
 		if (ret < 0) {
@@ -358,6 +359,13 @@ int rm_mig_expect(struct rdmamig *m, struct rm_msg *msg, int timeout_ms)
 			return ret;
 		}
 		act = rm_mig_lookup(m->state, msg->type, &next);
+		if ((act == RM_ACT_TAKE || act == RM_ACT_PROGRESS) &&
+		    rm_mig_body_check(msg->type, msg->data, msg->len, why, sizeof(why))) {
+			rm_err("migration: %s: malformed message from the %s: %s", rm_mig_state_name(m->state),
+			       m->opts.role == RDMAMIG_SOURCE ? "destination" : "source", why);
+			rm_msg_free(msg);
+			return RDMAMIG_E_PROTO;
+		}
 		switch (act) {
 		case RM_ACT_TAKE:
 			m->state = next;

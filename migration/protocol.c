@@ -97,6 +97,75 @@ const char *rm_mig_state_name(enum rm_mig_state state)
 	return (unsigned)state < RM_ST_COUNT ? states[state].name : "unknown state";
 }
 
+int rm_mig_body_check(uint16_t type, const void *body, size_t len, char *why, size_t whylen)
+{
+	size_t want;
+
+	switch (type) {
+	case RM_MIG_SETUP_OK:
+	case RM_MIG_GO:
+		want = 0;
+		break;
+	case RM_MIG_ITER:
+		want = sizeof(struct rm_mig_iter);
+		break;
+	case RM_MIG_COMMIT:
+		want = sizeof(struct rm_mig_commit);
+		break;
+	case RM_MIG_LOADED:
+		want = sizeof(struct rm_mig_loaded);
+		break;
+	case RM_MIG_RESUMED:
+		want = sizeof(struct rm_mig_resumed);
+		break;
+	case RM_MIG_RECOVER:
+		want = sizeof(struct rm_mig_recover);
+		break;
+	case RM_MIG_OUTCOME:
+		want = sizeof(struct rm_mig_outcome);
+		break;
+	default:
+		return 0;
+	}
+	if (len != want) {
+		snprintf(why, whylen, "%s of %zu bytes, expected %zu", rm_mig_type_name(type), len, want);
+		return RDMAMIG_E_PROTO;
+	}
+	if (type == RM_MIG_ITER) {
+		struct rm_mig_iter it;
+
+		memcpy(&it, body, sizeof(it));
+		if (it.reserved)
+			goto reserved;
+	} else if (type == RM_MIG_COMMIT) {
+		struct rm_mig_commit c;
+
+		memcpy(&c, body, sizeof(c));
+		if (c.reserved || (le32toh(c.flags) & ~RM_MIG_F_VERIFY))
+			goto reserved;
+	} else if (type == RM_MIG_RECOVER) {
+		struct rm_mig_recover r;
+
+		memcpy(&r, body, sizeof(r));
+		if (r.reserved || (le32toh(r.flags) & ~RM_MIG_RECOVER_ABANDON))
+			goto reserved;
+	} else if (type == RM_MIG_OUTCOME) {
+		struct rm_mig_outcome o;
+
+		memcpy(&o, body, sizeof(o));
+		/* A guest ran there only after GO arrived there. */
+		if (le32toh(o.got_go) > 1 || le32toh(o.ran) > 1 || (o.ran && !o.got_go)) {
+			snprintf(why, whylen, "OUTCOME with got_go %u, ran %u", le32toh(o.got_go),
+				 le32toh(o.ran));
+			return RDMAMIG_E_PROTO;
+		}
+	}
+	return 0;
+reserved:
+	snprintf(why, whylen, "%s with reserved bits or fields set", rm_mig_type_name(type));
+	return RDMAMIG_E_PROTO;
+}
+
 struct rm_mig_setup *rm_mig_setup_encode(const struct rdmamig_vm_desc *desc, uint32_t flags,
 					 uint64_t migration_id, size_t *len)
 {

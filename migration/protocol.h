@@ -223,6 +223,13 @@ const char *rm_mig_expected_name(enum rm_mig_state state);
 
 const char *rm_mig_type_name(uint16_t type);
 
+/* Check the body of a message the state table took or noted (TAKE,
+ * PROGRESS): the exact length of a fixed-size message, reserved fields
+ * zero, flags and booleans in range.  SETUP (rm_mig_setup_decode), STATE
+ * (the VMM's loader) and REFUSE (read leniently, as text) pass.  0, or
+ * RDMAMIG_E_PROTO with the reason in why. */
+int rm_mig_body_check(uint16_t type, const void *body, size_t len, char *why, size_t whylen);
+
 /* Encode desc into a malloc()ed SETUP message.  NULL + errno. */
 struct rm_mig_setup *rm_mig_setup_encode(const struct rdmamig_vm_desc *desc, uint32_t flags,
 					 uint64_t migration_id, size_t *len);
