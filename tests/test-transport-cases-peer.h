@@ -256,6 +256,8 @@ static void case_auth(void)
 	char port[16];
 	int err;
 
+	unsigned exposed0 = atomic_load(&rm_rdma_exposures);
+
 	ram_alloc(&d, 3, sizes3, 0);
 	ram_alloc(&s, 3, sizes3, 21);
 	memset(&p, 0, sizeof(p));
@@ -278,6 +280,9 @@ static void case_auth(void)
 		usleep(10000);
 	cr_assert_eq(atomic_load(&p.l->refused_auth), 2, "refusals counted: %u",
 		     atomic_load(&p.l->refused_auth));
+	/* No rkey exists for a source that did not prove the key (RDMA: no
+	 * window bound, no MR with remote write; TCP registers nothing). */
+	cr_assert_eq(atomic_load(&rm_rdma_exposures), exposed0, "RAM exposed before authentication");
 
 	o.port = port;
 	err = rm_tr_connect(&o, &p.src);
@@ -287,6 +292,8 @@ static void case_auth(void)
 	cr_assert_eq(err, 0, "layout: %s", rdmamig_strerror(err));
 	cr_assert_eq(p.accept_err, 0, "accept: %s", rdmamig_strerror(p.accept_err));
 	cr_assert_eq(p.dlayout_err, 0);
+	cr_assert_eq(atomic_load(&rm_rdma_exposures), exposed0 + (RDMA_KIND ? 1 : 0),
+		     "the authenticated source's layout exposes RAM once");
 	{
 		struct rm_range r = { .region = 11, .offset = PAGE, .length = 8 * PAGE };
 

@@ -485,6 +485,39 @@ static void case_close_and_cancel(void)
 	pair_close(&p);
 }
 
+/* Once the destination sealed its RAM (the source's last fence done), a
+ * source that writes on lands nothing: RDMA refuses its old rkeys (the
+ * WRITE's completion fails), TCP takes its WRITE frame as a protocol
+ * error; the destination hears of it as an error, not a message. */
+static void case_write_after_seal(void)
+{
+	struct rm_range r = { .region = 10, .offset = PAGE, .length = 4 * PAGE };
+	struct ram d, s;
+	struct pair p;
+	struct rm_msg m;
+	int err;
+
+	ram_alloc(&d, 3, sizes3, 0);
+	ram_alloc(&s, 3, sizes3, 5);
+	cr_assert_eq(pair_open(&p, opts_for(2), &d, &s), 0);
+	cr_assert_eq(p.dlayout_err, 0);
+	cr_assert_eq(rm_tr_seal(p.dst), 0);
+	cr_assert_eq(rm_tr_seal(p.src), -EINVAL, "a source has no RAM to seal");
+	err = rm_tr_write(p.src, &r, 1);
+	if (!err)
+		err = rm_tr_fence(p.src);
+	if (!err)
+		err = rm_tr_send(p.src, RM_WIRE_ENGINE_FIRST, "x", 1);
+	err = rm_tr_recv(p.dst, &m, 5000);
+	cr_assert(err < 0 && err != -ETIMEDOUT, "destination after a WRITE to sealed RAM: %s",
+		  err == 1 ? "a message" : rdmamig_strerror(err));
+	ram_assert_zero(&d);
+	ram_assert_guards(&d);
+	pair_close(&p);
+	ram_free(&d);
+	ram_free(&s);
+}
+
 /* ABORT from either side reaches the other as RDMAMIG_E_ABORTED, and every
  * later op on both sides keeps failing with it. */
 static void case_abort(bool from_source)
@@ -654,6 +687,7 @@ static void case_peer_vanishes(bool dest_dies)
 	Test(suite, random_ranges_4chan) { case_random_ranges(4, RDMA_KIND ? 2000 : 5000); } \
 	Test(suite, ctrl_large_roundtrip_and_burst) { case_ctrl_roundtrip(); }     \
 	Test(suite, close_timeout_cancel) { case_close_and_cancel(); }             \
+	Test(suite, write_after_seal_lands_nothing) { case_write_after_seal(); }  \
 	Test(suite, abort_from_source) { case_abort(true); }                       \
 	Test(suite, abort_from_destination) { case_abort(false); }                 \
 	Test(suite, destination_vanishes) { case_peer_vanishes(true); }            \

@@ -152,6 +152,9 @@ unsigned rm_rdma_exposed(struct rm_transport *t);
 /* Tests only: expose destination RAM through plain MRs even where the
  * device has type-2 memory windows (the fallback path). */
 extern bool rm_rdma_no_windows;
+/* Tests only: how many times this process exposed a destination's RAM to a
+ * source (RDMA layouts that published rkeys). */
+extern atomic_uint rm_rdma_exposures;
 
 /* A random 64-bit session id. */
 uint64_t rm_tr_session_id(void);

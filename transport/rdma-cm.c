@@ -134,6 +134,9 @@ int rd_teardown(struct rd_conn *c)
 {
 	int first = 0;
 
+	/* Windows first: a type-2 window holds its QP (rxe waits for it and
+	 * warns when the QP is destroyed under it), and its MR. */
+	rd_expose_free(c);
 	for (unsigned i = 0; i < RM_WIRE_MAX_CHANNELS; i++) {
 		struct rd_qp *q = &c->q[i];
 
@@ -153,8 +156,6 @@ int rd_teardown(struct rd_conn *c)
 		if (q->id && rdma_destroy_id(q->id))
 			keep_first(&first, -errno);
 	}
-	/* Windows first: an MR with windows bound to it cannot go. */
-	rd_expose_free(c);
 	keep_first(&first, rm_reg_close(c->reg));
 	if (c->tx_mr)
 		keep_first(&first, -ibv_dereg_mr(c->tx_mr));

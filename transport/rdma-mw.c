@@ -26,6 +26,7 @@
 
 /* Tests only: expose through plain MRs even where windows exist. */
 bool rm_rdma_no_windows;
+atomic_uint rm_rdma_exposures;
 
 /* Bind one window over [addr, addr + len) of mr on channel chan; *rkey is
  * the key it will answer to.  With c->lock held. */
@@ -175,6 +176,7 @@ int rd_expose(struct rd_conn *c, const struct rm_region *r, unsigned n, struct r
 	c->mw = mw;
 	c->nmw = windows ? nmw : 0;
 	pthread_mutex_unlock(&c->expose_lock);
+	atomic_fetch_add(&rm_rdma_exposures, 1);
 
 	for (unsigned i = 0; i < n; i++) {
 		wire[i].rkey = rm_wire_put32(keys[i]);
