@@ -371,8 +371,6 @@ int rm_mig_expect(struct rdmamig *m, struct rm_msg *msg, int timeout_ms)
 			m->state = next;
 			return 0;
 		case RM_ACT_PROGRESS:
-			if (msg->len != sizeof(struct rm_mig_iter))
-				break;	/* malformed: a protocol error below */
 			note_progress(m, msg);
 			rm_msg_free(msg);
 			rm_mig_tick(m, false);

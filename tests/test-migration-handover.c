@@ -603,3 +603,33 @@ Test(protocol, every_state_takes_only_its_messages)
 				  rm_mig_rules[j].type != rm_mig_rules[i].type, "rule %u repeats rule %u", i, j);
 	}
 }
+
+/* What the state table takes is checked for its size and reserved fields
+ * before any handler reads it (rm_mig_body_check, in rm_mig_expect). */
+Test(protocol, taken_bodies_checked)
+{
+	struct rm_mig_outcome o = { .got_go = htole32(1), .ran = htole32(1) };
+	struct rm_mig_recover r = { 0 };
+	struct rm_mig_loaded l = { 0 };
+	struct rm_mig_iter it = { 0 };
+	char why[RM_MIG_TEXT];
+
+	cr_assert_eq(rm_mig_body_check(RM_MIG_OUTCOME, &o, sizeof(o), why, sizeof(why)), 0);
+	o.got_go = 0;	/* ran without GO cannot be */
+	cr_assert_eq(rm_mig_body_check(RM_MIG_OUTCOME, &o, sizeof(o), why, sizeof(why)), RDMAMIG_E_PROTO);
+	o.ran = htole32(2);
+	cr_assert_eq(rm_mig_body_check(RM_MIG_OUTCOME, &o, sizeof(o), why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert_eq(rm_mig_body_check(RM_MIG_LOADED, &l, sizeof(l), why, sizeof(why)), 0);
+	cr_assert_eq(rm_mig_body_check(RM_MIG_LOADED, &l, sizeof(l) - 1, why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert_str_eq(why, "LOADED of 23 bytes, expected 24");
+	cr_assert_eq(rm_mig_body_check(RM_MIG_GO, &l, 1, why, sizeof(why)), RDMAMIG_E_PROTO);
+	cr_assert_eq(rm_mig_body_check(RM_MIG_GO, NULL, 0, why, sizeof(why)), 0);
+	r.flags = htole32(RM_MIG_RECOVER_ABANDON);
+	cr_assert_eq(rm_mig_body_check(RM_MIG_RECOVER, &r, sizeof(r), why, sizeof(why)), 0);
+	r.flags = htole32(2);
+	cr_assert_eq(rm_mig_body_check(RM_MIG_RECOVER, &r, sizeof(r), why, sizeof(why)), RDMAMIG_E_PROTO);
+	it.reserved = 1;
+	cr_assert_eq(rm_mig_body_check(RM_MIG_ITER, &it, sizeof(it), why, sizeof(why)), RDMAMIG_E_PROTO);
+	/* STATE and REFUSE are read by their own parsers. */
+	cr_assert_eq(rm_mig_body_check(RM_MIG_STATE, "x", 1, why, sizeof(why)), 0);
+}
