@@ -361,7 +361,8 @@ int rm_mig_expect(struct rdmamig *m, struct rm_msg *msg, int timeout_ms)
 		act = rm_mig_lookup(m->state, msg->type, &next);
 		if ((act == RM_ACT_TAKE || act == RM_ACT_PROGRESS) &&
 		    rm_mig_body_check(msg->type, msg->data, msg->len, why, sizeof(why))) {
-			rm_err("migration: %s: malformed message from the %s: %s", rm_mig_state_name(m->state),
+			rm_err("migration: %s: unexpected %s from the %s: %s", rm_mig_state_name(m->state),
+			       rm_mig_type_name(msg->type),
 			       m->opts.role == RDMAMIG_SOURCE ? "destination" : "source", why);
 			rm_msg_free(msg);
 			return RDMAMIG_E_PROTO;
