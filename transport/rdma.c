@@ -8,9 +8,12 @@
  * CQs share one completion channel so a single poll() waits on all of them
  * and on the rdma_cm event channel (a peer's DISCONNECT ends waits at once).
  *
- * RAM path: the destination registers its regions REMOTE_WRITE and sends
- * LAYOUT {id, size, addr, rkey}; the source registers its RAM for local
- * access (register.c: all, lazy or odp).  write() takes one power-of-two
+ * RAM path: the destination exposes its regions for remote write — through
+ * type-2 memory windows, one per QP, where the device has them, else as MRs
+ * (rdma-mw.c, which also takes that access back: the seal op) — and sends
+ * LAYOUT {id, size, addr, rkey} (with a key per channel for windows); the
+ * source registers its RAM for local access (register.c: all, lazy or odp)
+ * and writes on each QP with that QP's key.  write() takes one power-of-two
  * piece of at most max_write (cut again where a lazy-registration chunk
  * ends), deals the pieces round-robin over the QPs, and flush() posts each
  * QP's WRs as one chain.  No bounce buffer: the NIC reads source
@@ -53,10 +56,10 @@
  * connection while the owner naps or runs VMM code.
  */
 #include <poll.h>
-#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "transport/rdma.h"
 
@@ -558,10 +561,10 @@ static int rd_write(struct rm_transport *t, unsigned idx, uint64_t off, uint64_t
 	pthread_mutex_lock(&c->lock);
 	err = rm_reg_keys(c->reg, idx, off, len, &lkey, &rkey, &avail);
 	if (!err) {
-		/* A lazy chunk may end inside: write up to it, still a power of two. */
-		*took = rm_pow2_floor(avail);
 		unsigned chan = c->next_chan++ % t->nchan;
 
+		/* A lazy chunk may end inside: write up to it, still a power of two. */
+		*took = rm_pow2_floor(avail);
 		err = add_write(c, chan, (char *)t->regions[idx].addr + off, lkey, peer->addr + off,
 				peer->chan_rkey[chan], (uint32_t)*took, deadline);
 	}

@@ -138,12 +138,12 @@ int rm_tr_fail(struct rm_transport *t, int err, const char *what)
 	int expected = 0;
 
 	if (atomic_compare_exchange_strong(&t->error, &expected, err)) {
-		/* A dead connection leaves nothing of RAM exposed. */
-		seal_quietly(t);
 		if (err == RDMAMIG_E_ABORTED || err == -EPIPE)
 			rm_info("transport %s: %s: %s", t->ops->name, what, rdmamig_strerror(err));
 		else
 			rm_err("transport %s: %s: %s", t->ops->name, what, rdmamig_strerror(err));
+		/* A dead connection leaves nothing of RAM exposed. */
+		seal_quietly(t);
 		/* Waiters on the control queue see the error now, not a slice later. */
 		pthread_mutex_lock(&t->ctrl.lock);
 		pthread_cond_broadcast(&t->ctrl.cond);
