@@ -282,6 +282,7 @@ void rm_kvm_vm_destroy(struct rm_kvm_vm *vm)
 unsigned rm_kvm_vm_nr_vcpus(const struct rm_kvm_vm *vm) { return vm->nr_vcpus; }
 unsigned rm_kvm_vm_nr_regions(const struct rm_kvm_vm *vm) { return vm->nr_regions; }
 size_t rm_kvm_vm_ram_size(const struct rm_kvm_vm *vm) { return vm->ram.size; }
+const struct rm_ram *rm_kvm_vm_ram(const struct rm_kvm_vm *vm) { return &vm->ram; }
 
 const struct rm_kvm_region *rm_kvm_vm_region(const struct rm_kvm_vm *vm, unsigned i)
 {

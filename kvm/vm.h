@@ -68,6 +68,8 @@ unsigned rm_kvm_vm_nr_vcpus(const struct rm_kvm_vm *vm);
 unsigned rm_kvm_vm_nr_regions(const struct rm_kvm_vm *vm);
 const struct rm_kvm_region *rm_kvm_vm_region(const struct rm_kvm_vm *vm, unsigned i);
 size_t rm_kvm_vm_ram_size(const struct rm_kvm_vm *vm);
+/* The RAM behind all regions (its backing kind and page size). */
+const struct rm_ram *rm_kvm_vm_ram(const struct rm_kvm_vm *vm);
 /* Host address of guest-physical gpa, NULL if it is not RAM. */
 void *rm_kvm_vm_gpa_to_hva(const struct rm_kvm_vm *vm, uint64_t gpa);
 

@@ -24,6 +24,7 @@ struct rm_kvm_vmm {
 	enum rm_dirty_kind tracker;
 	struct rm_dirty_tracker *dirty;
 	struct rm_backing_opts backing;
+	struct rm_populator *pop;	/* destination: populating RAM behind the migration */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -124,6 +125,44 @@ struct rm_kvm_vmm *rm_kvm_vmm_new_dest(const struct rm_backing_opts *backing,
 	return v;
 }
 
+struct rm_populator *rm_kvm_vmm_populator(struct rm_kvm_vmm *v)
+{
+	return v->pop;
+}
+
+/*
+ * A bare destination's RAM: populated by threads behind the migration, in
+ * the order the source's bulk pass sends it (region by region, ascending),
+ * instead of before the first byte may move.  A received page the threads
+ * have not reached is faulted in by the receive itself; a page the guest
+ * touches before them after resume likewise.  Only where the kernel cannot
+ * populate without writing (no MADV_POPULATE_WRITE) is all of it populated
+ * here, before anything is received, as before.
+ */
+static int populate_behind(struct rm_kvm_vmm *v)
+{
+	struct rm_populate_span spans[RM_KVM_MAX_REGIONS];
+	const struct rm_ram *ram = rm_kvm_vm_ram(v->vm);
+	unsigned n = rm_kvm_vm_nr_regions(v->vm);
+	struct rm_populate_opts po = {
+		.chunk = ram->page_size > (4u << 20) ? ram->page_size : (4u << 20),
+		.fault_side = "dst",
+	};
+	int err;
+
+	for (unsigned i = 0; i < n; i++) {
+		const struct rm_kvm_region *r = rm_kvm_vm_region(v->vm, i);
+
+		spans[i] = (struct rm_populate_span){ .addr = r->hva, .size = r->size };
+	}
+	err = rm_populate_start(&v->pop, spans, n, &po);
+	if (!err)
+		return 0;
+	rm_info("kvm: populating %zu MiB of guest RAM before the migration (%s)", ram->size >> 20,
+		strerror(-err));
+	return rm_ram_prefault(ram);
+}
+
 struct rm_kvm_vm *rm_kvm_vmm_vm(struct rm_kvm_vmm *v)
 {
 	return v->vm;
@@ -150,6 +189,8 @@ void rm_kvm_vmm_free(struct rm_kvm_vmm *v)
 		return;
 	throttle_stop(v);
 	rm_dirty_stop(v->dirty);
+	/* Before the RAM is unmapped under it. */
+	rm_populate_stop(v->pop);
 	rm_kvm_vm_destroy(v->vm);
 	pthread_cond_destroy(&v->cond);
 	pthread_mutex_destroy(&v->lock);
@@ -208,8 +249,11 @@ static int vmm_prepare(void *opaque, const struct rdmamig_vm_desc *src)
 	struct rm_kvm_vm_opts o = {
 		.nr_vcpus = src->nr_vcpus, .ram_size = ram, .slot_size = slot, .backing = v->backing,
 	};
+	o.backing.prefault = false;	/* populate_behind() does it */
 	v->vm = rm_kvm_vm_create(&o);
-	return v->vm ? 0 : -errno;
+	if (!v->vm)
+		return -errno;
+	return v->backing.prefault ? populate_behind(v) : 0;
 }
 
 static int vmm_dirty_start(void *opaque)

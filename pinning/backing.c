@@ -172,6 +172,15 @@ int rm_ram_alloc(struct rm_ram *ram, size_t size, const struct rm_backing_opts *
 		}
 	}
 
+	/* Before the first touch, so that the first fault of each 2 MiB
+	 * already gets a huge page.  The kernel may refuse (THP "never", or a
+	 * shmem memfd with shmem_enabled "never"): then the RAM stays on 4 KiB
+	 * pages, slower to populate and register but correct. */
+	if (opts->thp && (opts->kind == RM_BACKING_ANON || opts->kind == RM_BACKING_MEMFD) &&
+	    madvise(ram->addr, ram->size, MADV_HUGEPAGE))
+		rm_warn("backing: no transparent huge pages for %zu MiB (%s): %s", ram->size >> 20,
+			rm_backing_name(opts->kind), strerror(errno));
+
 	if (opts->prefault) {
 		ret = prefault(ram->addr, ram->size, ram->page_size);
 		if (ret < 0) {
@@ -192,6 +201,11 @@ close_fd:
 fail:
 	ram->size = 0;
 	return ret;
+}
+
+int rm_ram_prefault(const struct rm_ram *ram)
+{
+	return prefault(ram->addr, ram->size, ram->page_size);
 }
 
 void rm_ram_free(struct rm_ram *ram)

@@ -1,7 +1,7 @@
 /*
  * pinning/backing.h — where guest RAM comes from: anonymous memory, a memfd
  * (shareable by fd), or hugetlbfs pages of 2 MiB or 1 GiB, optionally bound
- * to one NUMA node and prefaulted.  Knows nothing of KVM or of the wire; the
+ * to one NUMA node, backed by transparent huge pages, and prefaulted.  Knows nothing of KVM or of the wire; the
  * VMM maps what this returns into its guest, registration pins it.
  */
 #ifndef RDMAMIG_PINNING_BACKING_H
@@ -21,6 +21,8 @@ struct rm_backing_opts {
 	enum rm_backing_kind kind;
 	int numa_node;		/* -1: any node */
 	bool prefault;		/* touch every page now, not on first guest access */
+	bool thp;		/* anon/memfd: ask for transparent huge pages
+				 * (MADV_HUGEPAGE); ignored by hugetlbfs kinds */
 };
 
 struct rm_ram {
@@ -38,6 +40,11 @@ struct rm_ram {
  * which sysctl provides them.  opts == NULL means anonymous, any node, lazy.
  */
 int rm_ram_alloc(struct rm_ram *ram, size_t size, const struct rm_backing_opts *opts);
+
+/* Populate all of ram now (what opts->prefault does).  Writes every page
+ * where the kernel lacks MADV_POPULATE_WRITE: only for RAM nobody has
+ * written yet.  0 or -errno. */
+int rm_ram_prefault(const struct rm_ram *ram);
 
 /* Release RAM from rm_ram_alloc.  NULL-safe and safe on an empty rm_ram. */
 void rm_ram_free(struct rm_ram *ram);
