@@ -68,6 +68,7 @@ static const char usage_text[] =
 "  --hot PERMILLE        hotset: share of pages that are hot (default 100)\n"
 "  --backing B           anon | memfd | huge2m | huge1g (default anon)\n"
 "  --numa NODE           put guest RAM on this NUMA node\n"
+"  --thp                 ask for transparent huge pages for anon/memfd RAM\n"
 "  --no-prefault         don't populate guest RAM up front (populating it keeps\n"
 "                        RDMA registration from faulting in every page)\n"
 "  --warmup SECS         run the guest this long before migrating (default 2)\n"
@@ -306,6 +307,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		O_NUMA, O_WARMUP, O_TRANSPORT, O_QPS, O_MAXWRITE, O_REG, O_TRACKER, O_DOWNTIME,
 		O_MAXITER, O_DEADLINE, O_MAXBW, O_AUTOCONV, O_TIMEOUT, O_VERIFY, O_JSON, O_RUNAFTER,
 		O_VERSION, O_NOPREFAULT, O_PSK, O_NOAUTH, O_TLS, O_MAXMEM, O_RECOVER, O_RECOVERWIN,
+		O_THP,
 	};
 	static const struct option longopts[] = {
 		{ "src", no_argument, NULL, O_SRC },
@@ -320,6 +322,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 		{ "numa", required_argument, NULL, O_NUMA },
 		{ "warmup", required_argument, NULL, O_WARMUP },
 		{ "no-prefault", no_argument, NULL, O_NOPREFAULT },
+		{ "thp", no_argument, NULL, O_THP },
 		{ "transport", required_argument, NULL, O_TRANSPORT },
 		{ "qps", required_argument, NULL, O_QPS },
 		{ "max-write", required_argument, NULL, O_MAXWRITE },
@@ -402,6 +405,7 @@ static void parse_args(struct cli *c, int argc, char **argv)
 			c->backing.numa_node = (int)u;
 			break;
 		case O_NOPREFAULT: c->backing.prefault = false; break;
+		case O_THP: c->backing.thp = true; break;
 		case O_WARMUP:
 			if (parse_uint(optarg, &c->warmup_s))
 				USAGE_ERR("--warmup %s: seconds", optarg);
@@ -580,7 +584,8 @@ static void sleep_ms(unsigned ms)
 	nanosleep(&ts, NULL);
 }
 
-static void write_json(const struct cli *c, int rc, const struct rdmamig_stats *s)
+/* pop: a destination's background population (NULL: none). */
+static void write_json(const struct cli *c, int rc, const struct rdmamig_stats *s, struct rm_populator *pop)
 {
 	static const char *const sw[] = { "none", "converged", "max-iterations", "deadline" };
 	FILE *f = fopen(c->json, "w");
@@ -597,13 +602,20 @@ static void write_json(const struct cli *c, int rc, const struct rdmamig_stats *
 #define J(name) fprintf(f, "  \"" #name "\": %llu,\n", (unsigned long long)s->name)
 	J(ram_bytes); J(total_ns); J(setup_ns); J(registration_ns); J(downtime_ns); J(pause_ns); J(final_sync_ns);
 	J(final_send_ns); J(state_ns); J(handover_ns); J(load_ns); J(go_ns); J(resume_ns); J(verify_ns);
-	J(recover_ns); J(unaccounted_ns); J(recoveries); J(bytes); J(pages); J(zero_pages_skipped); J(state_bytes);
+	J(recover_ns); J(unaccounted_ns); J(recoveries); J(registration_bytes); J(registration_call_ns); J(bytes); J(pages); J(zero_pages_skipped); J(state_bytes);
 #undef J
 	{
 		static const char *const tls[] = { "off", "userspace", "kernel-tx", "kernel" };
 
 		fprintf(f, "  \"tls\": \"%s\",\n", tls[s->tls & 3]);
 	}
+	/* Per GiB registered, so that guests of any size compare. */
+	fprintf(f, "  \"registration_ns_per_gib\": %llu,\n", s->registration_bytes ?
+		(unsigned long long)((double)s->registration_call_ns * (1ull << 30) / s->registration_bytes) : 0ull);
+	if (pop)
+		fprintf(f, "  \"populate_bytes\": %llu,\n  \"populate_done\": %llu,\n  \"populate_ns\": %llu,\n",
+			(unsigned long long)rm_populate_total(pop), (unsigned long long)rm_populate_done(pop),
+			(unsigned long long)rm_populate_ns(pop));
 	fprintf(f, "  \"verified\": %d,\n  \"digest\": \"%#llx\",\n  \"iterations\": [", s->verified,
 		(unsigned long long)s->digest);
 	for (unsigned i = 0; i < s->iterations; i++) {
@@ -797,8 +809,14 @@ int main(int argc, char **argv)
 	}
 	rdmamig_get_stats(m, &stats);
 	rdmamig_free(m);
+	/* A bare destination populates behind the migration and may still be
+	 * at it (while the guest runs): its JSON reports when it finished. */
+	struct rm_populator *pop = c.src ? NULL : rm_kvm_vmm_populator(vmm);
+
+	if (pop && c.json && !rc)
+		rm_populate_wait(pop, UINT64_MAX, 600000);
 	if (c.json)
-		write_json(&c, rc, &stats);
+		write_json(&c, rc, &stats, pop);
 
 	if (rc == RDMAMIG_E_INDOUBT) {
 		say("rdmamig: ended with the outcome unknown; the guest was PAUSED here throughout and is "

@@ -346,6 +346,12 @@ struct rdmamig_stats {
 	int verified;			/* 1 digests matched, 0 not asked, -1 mismatch */
 	unsigned iterations;		/* number of entries used in iter[] */
 	struct rdmamig_iteration iter[RDMAMIG_MAX_ITER_STATS];
+	/* Registration at setup (RDMA; 0 on TCP): the bytes this side
+	 * registered and the time its registration calls took, without the
+	 * LAYOUT exchange that registration_ns also holds.  Their ratio is the
+	 * cost per GiB (the CLI's JSON gives registration_ns_per_gib). */
+	uint64_t registration_bytes;
+	uint64_t registration_call_ns;
 };
 
 /* ------------------------------------------------------------------------ */

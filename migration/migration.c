@@ -403,6 +403,7 @@ int rm_mig_expect(struct rdmamig *m, struct rm_msg *msg, int timeout_ms)
 static int exchange_layout(struct rdmamig *m)
 {
 	struct rm_region regions[RDMAMIG_MAX_REGIONS];
+	struct rm_transport_stats ts = { 0 };
 	uint64_t t0;
 	int err;
 
@@ -414,8 +415,11 @@ static int exchange_layout(struct rdmamig *m)
 		};
 	t0 = rm_now_ns();
 	err = rm_tr_layout(m->t, regions, m->desc.nr_regions);
+	rm_tr_stats(m->t, &ts);
 	pthread_mutex_lock(&m->lock);
 	m->stats.registration_ns = rm_now_ns() - t0;
+	m->stats.registration_bytes = ts.reg_bytes;
+	m->stats.registration_call_ns = ts.reg_ns;
 	pthread_mutex_unlock(&m->lock);
 	return err;
 }

@@ -682,7 +682,11 @@ static int rd_close(struct rm_transport *t)
 
 static void rd_stats(struct rm_transport *t, struct rm_transport_stats *out)
 {
+	struct rd_conn *c = (struct rd_conn *)t;
+
 	*out = t->st;
+	out->reg_bytes = rm_reg_bytes(c->reg);
+	out->reg_ns = rm_reg_ns(c->reg);
 }
 
 static int rd_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len)

@@ -181,6 +181,8 @@ struct rm_transport_stats {
 	unsigned tls;		/* TCP: enum tcp_tls_path of the weakest channel
 				 * (0 none, 1 userspace, 2 kernel sending, 3
 				 * kernel both ways); = RDMAMIG_TLS_* */
+	uint64_t reg_bytes;	/* RAM registered with the device now (RDMA) */
+	uint64_t reg_ns;	/* time spent in the registration calls (RDMA) */
 };
 
 /*
