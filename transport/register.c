@@ -1,6 +1,20 @@
 /*
  * transport/register.c — memory registration strategies (all / lazy / odp), the
  * RLIMIT_MEMLOCK check and the NIC's NUMA node.  See register.h.
+ *
+ * Relaxed ordering: every MR asks for IBV_ACCESS_RELAXED_ORDERING where the
+ * device takes it.  Verbs offers no capability bit for it: it is an
+ * "optional" access flag (IBV_ACCESS_OPTIONAL_RANGE), which libibverbs passes
+ * through ibv_reg_mr_iova2() and masks on a kernel that cannot take optional
+ * flags, and which kernel drivers honour (mlx5, where the device and PCIe
+ * allow) or drop (efa, mana, rxe since the fix to 02ed253770fb).  Some rxe
+ * kernels between those two commits refused it with EINVAL instead, so the
+ * one way to ask is to register one page with it: rm_reg_open() does that
+ * once and uses the flag only if the device took it.  Relaxed ordering lets
+ * the NIC's writes into RAM land out of order; nothing here reads RAM for a
+ * flag written by an RDMA WRITE — the destination learns that writes have
+ * landed from a SEND's completion, which the NIC writes strictly ordered
+ * after them — so the order does not matter to the protocol.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -79,6 +93,22 @@ int rm_nic_numa_node(const char *ibdev)
 	return node < 0 ? -1 : node;
 }
 
+/* IBV_ACCESS_RELAXED_ORDERING if pd's device takes it, else 0 (see top). */
+static int relaxed_ordering(struct ibv_pd *pd)
+{
+	size_t page = 4096;
+	void *buf = aligned_alloc(page, page);
+	struct ibv_mr *mr;
+
+	if (!buf)
+		return 0;
+	mr = ibv_reg_mr(pd, buf, page, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_RELAXED_ORDERING);
+	if (mr)
+		ibv_dereg_mr(mr);
+	free(buf);
+	return mr ? IBV_ACCESS_RELAXED_ORDERING : 0;
+}
+
 struct reg_job {
 	struct rm_reg *g;
 	unsigned idx;
@@ -121,7 +151,8 @@ int rm_reg_open(struct rm_reg **out, struct ibv_pd *pd, const struct rm_region *
 	g = calloc(1, sizeof(*g) + n * sizeof(g->r[0]));
 	if (!g)
 		return -ENOMEM;
-	*g = (struct rm_reg){ .pd = pd, .strategy = strategy, .access = access, .chunk = chunk, .n = n };
+	*g = (struct rm_reg){ .pd = pd, .strategy = strategy, .access = access | relaxed_ordering(pd),
+			      .chunk = chunk, .n = n };
 	for (unsigned i = 0; i < n; i++) {
 		g->r[i].addr = r[i].addr;
 		g->r[i].size = r[i].size;
