@@ -9,6 +9,9 @@ BENCH_BINS += bench-engine
 # bench/bench-soak: 100 migrations back and forth between two processes,
 # their RSS and open fds (issue 11's soak).
 BENCH_BINS += bench-soak
+# bench/bench-memory: populating guest RAM (1 thread, the populator's N) and
+# registering it (all, lazy, odp) per GiB, for 4K, THP, 2M and 1G pages.
+BENCH_BINS += bench-memory
 
 # bench/qemu-guest.elf: the guest bench/qemu-peer has QEMU migrate, a
 # freestanding 32-bit Multiboot ELF (QEMU's -kernel takes no 64-bit ELF).

@@ -19,6 +19,8 @@
  *          --ring-entries 4096  --rate PAGES_PER_S_PER_VCPU (0: unpaced)
  *          --no-prefault (leave guest RAM untouched until the guest writes:
  *          under nested KVM on TCG first touches then dominate the run)
+ *          --thp (guest RAM on transparent huge pages: KVM maps it with 2 MiB
+ *          pages until dirty logging splits them)
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -31,7 +33,7 @@
 #include "kvm/vm.h"
 
 struct opts {
-	bool prefault;
+	bool prefault, thp;
 	unsigned sizes[4], nr_sizes;
 	unsigned vcpus, rounds, interval_ms, ring_entries;
 	uint64_t rate;
@@ -82,7 +84,8 @@ static int bench_tracker(const struct opts *o, unsigned gib, enum rm_dirty_kind 
 {
 	struct rm_kvm_vm_opts vo = {
 		.nr_vcpus = o->vcpus, .ram_size = (size_t)gib << 30,
-		.backing = { .kind = RM_BACKING_ANON, .numa_node = -1, .prefault = o->prefault },
+		.backing = { .kind = RM_BACKING_ANON, .numa_node = -1, .prefault = o->prefault,
+			     .thp = o->thp },
 		.dirty_ring_entries = kind == RM_DIRTY_RING ? o->ring_entries : 0,
 	};
 	struct rm_kvm_workload wl = { .kind = RM_GUEST_UNIFORM, .rate_pages_per_sec = o->rate, .seed = 7 };
@@ -150,7 +153,8 @@ static int bench_pause(const struct opts *o, unsigned gib)
 {
 	struct rm_kvm_vm_opts vo = {
 		.nr_vcpus = o->vcpus, .ram_size = (size_t)gib << 30,
-		.backing = { .kind = RM_BACKING_ANON, .numa_node = -1, .prefault = o->prefault },
+		.backing = { .kind = RM_BACKING_ANON, .numa_node = -1, .prefault = o->prefault,
+			     .thp = o->thp },
 	};
 	struct rm_kvm_workload wl = { .kind = RM_GUEST_UNIFORM, .rate_pages_per_sec = o->rate, .seed = 7 };
 	struct stat_ns pause = { 0 }, resume = { 0 };
@@ -194,6 +198,7 @@ int main(int argc, char **argv)
 		{ "ring-entries", required_argument, NULL, 'e' },
 		{ "rate", required_argument, NULL, 'R' },
 		{ "no-prefault", no_argument, NULL, 'P' },
+		{ "thp", no_argument, NULL, 'T' },
 		{ 0 },
 	};
 	int c, rc = 0;
@@ -216,16 +221,18 @@ int main(int argc, char **argv)
 		case 'e': o.ring_entries = (unsigned)atoi(optarg); break;
 		case 'R': o.rate = strtoull(optarg, NULL, 10); break;
 		case 'P': o.prefault = false; break;
+		case 'T': o.thp = true; break;
 		default:
 			fprintf(stderr, "usage: %s [--sizes 1,3] [--vcpus N] [--rounds N] [--interval-ms N] "
-				"[--ring-entries N] [--rate PAGES]\n", argv[0]);
+				"[--ring-entries N] [--rate PAGES] [--no-prefault] [--thp]\n", argv[0]);
 			return 2;
 		}
 	}
 	rdmamig_set_log(log_hook, NULL, RDMAMIG_LOG_WARN);
 	printf("dirty sync cost: %u vCPUs, uniform workload (%s), RAM %s, %u syncs %u ms apart; "
 	       "clear = sync + KVM_CLEAR_DIRTY_LOG of what was reported, in 64 MiB chunks\n",
-	       o.vcpus, o.rate ? "paced" : "unpaced", o.prefault ? "prefaulted" : "lazy", o.rounds, o.interval_ms);
+	       o.vcpus, o.rate ? "paced" : "unpaced", o.prefault ? (o.thp ? "prefaulted, THP" : "prefaulted")
+	       : (o.thp ? "lazy, THP" : "lazy"), o.rounds, o.interval_ms);
 	for (unsigned s = 0; s < o.nr_sizes; s++) {
 		for (int k = 0; k < RM_DIRTY_NR_KINDS; k++) {
 			int ret = bench_tracker(&o, o.sizes[s], (enum rm_dirty_kind)k);
