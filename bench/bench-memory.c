@@ -237,6 +237,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	rdmamig_set_log(quiet, NULL, RDMAMIG_LOG_WARN);
+	setvbuf(stdout, NULL, _IOLBF, 0);	/* each figure as it comes, through a pipe too */
 	if (dev) {
 		int n = 0;
 

@@ -164,7 +164,8 @@ int rm_ram_alloc(struct rm_ram *ram, size_t size, const struct rm_backing_opts *
 		}
 		mask[opts->numa_node / (8 * sizeof(long))] |= 1ul << (opts->numa_node % (8 * sizeof(long)));
 		/* Bind before the first touch: pages land where they are first faulted. */
-		if (mbind(ram->addr, ram->size, MPOL_BIND, mask, sizeof(mask) * 8, MPOL_MF_STRICT) < 0) {
+		if (mbind(ram->addr, ram->size, opts->numa_preferred ? MPOL_PREFERRED : MPOL_BIND, mask,
+			  sizeof(mask) * 8, opts->numa_preferred ? 0 : MPOL_MF_STRICT) < 0) {
 			ret = -errno;
 			rm_err("backing: binding %zu MiB to NUMA node %d: %s", ram->size >> 20,
 			       opts->numa_node, strerror(-ret));
@@ -178,7 +179,7 @@ int rm_ram_alloc(struct rm_ram *ram, size_t size, const struct rm_backing_opts *
 	 * pages, slower to populate and register but correct. */
 	if (opts->thp && (opts->kind == RM_BACKING_ANON || opts->kind == RM_BACKING_MEMFD) &&
 	    madvise(ram->addr, ram->size, MADV_HUGEPAGE))
-		rm_warn("backing: no transparent huge pages for %zu MiB (%s): %s", ram->size >> 20,
+		rm_info("backing: no transparent huge pages for %zu MiB (%s): %s", ram->size >> 20,
 			rm_backing_name(opts->kind), strerror(errno));
 
 	if (opts->prefault) {

@@ -20,6 +20,8 @@ enum rm_backing_kind {
 struct rm_backing_opts {
 	enum rm_backing_kind kind;
 	int numa_node;		/* -1: any node */
+	bool numa_preferred;	/* numa_node is a preference (MPOL_PREFERRED: other
+				 * nodes when it is full), not a bind */
 	bool prefault;		/* touch every page now, not on first guest access */
 	bool thp;		/* anon/memfd: ask for transparent huge pages
 				 * (MADV_HUGEPAGE); ignored by hugetlbfs kinds */

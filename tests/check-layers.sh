@@ -10,7 +10,7 @@
 #   kvm/                 the built-in VMM, beside the engine: pinning/,
 #                        common/, include/; never transport/ or migration/
 #   kvm/guest/           the freestanding guest payload: kvm/guest/ only
-#   cli/                 include/rdmamig.h and kvm/vmm.h, nothing else
+#   cli/                 cli/, include/rdmamig.h and kvm/vmm.h, nothing else
 #   tests/, bench/,      any layer, never cli/
 #   fuzz/
 #
@@ -35,7 +35,7 @@ allowed() {
 	migration)	echo "migration transport common include" ;;
 	kvm/guest)	echo "kvm/guest" ;;
 	kvm)		echo "kvm pinning common include" ;;
-	cli)		echo "include kvm/vmm.h" ;;
+	cli)		echo "cli include kvm/vmm.h" ;;
 	tests|bench|fuzz)	echo "include common transport pinning migration kvm tests bench fuzz" ;;
 	*)		echo "" ;;
 	esac
