@@ -167,8 +167,10 @@ int rm_populate_start(struct rm_populator **out, const struct rm_populate_span *
 	if (!o.chunk)
 		o.chunk = DEFAULT_CHUNK;
 	/* Without MADV_POPULATE_WRITE the only way to populate is to write,
-	 * which a receiver's data would not survive: say so before starting. */
-	if (madvise(spans[0].addr, (size_t)sysconf(_SC_PAGESIZE), MADV_POPULATE_WRITE))
+	 * which a receiver's data would not survive: say so before starting.
+	 * A zero length asks the kernel whether it knows the advice and
+	 * populates nothing (a page here could be a whole 1 GiB one). */
+	if (madvise(spans[0].addr, 0, MADV_POPULATE_WRITE))
 		return -errno;
 	p = calloc(1, sizeof(*p));
 	if (!p)
