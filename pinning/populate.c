@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +34,9 @@
 #define DEFAULT_CHUNK (4ul << 20)
 #define DEFAULT_MAX_THREADS 4u
 #define IDLE UINT64_MAX
+/* Population is background work: on a busy host it must not take the CPU
+ * from the threads that receive (which fault in what it has not reached). */
+#define WORKER_NICE 10
 
 struct rm_populator {
 	pthread_mutex_t lock;
@@ -121,6 +126,8 @@ static void *worker(void *arg)
 	size_t len;
 
 	free(w);
+	/* Per thread on Linux; failing leaves it at the caller's priority. */
+	setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), WORKER_NICE);
 	pthread_mutex_lock(&p->lock);
 	while (claim(p, idx, &addr, &len)) {
 		pthread_mutex_unlock(&p->lock);
