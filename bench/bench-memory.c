@@ -8,14 +8,20 @@
  * hugetlbfs 2 MiB and 1 GiB.
  *
  *   bench-memory [--size 1G] [--kinds anon,thp,huge2m,huge1g] [--threads N]
- *                [--dev rxe0] [--json FILE]
+ *                [--dev rxe0] [--json FILE] [--populator-only]
  *
  * Without --dev it measures population only (any host).  A kind whose pages
  * are missing (hugetlbfs pools too small, 1 GiB pages not offered) is
  * reported as skipped with the reason; the caller raises the pools
  * (bench/setup-overlap does, and puts them back).  Every figure is one
  * measurement on fresh memory: first touch varies run to run on shared
- * hosts, so compare kinds within one run.
+ * hosts, so compare kinds within one run.  On hosts that are themselves
+ * guests, memory a process frees goes back to the hypervisor after a few
+ * seconds and is slow to touch again ("cold"), while memory just freed
+ * within the process is fast ("warm"): each kind's first measurement (one
+ * thread) is cold, the populator's right after it warm.  --populator-only
+ * measures the populator alone, first, so that a fresh process started a
+ * few seconds after any other gets the cold figure a new destination pays.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -46,6 +52,7 @@ static const struct kind kinds[] = {
 };
 
 static FILE *json;
+static bool populator_only;
 static bool first_row = true;
 
 static void quiet(void *o, enum rdmamig_log_level l, const char *msg)
@@ -158,6 +165,18 @@ static void one_kind(const struct kind *k, uint64_t size, unsigned threads, stru
 	char why[128];
 	int err;
 
+	if (populator_only) {
+		char what[64];
+
+		snprintf(what, sizeof(what), "populate, %u threads", threads);
+		err = alloc(k, &ram, size);
+		if (!err) {
+			err = populate_threads(&ram, threads, &ns);
+			rm_ram_free(&ram);
+		}
+		report(k, what, size, ns, err ? strerror(-err) : NULL);
+		return;
+	}
 	err = alloc(k, &ram, size);
 	if (err) {
 		snprintf(why, sizeof(why), "%s", strerror(-err));
@@ -203,6 +222,7 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "dev", required_argument, NULL, 'd' },
 		{ "json", required_argument, NULL, 'j' },
+		{ "populator-only", no_argument, NULL, 'p' },
 		{ 0 },
 	};
 	uint64_t size = GiB;
@@ -219,6 +239,7 @@ int main(int argc, char **argv)
 		case 'k': list = optarg; break;
 		case 't': threads = (unsigned)atoi(optarg); break;
 		case 'd': dev = optarg; break;
+		case 'p': populator_only = true; break;
 		case 'j':
 			json = fopen(optarg, "w");
 			if (!json) {
@@ -228,7 +249,7 @@ int main(int argc, char **argv)
 			break;
 		default:
 			fprintf(stderr, "usage: %s [--size 1G] [--kinds anon,thp,huge2m,huge1g] [--threads N] "
-				"[--dev DEV] [--json FILE]\n", argv[0]);
+				"[--dev DEV] [--json FILE] [--populator-only]\n", argv[0]);
 			return 2;
 		}
 	}

@@ -106,6 +106,8 @@ static int relaxed_ordering(struct ibv_pd *pd)
 	if (mr)
 		ibv_dereg_mr(mr);
 	free(buf);
+	rm_dbg("registration: %s %s relaxed ordering", ibv_get_device_name(pd->context->device),
+	       mr ? "takes (or silently drops)" : "refuses");
 	return mr ? IBV_ACCESS_RELAXED_ORDERING : 0;
 }
 
