@@ -274,6 +274,19 @@ int main(int argc, char **argv)
 	}
 	printf("bench-memory: %llu MiB per kind, populator threads %u, device %s\n",
 	       (unsigned long long)(size >> 20), threads, dev ? dev : "none (population only)");
+	if (pd) {
+		/* What register.c's probe learns (see there): does the device
+		 * take IBV_ACCESS_RELAXED_ORDERING? */
+		void *page = aligned_alloc(4096, 4096);
+		struct ibv_mr *mr = page ? ibv_reg_mr(pd, page, 4096, IBV_ACCESS_LOCAL_WRITE |
+						       IBV_ACCESS_RELAXED_ORDERING) : NULL;
+
+		printf("bench-memory: %s %s IBV_ACCESS_RELAXED_ORDERING%s%s\n", dev, mr ? "takes" : "refuses",
+		       mr ? "" : ": ", mr ? "" : strerror(errno));
+		if (mr)
+			ibv_dereg_mr(mr);
+		free(page);
+	}
 	if (json)
 		fprintf(json, "{\"size\": %llu, \"threads\": %u, \"device\": \"%s\", \"rows\": [",
 			(unsigned long long)size, threads, dev ? dev : "");
