@@ -19,7 +19,9 @@
 # output) goes to a log instead of stdout, and the kernel log from the
 # command's start on is saved when it ends; both are printed, after the
 # command's output, whenever the exit code is not 0.
-# Environment: RDMAMIG_VM_TIMEOUT, RDMAMIG_VM_MEM, RDMAMIG_VM_CPUS, RDMAMIG_CACHE.
+# Environment: RDMAMIG_VM_TIMEOUT, RDMAMIG_VM_MEM, RDMAMIG_VM_CPUS, RDMAMIG_CACHE,
+# RDMAMIG_VM_CPU (QEMU's -cpu model, default max) and RDMAMIG_VM_APPEND (more
+# kernel command-line arguments), the last two for comparing bed variants.
 # Inside, the command sees RDMAMIG_BED=vm, RDMAMIG_RXE_DEV=rxe0 and
 # RDMAMIG_RXE_ADDR=10.77.0.1 (an address that exists only inside the VM).
 set -euo pipefail
@@ -30,6 +32,8 @@ cache=${RDMAMIG_CACHE:-$work/.cache/soft-roce}
 timeout=${RDMAMIG_VM_TIMEOUT:-900}
 mem=${RDMAMIG_VM_MEM:-3G}
 cpus=${RDMAMIG_VM_CPUS:-$(nproc)}
+cpu=${RDMAMIG_VM_CPU:-max}
+append=${RDMAMIG_VM_APPEND:-}
 
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -37,7 +41,7 @@ while [ $# -gt 0 ]; do
 	-m) mem=$2; shift 2 ;;
 	-c) cpus=$2; shift 2 ;;
 	--) shift; break ;;
-	-h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) break ;;
 	esac
 done
@@ -134,10 +138,10 @@ show_kernel() {
 }
 set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
-	-machine q35 -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
+	-machine q35 -accel tcg,thread=multi -cpu "$cpu" -smp "$cpus" -m "$mem" \
 	-nographic -no-reboot -nic none -monitor none -serial stdio \
 	-kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 quiet loglevel=5 panic=-1 rdmamig.work=$work rdmamig.cmd=$run/cmd.sh" \
+	-append "console=ttyS0 quiet loglevel=5 panic=-1 rdmamig.work=$work rdmamig.cmd=$run/cmd.sh $append" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-virtfs "local,path=$work,mount_tag=work,security_model=none,multidevs=remap" \
 	</dev/null 2>&1 | filter
