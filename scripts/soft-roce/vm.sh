@@ -18,7 +18,8 @@
 # The VM's console (kernel warnings and worse, QEMU's own messages, boot
 # output) goes to a log instead of stdout, and the kernel log from the
 # command's start on is saved when it ends; both are printed, after the
-# command's output, whenever the exit code is not 0.
+# command's output, whenever the exit code is not 0 or the kernel logged a
+# warning, a BUG, an oops or a call trace.
 # Environment: RDMAMIG_VM_TIMEOUT, RDMAMIG_VM_MEM, RDMAMIG_VM_CPUS, RDMAMIG_CACHE,
 # RDMAMIG_VM_CPU (QEMU's -cpu model, default max) and RDMAMIG_VM_APPEND (more
 # kernel command-line arguments), the last two for comparing bed variants.
@@ -162,5 +163,12 @@ elif [ "$rc" = 201 ]; then
 	echo "vm.sh: the VM died while the command ran (qemu exit ${status[0]})" >&2
 	rc=123
 fi
-[ "$rc" = 0 ] || show_kernel >&2
+if [ "$rc" != 0 ]; then
+	show_kernel >&2
+elif grep -qE 'WARNING:|BUG:|Oops|Call Trace:|general protection|corrupted' "$console" "$run/dmesg" 2>/dev/null; then
+	# A kernel that complained while the command still passed is a bed
+	# that may not be telling the truth: say so, with its log.
+	echo "vm.sh: the command passed, but the VM kernel logged warnings or worse" >&2
+	show_kernel >&2
+fi
 exit "$rc"
