@@ -123,7 +123,7 @@ Test(kvm_guest, kvm_clock_does_not_jump_over_a_pause, .timeout = 60)
 	struct kvm_clock_data c;
 
 	test_boot(vm, RM_GUEST_IDLE, 0);
-	test_wait_progress(vm, NULL, 4, 30);
+	wait_units(vm, NULL, 4);
 	cr_assert_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
 	uint64_t at_pause = vm->clock.clock;
 	usleep(500000);
@@ -148,7 +148,7 @@ Test(kvm_guest, state_and_ram_move_to_a_fresh_vm, .timeout = 120)
 	struct rm_vms_buf state = { 0 };
 
 	test_boot(src, RM_GUEST_UNIFORM, 0);
-	test_wait_progress(src, NULL, 2048, 60);
+	wait_units(src, NULL, 2048);
 	cr_assert_eq(rm_kvm_vm_pause(src, 1000000000ull), 0);
 	cr_assert_eq(rm_kvm_vm_save_state(src, &state), 0, "save: %s", test_last_err);
 	for (unsigned r = 0; r < rm_kvm_vm_nr_regions(src); r++)
@@ -161,10 +161,10 @@ Test(kvm_guest, state_and_ram_move_to_a_fresh_vm, .timeout = 120)
 	       (unsigned long long)saved[0], (unsigned long long)saved[1]);
 
 	cr_assert_eq(rm_kvm_vm_resume(dst), 0);
-	test_wait_progress(dst, saved, 1024, 60);
+	wait_units(dst, saved, 1024);
 	/* The source is untouched and can go on too. */
 	cr_assert_eq(rm_kvm_vm_resume(src), 0);
-	test_wait_progress(src, saved, 256, 60);
+	wait_units(src, saved, 256);
 	cr_expect_eq(rm_kvm_vm_integrity_errors(dst), 0);
 	cr_expect_eq(rm_kvm_vm_integrity_errors(src), 0);
 	rm_vms_buf_free(&state);
@@ -184,7 +184,7 @@ Test(kvm_guest, state_stream_covers_every_part, .timeout = 60)
 	};
 
 	test_boot(vm, RM_GUEST_SWEEP, 0);
-	test_wait_progress(vm, NULL, 256, 30);
+	wait_units(vm, NULL, 256);
 	cr_assert_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
 	cr_assert_eq(rm_kvm_vm_save_state(vm, &state), 0, "%s", test_last_err);
 	for (unsigned i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
@@ -205,7 +205,7 @@ Test(kvm_guest, state_stream_covers_every_part, .timeout = 60)
 	uint64_t base[2] = { rm_kvm_vcpu_progress(vm, 0), rm_kvm_vcpu_progress(vm, 1) };
 	cr_assert_eq(rm_kvm_vm_load_state(vm, state.data, state.len), 0, "%s", test_last_err);
 	cr_assert_eq(rm_kvm_vm_resume(vm), 0);
-	test_wait_progress(vm, base, 256, 30);
+	wait_units(vm, base, 256);
 	cr_expect_eq(rm_kvm_vm_integrity_errors(vm), 0);
 
 	/* A VM of another shape refuses the stream, saying why. */
@@ -230,7 +230,7 @@ static struct rm_kvm_vm *run_workload(enum rm_guest_workload kind, uint64_t rate
 	struct rm_kvm_vm *vm = test_vm(2, 32, 0);
 
 	test_boot(vm, kind, rate);
-	test_wait_progress(vm, NULL, units, 60);
+	wait_units(vm, NULL, units);
 	cr_assert_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
 	cr_assert_eq(rm_kvm_vm_integrity_errors(vm), 0);
 	return vm;
@@ -284,7 +284,7 @@ Test(kvm_guest, workloads_write_where_they_say, .timeout = 180)
 	uint64_t rate = 500;
 	vm = test_vm(2, 32, 0);
 	test_boot(vm, RM_GUEST_UNIFORM, rate);
-	test_wait_progress(vm, NULL, 64, 30);
+	wait_units(vm, NULL, 64);
 	uint64_t p0 = rm_kvm_vm_progress(vm), t0 = rm_now_ns();
 	usleep(2000000);
 	double got = (double)(rm_kvm_vm_progress(vm) - p0) / ((double)(rm_now_ns() - t0) / 1e9) / nv;
@@ -348,7 +348,7 @@ Test(kvm_guest, guest_runs_on_every_backing, .timeout = 180)
 		}
 		cr_assert_not_null(vm, "%s: %s", rm_backing_name(kinds[k]), test_last_err);
 		test_boot(vm, RM_GUEST_UNIFORM, 0);
-		test_wait_progress(vm, NULL, 1024, 60);
+		wait_units(vm, NULL, 1024);
 		cr_assert_eq(rm_kvm_vm_pause(vm, 1000000000ull), 0);
 		printf("backing %-7s: %llu page writes, %llu integrity errors\n", rm_backing_name(kinds[k]),
 		       (unsigned long long)rm_kvm_vm_progress(vm), (unsigned long long)rm_kvm_vm_integrity_errors(vm));
