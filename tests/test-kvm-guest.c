@@ -68,10 +68,12 @@ Test(kvm_guest, every_workload_runs_on_every_vcpu, .timeout = 600)
 		struct rm_kvm_vm *vm = test_vm(2, 64, 0);
 		uint64_t t0 = rm_now_ns();
 
-		/* An idle unit is 4096 PAUSEs and a VM exit, slow in the
-		 * nested bed: 16 of them show the vCPU runs. */
+		/* An idle unit is 4096 PAUSEs and a VM exit, and a writing
+		 * workload's first touch of a page a nested page fault: in the
+		 * loaded bed 1024 writes took 45 s.  16 idle units or 256
+		 * writes per vCPU show that it runs and checks its pages. */
 		test_boot(vm, w, 0);
-		wait_units(vm, NULL, w == RM_GUEST_IDLE ? 16 : 1024);
+		wait_units(vm, NULL, w == RM_GUEST_IDLE ? 16 : 256);
 		cr_assert_eq(rm_kvm_vm_pause(vm, 2000000000ull), 0, "pause: %s", test_last_err);
 		double s = (double)(rm_now_ns() - t0) / 1e9;
 		printf("workload %-7s: vcpu0 %llu, vcpu1 %llu units in %.2f s (%.0f units/s), %llu integrity errors\n",
