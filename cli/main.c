@@ -718,6 +718,22 @@ static int wait_outcome(rdmamig_t *m)
 	}
 }
 
+/* The host's MemAvailable in bytes; 0 (the library's default) when /proc
+ * does not say. */
+static uint64_t mem_available(void)
+{
+	unsigned long long kib = 0;
+	char line[128];
+	FILE *f = fopen("/proc/meminfo", "re");
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return (uint64_t)kib << 10;
+}
+
 int main(int argc, char **argv)
 {
 	struct cli c = {
@@ -791,6 +807,12 @@ int main(int argc, char **argv)
 	} else {
 		struct rm_kvm_vm_opts vo = { .nr_vcpus = c.vcpus, .ram_size = c.mem, .backing = c.backing };
 
+		/* The library's default cap is the host's MemAvailable when the
+		 * source asks; a destination created up front already holds the
+		 * RAM that source will fill, so the cap is what was available
+		 * before it took it. */
+		if (c.shape_given && !c.opts.max_mem)
+			c.opts.max_mem = mem_available();
 		vmm = rm_kvm_vmm_new_dest(&c.backing, c.shape_given ? &vo : NULL);
 		if (!vmm) {
 			say("rdmamig: cannot create the destination VM: %s\n", strerror(errno));
