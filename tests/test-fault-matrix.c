@@ -670,6 +670,33 @@ static void mx_check(struct mx_ctx *x)
 		FAIL(x, "exit codes %d/%d, expected %d/%d", se, de, want_src, want_dst);
 }
 
+/* Linux 6.1's rxe does not survive its netdev going down under traffic:
+ * afterwards no rdma_cm connect on that device completes, not even
+ * rping's (seen in the test VM: link down during a migration, link up, rping
+ * times out; a fresh rxe device works at once).  So a link-down case on RDMA
+ * runs alone — the other cases take this lock shared — and, once both its
+ * processes are gone, puts back a working bed: a new rxe device of the same
+ * name on the same netdev, and the addresses a link-down takes away (IPv6). */
+static pthread_rwlock_t mx_bed_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+static void mx_restore_bed(struct mx_ctx *x)
+{
+	const char *rxe = getenv("RDMAMIG_RXE_DEV");
+	char cmd[512];
+
+	if (!rxe) {
+		FAIL(x, "RDMAMIG_RXE_DEV unset: cannot put the bed back after a link-down");
+		return;
+	}
+	snprintf(cmd, sizeof(cmd),
+		 "ndev=$(cat /sys/class/infiniband/%s/ports/1/gid_attrs/ndevs/0) && "
+		 "rdma link delete %s && rdma link add %s type rxe netdev \"$ndev\" && "
+		 "scripts/soft-roce/setup.sh --env >/dev/null",
+		 rxe, rxe, rxe);
+	if (system(cmd))
+		FAIL(x, "could not put the bed back after a link-down (%s)", cmd);
+}
+
 static void mx_run_case(struct mx_case *c, int idx)
 {
 	struct mx_ctx x = { .c = c };
@@ -679,11 +706,17 @@ static void mx_run_case(struct mx_case *c, int idx)
 	const char *action = c->fault == MX_CUT ? "cut" : c->fault == MX_DROP ? "drop" : "pause";
 	bool link_fault = c->fault == MX_LINK_RESET || c->fault == MX_LINK_DOWN;
 
+	bool alone = c->fault == MX_LINK_DOWN && c->tr == RDMAMIG_TRANSPORT_RDMA;
+
 	x.sh = mmap(NULL, sizeof(*x.sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (x.sh == MAP_FAILED) {
 		FAIL(&x, "mmap: %s", strerror(errno));
 		return;
 	}
+	if (alone)
+		pthread_rwlock_wrlock(&mx_bed_lock);
+	else
+		pthread_rwlock_rdlock(&mx_bed_lock);
 	memset(x.sh, 0, sizeof(*x.sh));
 	x.sh->p[DST].me = DST;
 	snprintf(x.hold, sizeof(x.hold), "/tmp/rdmamig-matrix-%d-%d-hold", (int)getpid(), idx);
@@ -745,6 +778,9 @@ out:
 		atomic_store(&x.px.stop, 1);
 		pthread_join(x.px.th, NULL);
 	}
+	if (alone)
+		mx_restore_bed(&x);
+	pthread_rwlock_unlock(&mx_bed_lock);
 	unlink(x.hold);
 	unlink(file);
 	munmap(x.sh, sizeof(*x.sh));
