@@ -16,18 +16,13 @@
 
 /* ---- authentication ---- */
 
-int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIRE_MAC])
+/* What both MACs bind after their label (and role): session, channel count
+ * and both sides' nonces.  Returns the byte after them. */
+static uint8_t *put_session(uint8_t *p, const struct rm_transport *t)
 {
-	static const char label[] = RM_WIRE_AUTH_LABEL;
-	uint8_t msg[sizeof(label) + 1 + 8 + 2 + 2 * RM_WIRE_NONCE], *p = msg;
 	__le64 session = rm_wire_put64(t->session);
 	__le16 nchan = rm_wire_put16((uint16_t)t->nchan);
-	unsigned mlen = 0;
 
-	/* label (with its NUL), role, session, nchan, nonce_s, nonce_d */
-	memcpy(p, label, sizeof(label));
-	p += sizeof(label);
-	*p++ = (uint8_t)role;
 	memcpy(p, &session, 8);
 	p += 8;
 	memcpy(p, &nchan, 2);
@@ -35,6 +30,20 @@ int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIR
 	memcpy(p, t->ctrl.nonce_src, RM_WIRE_NONCE);
 	p += RM_WIRE_NONCE;
 	memcpy(p, t->ctrl.nonce_dst, RM_WIRE_NONCE);
+	return p + RM_WIRE_NONCE;
+}
+
+int rm_ctrl_auth_mac(const struct rm_transport *t, char role, uint8_t mac[RM_WIRE_MAC])
+{
+	static const char label[] = RM_WIRE_AUTH_LABEL;
+	uint8_t msg[sizeof(label) + 1 + 8 + 2 + 2 * RM_WIRE_NONCE], *p = msg;
+	unsigned mlen = 0;
+
+	/* label (with its NUL), role, session, nchan, nonce_s, nonce_d */
+	memcpy(p, label, sizeof(label));
+	p += sizeof(label);
+	*p++ = (uint8_t)role;
+	put_session(p, t);
 	if (!HMAC(EVP_sha256(), t->opts.psk, (int)t->opts.psk_len, msg, sizeof(msg), mac, &mlen) ||
 	    mlen != RM_WIRE_MAC)
 		return -ENOMEM;
@@ -47,21 +56,13 @@ int rm_ctrl_join_mac(const struct rm_transport *t, char role, unsigned chan,
 	static const char slabel[] = RM_WIRE_SESSION_LABEL, jlabel[] = RM_WIRE_JOIN_LABEL;
 	uint8_t smsg[sizeof(slabel) + 8 + 2 + 2 * RM_WIRE_NONCE], *p = smsg;
 	uint8_t jmsg[sizeof(jlabel) + 1 + 2], key[RM_WIRE_MAC];
-	__le64 session = rm_wire_put64(t->session);
-	__le16 nchan = rm_wire_put16((uint16_t)t->nchan), c = rm_wire_put16((uint16_t)chan);
+	__le16 c = rm_wire_put16((uint16_t)chan);
 	unsigned klen = 0, mlen = 0;
 	int err = 0;
 
 	/* The session key: label, session, nchan, nonce_s, nonce_d. */
 	memcpy(p, slabel, sizeof(slabel));
-	p += sizeof(slabel);
-	memcpy(p, &session, 8);
-	p += 8;
-	memcpy(p, &nchan, 2);
-	p += 2;
-	memcpy(p, t->ctrl.nonce_src, RM_WIRE_NONCE);
-	p += RM_WIRE_NONCE;
-	memcpy(p, t->ctrl.nonce_dst, RM_WIRE_NONCE);
+	put_session(p + sizeof(slabel), t);
 	/* The channel's proof under it: label, role, channel. */
 	memcpy(jmsg, jlabel, sizeof(jlabel));
 	jmsg[sizeof(jlabel)] = (uint8_t)role;
