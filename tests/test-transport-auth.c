@@ -277,6 +277,51 @@ Test(auth, a_channel_joins_only_with_its_session_proof)
 }
 
 /* Keys on one side only: each side refuses at HELLO time. */
+/*
+ * A handshake left waiting (a bench run's source timed out at step 2 while
+ * its destination waited too) says, in its error, how long it waited of
+ * the time it had, and per channel what went each way last: enough to tell
+ * a message lost on the way from one never sent, and a connect that used
+ * up the time from a silent peer.
+ */
+Test(auth, a_source_left_waiting_says_what_each_channel_carried)
+{
+	struct fake *s = fake_keyed(RM_ROLE_SOURCE, KEY, 77);
+
+	log_start();
+	cr_assert_eq(rm_ctrl_auth(&s->base, rm_deadline(200)), -ETIMEDOUT);
+	log_stop();
+	cr_assert_not_null(strstr(logbuf, "authenticating the destination: Connection timed out after "),
+			   "%s", logbuf);
+	cr_assert_not_null(strstr(logbuf, "ms it had: AUTH step sent 1, taken 0"), "%s", logbuf);
+	cr_assert_not_null(strstr(logbuf, "channel 0: sent 1 (last AUTH "), "%s", logbuf);
+	cr_assert_not_null(strstr(logbuf, " ms ago), received none; channel 1: sent none, received none"),
+			   "%s", logbuf);
+	fake_free(s);
+}
+
+Test(auth, a_destination_left_waiting_says_the_last_step_each_way)
+{
+	struct fake *d = fake_keyed(RM_ROLE_DEST, KEY, 77);
+	struct rm_wire_auth a = { .step = rm_wire_put32(RM_AUTH_NONCE_SRC), .nonce = { 1 } };
+	const char *why = NULL;
+
+	/* The source's nonce and a keep-alive came; its proof never does. */
+	cr_assert_eq(rm_ctrl_rx(&d->base, 0, RM_WIRE_AUTH, 0, &a, sizeof(a), &why), 0, "%s", why);
+	cr_assert_eq(rm_ctrl_rx(&d->base, 0, RM_WIRE_KEEPALIVE, 0, NULL, 0, &why), 0, "%s", why);
+	log_start();
+	cr_assert_eq(rm_ctrl_auth(&d->base, rm_deadline(200)), -ETIMEDOUT);
+	log_stop();
+	cr_assert_eq(d->n, 1);
+	cr_assert_eq(d->f[0].type, RM_WIRE_AUTH);
+	cr_assert_not_null(strstr(logbuf, "dropping a source that did not authenticate: Connection timed out after "),
+			   "%s", logbuf);
+	cr_assert_not_null(strstr(logbuf, "AUTH step sent 2, taken 1"), "%s", logbuf);
+	cr_assert_not_null(strstr(logbuf, "channel 0: sent 1 (last AUTH "), "%s", logbuf);
+	cr_assert_not_null(strstr(logbuf, "received 2 (last KEEPALIVE "), "%s", logbuf);
+	fake_free(d);
+}
+
 Test(auth, is_required_both_ways_at_hello)
 {
 	struct rm_transport_opts keyed = { .nchan = 2, .max_write = 1u << 20, .psk_len = 32 };

@@ -58,6 +58,7 @@ static int fake_post(struct rm_transport *t, unsigned chan, uint16_t type, uint1
 	if (dlen)
 		memcpy(f->buf + blen, data, dlen);
 	pthread_mutex_unlock(&k->lock);
+	rm_ctrl_tx_note(t, chan, type);	/* as every backend's post does */
 	if (k->peer) {
 		struct rm_wire_auth *a = (struct rm_wire_auth *)f->buf;
 		const char *why = NULL;

@@ -190,9 +190,30 @@ static bool auth_ok(struct rm_transport *t)
 	return ok;
 }
 
+/*
+ * Log an exchange that failed other than by a wrong proof: how long it
+ * waited of the time it had (the source's time is what its connect left),
+ * and what each channel last carried both ways — so that the log tells a
+ * message lost on the way (sent here, the peer's counters never moved) from
+ * one never sent (the peer's wait is on it too), and a slow connect from a
+ * silent peer.
+ */
+static void auth_failed(struct rm_transport *t, enum rdmamig_log_level level, const char *what,
+			int err, uint64_t t0, uint64_t deadline)
+{
+	uint64_t now = rm_now_ns();
+	char d[768];
+
+	rm_log(level, "transport %s: %s: %s after %llu ms, of %llu ms it had: %s", t->ops->name, what,
+	       rdmamig_strerror(err), (unsigned long long)((now - t0) / 1000000),
+	       (unsigned long long)(deadline > t0 ? (deadline - t0) / 1000000 : 0),
+	       rm_ctrl_describe(t, d, sizeof(d)));
+}
+
 int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
 {
 	struct rm_wire_refuse_body rf;
+	uint64_t t0 = rm_now_ns();
 	int err;
 
 	if (!t->opts.psk_len)
@@ -207,8 +228,8 @@ int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
 			err = auth_wait(t, 0, true, deadline);
 		if (err) {
 			if (err != RDMAMIG_E_AUTH)
-				rm_err("transport %s: authenticating the destination: %s", t->ops->name,
-				       rdmamig_strerror(err));
+				auth_failed(t, RDMAMIG_LOG_ERR, "authenticating the destination", err, t0,
+					    deadline);
 			return err;
 		}
 		if (!auth_ok(t)) {
@@ -218,8 +239,8 @@ int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
 		}
 		err = auth_join(t, deadline);
 		if (err)
-			rm_err("transport %s: joining channels 1-%u to the session: %s", t->ops->name,
-			       t->nchan - 1, rdmamig_strerror(err));
+			auth_failed(t, RDMAMIG_LOG_ERR, "joining its other channels to the session", err,
+				    t0, deadline);
 		return err;
 	}
 	err = auth_wait(t, RM_AUTH_NONCE_SRC, false, deadline);
@@ -228,8 +249,8 @@ int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
 	if (!err)
 		err = auth_wait(t, 0, true, deadline);
 	if (err) {
-		rm_warn("transport %s: dropping a source that did not authenticate: %s", t->ops->name,
-			rdmamig_strerror(err));
+		auth_failed(t, RDMAMIG_LOG_WARN, "dropping a source that did not authenticate", err, t0,
+			    deadline);
 		return err;
 	}
 	if (!auth_ok(t)) {
@@ -247,7 +268,8 @@ int rm_ctrl_auth(struct rm_transport *t, uint64_t deadline)
 		return err;
 	err = auth_join(t, deadline);
 	if (err)
-		rm_warn("transport %s: dropping a source whose channels did not all join its session: "
-			"%s", t->ops->name, rdmamig_strerror(err));
+		auth_failed(t, RDMAMIG_LOG_WARN,
+			    "dropping a source whose channels did not all join its session", err, t0,
+			    deadline);
 	return err;
 }

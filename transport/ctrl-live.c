@@ -4,6 +4,8 @@
  * channel for timeout_ms.  Silence is bounded, never the length of a
  * migration.  A thread per connection runs the checks between the owner's
  * calls; backends report traffic with rm_ctrl_sent() / rm_ctrl_heard().
+ * Also what each channel last carried, for the error of a handshake that
+ * timed out (rm_ctrl_describe).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,76 @@ void rm_ctrl_sent(struct rm_transport *t, unsigned chan)
 void rm_ctrl_heard(struct rm_transport *t, unsigned chan)
 {
 	atomic_store(&t->ctrl.last_rx[chan], rm_now_ns());
+}
+
+void rm_ctrl_tx_note(struct rm_transport *t, unsigned chan, uint16_t type)
+{
+	atomic_store(&t->ctrl.tx_type[chan], type);
+	atomic_store(&t->ctrl.tx_at[chan], rm_now_ns());
+	atomic_fetch_add(&t->ctrl.tx_n[chan], 1);
+}
+
+void rm_ctrl_rx_note(struct rm_transport *t, unsigned chan, uint16_t type)
+{
+	atomic_store(&t->ctrl.rx_type[chan], type);
+	atomic_store(&t->ctrl.rx_at[chan], rm_now_ns());
+	atomic_fetch_add(&t->ctrl.rx_n[chan], 1);
+}
+
+/* "3 (last AUTH 12 ms ago)" or "none"; appended at buf + *off. */
+static void describe_dir(char *buf, size_t n, size_t *off, uint32_t count, uint16_t type,
+			 uint64_t at, uint64_t now)
+{
+	int w;
+
+	if (*off >= n)
+		return;
+	if (!count)
+		w = snprintf(buf + *off, n - *off, "none");
+	else
+		w = snprintf(buf + *off, n - *off, "%u (last %s %llu ms ago)", count,
+			     rm_wire_type_name(type),
+			     (unsigned long long)(now > at ? (now - at) / 1000000 : 0));
+	*off += w > 0 ? (size_t)w : 0;
+}
+
+const char *rm_ctrl_describe(struct rm_transport *t, char *buf, size_t n)
+{
+	struct rm_ctrl *q = &t->ctrl;
+	uint64_t now = rm_now_ns();
+	unsigned sent, got;
+	uint32_t joined;
+	size_t off = 0;
+	int w;
+
+	if (!n)
+		return buf;
+	buf[0] = 0;
+	pthread_mutex_lock(&q->lock);
+	sent = q->auth_sent;
+	got = q->auth_got;
+	joined = q->joined;
+	pthread_mutex_unlock(&q->lock);
+	w = snprintf(buf, n, "AUTH step sent %u, taken %u, channels joined %#x", sent, got, joined);
+	off = w > 0 ? (size_t)w : 0;
+	for (unsigned i = 0; i < t->nchan && off < n; i++) {
+		w = snprintf(buf + off, n - off, "; channel %u: sent ", i);
+		off += w > 0 ? (size_t)w : 0;
+		describe_dir(buf, n, &off, atomic_load(&q->tx_n[i]), atomic_load(&q->tx_type[i]),
+			     atomic_load(&q->tx_at[i]), now);
+		if (off < n) {
+			w = snprintf(buf + off, n - off, ", received ");
+			off += w > 0 ? (size_t)w : 0;
+		}
+		describe_dir(buf, n, &off, atomic_load(&q->rx_n[i]), atomic_load(&q->rx_type[i]),
+			     atomic_load(&q->rx_at[i]), now);
+	}
+	if (t->ops->describe && off + 3 < n) {
+		memcpy(buf + off, "; ", 3);
+		off += 2;
+		t->ops->describe(t, buf + off, n - off);
+	}
+	return buf;
 }
 
 /* A quarter of our own timeout at most, so a peer with the same timeout

@@ -201,6 +201,8 @@ int rm_ctrl_rx_begin(struct rm_transport *t, unsigned chan, uint16_t flags,
 {
 	int err;
 
+	if (chan < t->nchan)
+		rm_ctrl_rx_note(t, chan, RM_WIRE_CTRL);
 	pthread_mutex_lock(&t->ctrl.lock);
 	err = frag_begin(t, chan, flags, b, len, dst, why);
 	pthread_mutex_unlock(&t->ctrl.lock);
@@ -452,6 +454,7 @@ int rm_ctrl_rx(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t fl
 		*why = "message on a channel that does not exist";
 		return RDMAMIG_E_PROTO;
 	}
+	rm_ctrl_rx_note(t, chan, type);
 	if (flags && type != RM_WIRE_CTRL) {
 		*why = "flags on a message that has none";
 		return RDMAMIG_E_PROTO;

@@ -105,6 +105,15 @@ struct rm_ctrl {
 	_Atomic uint64_t last_tx[RM_WIRE_MAX_CHANNELS];
 	_Atomic uint64_t last_rx[RM_WIRE_MAX_CHANNELS];
 	uint64_t keepalive_ns;		/* quiet spell after which we send one */
+
+	/* Diagnostics, for the error of a handshake that timed out: per
+	 * channel, the type of the last message put on it and taken from it,
+	 * when (rm_now_ns(), 0: never) and how many (rm_ctrl_tx_note,
+	 * rm_ctrl_rx_note).  Kept apart from last_tx/last_rx, which the
+	 * liveness rounds also move. */
+	_Atomic uint16_t tx_type[RM_WIRE_MAX_CHANNELS], rx_type[RM_WIRE_MAX_CHANNELS];
+	_Atomic uint64_t tx_at[RM_WIRE_MAX_CHANNELS], rx_at[RM_WIRE_MAX_CHANNELS];
+	_Atomic uint32_t tx_n[RM_WIRE_MAX_CHANNELS], rx_n[RM_WIRE_MAX_CHANNELS];
 	pthread_cond_t live_cond;	/* wakes the liveness thread to stop */
 	pthread_t live;
 	bool live_started;
@@ -216,6 +225,19 @@ int rm_ctrl_join_mac(const struct rm_transport *t, char role, unsigned chan,
 /* Note bytes sent on / heard from channel chan now.  Any thread. */
 void rm_ctrl_sent(struct rm_transport *t, unsigned chan);
 void rm_ctrl_heard(struct rm_transport *t, unsigned chan);
+
+/* Note a whole message of type put on channel chan (backends, on every
+ * post: keep-alives and credits included) or taken from it (rm_ctrl_rx
+ * does, and the backends for what they keep to themselves: RDMA's
+ * CREDIT).  Any thread. */
+void rm_ctrl_tx_note(struct rm_transport *t, unsigned chan, uint16_t type);
+void rm_ctrl_rx_note(struct rm_transport *t, unsigned chan, uint16_t type);
+
+/* What the connection's channels last carried, for an error: the AUTH
+ * steps sent and taken, then per channel the messages sent and received,
+ * the last of each by type and age, then the backend's own state (its
+ * describe op).  Never with ctrl.lock held.  Returns buf. */
+const char *rm_ctrl_describe(struct rm_transport *t, char *buf, size_t n);
 
 /* One round at time now (rm_now_ns() clock): 0, or the connection's error
  * (the silence is recorded with rm_tr_fail). */

@@ -295,6 +295,7 @@ int rd_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t dea
 {
 	struct rd_conn *c = conn_new(o, RM_ROLE_SOURCE, o->nchan);
 	struct addrinfo *ai = NULL;
+	uint64_t t0 = rm_now_ns();
 	int err;
 
 	if (!c)
@@ -344,8 +345,11 @@ int rd_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t dea
 			c->credits = c->peer_rx = rm_wire_get32(ack.credits);
 	}
 	freeaddrinfo(ai);
-	rm_info("transport rdma: connected to [%s]:%s with %u QPs on %s", o->addr, o->port, o->nchan,
-		ibv_get_device_name(c->verbs->device));
+	/* How long the connect took: the handshake after it has what is left
+	 * of the same deadline. */
+	rm_info("transport rdma: connected to [%s]:%s with %u QPs on %s in %llu ms", o->addr, o->port,
+		o->nchan, ibv_get_device_name(c->verbs->device),
+		(unsigned long long)((rm_now_ns() - t0) / 1000000));
 	*out = &c->base;
 	return 0;
 
@@ -519,6 +523,7 @@ int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **o
 {
 	struct rd_listener *l = (struct rd_listener *)lp;
 	struct rd_conn *c;
+	uint64_t took;
 	int err = 0;
 
 	while (!l->c || l->established < l->c->base.nchan) {
@@ -582,6 +587,8 @@ int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **o
 		}
 	}
 	c = l->c;
+	/* From its first request to its last ESTABLISHED, for the log. */
+	took = rm_now_ns() + (uint64_t)l->base.opts.timeout_ms * 1000000ull - l->c_deadline;
 	l->c = NULL;
 	l->established = 0;
 	/* The connection outlives the listener: move its ids to our channel. */
@@ -599,8 +606,9 @@ int rd_accept(struct rm_listener *lp, uint64_t deadline, struct rm_transport **o
 			goto fail;
 		}
 	}
-	rm_info("transport rdma: accepted a source with %u QPs on %s", c->base.nchan,
-		ibv_get_device_name(c->verbs->device));
+	rm_info("transport rdma: accepted a source with %u QPs on %s, connected in %llu ms",
+		c->base.nchan, ibv_get_device_name(c->verbs->device),
+		(unsigned long long)(took / 1000000));
 	*out = &c->base;
 	return 0;
 

@@ -164,6 +164,7 @@ static int post_msg(struct rd_conn *c, unsigned chan, uint16_t type, uint16_t fl
 	q->unsig_bytes = 0;
 	c->base.st.wrs_posted++;
 	rm_ctrl_sent(&c->base, chan);
+	rm_ctrl_tx_note(&c->base, chan, raw ? 0 : type);
 	if (chan == 0 && !raw) {
 		c->credits -= need ? 1 : 0;
 		c->grant = 0;
@@ -258,6 +259,7 @@ static int recv_one(struct rd_conn *c, unsigned chan, const char *buf, uint32_t 
 	if (type == RM_WIRE_CREDIT) {
 		struct rm_wire_credit cr;
 
+		rm_ctrl_rx_note(&c->base, chan, type);
 		if (len != sizeof(cr) || h.flags)
 			return peer_error(c, chan, RDMAMIG_E_PROTO, "CREDIT of the wrong length");
 		memcpy(&cr, buf + sizeof(h), sizeof(cr));
@@ -689,6 +691,31 @@ static void rd_stats(struct rm_transport *t, struct rm_transport_stats *out)
 	out->reg_ns = rm_reg_ns(c->reg);
 }
 
+/*
+ * The describe op: what tells a lost SEND from one never posted — the
+ * control credits and send slots (a post that waits for them has not gone
+ * out), and per QP the WRs posted and those completed (a SEND posted but
+ * never completed is stuck at the NIC: RNR retries, a peer QP that does not
+ * answer).
+ */
+static void rd_describe(struct rm_transport *t, char *buf, size_t n)
+{
+	struct rd_conn *c = (struct rd_conn *)t;
+	size_t off;
+	int w;
+
+	pthread_mutex_lock(&c->lock);
+	w = snprintf(buf, n, "credits %u of %u, grants owed %u, %d of %u send slots free", c->credits,
+		     c->peer_rx, c->grant, __builtin_popcountll(c->tx_free), TX_N);
+	off = w > 0 ? (size_t)w : 0;
+	for (unsigned i = 0; i < t->nchan && off < n; i++) {
+		w = snprintf(buf + off, n - off, "; QP %u: %llu WRs posted, %llu completed", i,
+			     (unsigned long long)c->q[i].posted, (unsigned long long)c->q[i].retired);
+		off += w > 0 ? (size_t)w : 0;
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
 static int rd_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len)
 {
 	struct rd_conn *c = (struct rd_conn *)t;
@@ -796,6 +823,7 @@ const struct rm_transport_ops rm_transport_rdma_ops = {
 	.abort = rd_abort,
 	.close = rd_close,
 	.stats = rd_stats,
+	.describe = rd_describe,
 	.seal = rd_seal,
 	.raw_send = rd_raw_send,
 };

@@ -178,8 +178,10 @@ static int tcp_post(struct rm_transport *t, unsigned chan, uint16_t type, uint16
 	}
 	err = tcp_send_iov(c, NULL, ch->fd, ch->tls, iov, dlen ? 3 : 2, deadline);
 	pthread_mutex_unlock(&ch->tx_lock);
-	if (!err)
+	if (!err) {
 		rm_ctrl_sent(t, chan);
+		rm_ctrl_tx_note(t, chan, type);
+	}
 	return err;
 }
 

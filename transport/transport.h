@@ -292,6 +292,12 @@ struct rm_transport_ops {
 
 	void (*stats)(struct rm_transport *t, struct rm_transport_stats *out);
 
+	/* Either side, optional: the backend's own state that tells a lost
+	 * message from one never sent (RDMA: credits, send and receive
+	 * completions per QP), as text into buf, for an error.  Any thread
+	 * outside the backend's ops. */
+	void (*describe)(struct rm_transport *t, char *buf, size_t n);
+
 	/* Tests only: put len raw bytes on channel chan as one message (TCP:
 	 * into the stream; RDMA: one SEND), unchecked, to play a hostile peer. */
 	int (*raw_send)(struct rm_transport *t, unsigned chan, const void *msg, size_t len);
