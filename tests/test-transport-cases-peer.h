@@ -377,4 +377,63 @@ static void case_silent_sources_do_not_block(void)
 	pair_close(&p);
 }
 
+/*
+ * A destination that connects every channel and then never answers AUTH
+ * (the bench's stall, on purpose): the source gives up at its own bound,
+ * and its error says how long it waited of the time it had and what went
+ * each way on each channel — here its own nonce out and nothing back; on
+ * RDMA also its QPs' WRs posted and completed (completed: the SENDs reached
+ * the peer's receive queue, which nobody read).
+ */
+struct silent_dest {
+	struct rm_listener *l;
+	struct rm_transport *t;
+	int err;
+};
+
+static void *silent_accept(void *arg)
+{
+	struct silent_dest *sd = arg;
+
+	sd->err = sd->l->ops->accept(sd->l, rm_deadline(10000), &sd->t);
+	return NULL;
+}
+
+static void case_silent_destination_named_in_the_timeout(void)
+{
+	static struct log_capture cap = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct rm_transport_opts o = opts_for(2);
+	struct rm_transport *src = NULL;
+	struct silent_dest sd = { 0 };
+	pthread_t th;
+	char port[16];
+	int err;
+
+	cr_assert_eq(rm_tr_listen(&o, &sd.l), 0);
+	snprintf(port, sizeof(port), "%d", rm_tr_listener_port(sd.l));
+	cr_assert_eq(pthread_create(&th, NULL, silent_accept, &sd), 0);
+	o.port = port;
+	o.timeout_ms = 3000;
+	rdmamig_set_log(capture_log, &cap, RDMAMIG_LOG_DEBUG);
+	err = rm_tr_connect(&o, &src);
+	rdmamig_set_log(NULL, NULL, RDMAMIG_LOG_DEBUG);
+	pthread_join(th, NULL);
+	cr_assert_eq(err, -ETIMEDOUT, "a source against a silent destination: %s",
+		     rdmamig_strerror(err));
+	cr_assert_null(src);
+	cr_assert_eq(sd.err, 0, "accept: %s", rdmamig_strerror(sd.err));
+	pthread_mutex_lock(&cap.lock);
+	cr_assert_not_null(strstr(cap.text, "authenticating the destination: Connection timed out after "),
+			   "%s", cap.text);
+	cr_assert_not_null(strstr(cap.text, "AUTH step sent 1, taken 0"), "%s", cap.text);
+	cr_assert_not_null(strstr(cap.text, "channel 0: sent "), "%s", cap.text);
+	cr_assert_null(strstr(cap.text, "channel 0: sent none"), "%s", cap.text);
+	cr_assert_not_null(strstr(cap.text, "received none; channel 1: "), "%s", cap.text);
+	if (RDMA_KIND)
+		cr_assert_not_null(strstr(cap.text, "send slots free; QP 0: "), "%s", cap.text);
+	pthread_mutex_unlock(&cap.lock);
+	rm_tr_abandon(sd.t, -ECANCELED);
+	rm_tr_listener_close(sd.l);
+}
+
 #endif

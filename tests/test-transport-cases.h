@@ -697,4 +697,7 @@ static void case_peer_vanishes(bool dest_dies)
 	Test(suite, abort_reason_out_of_range) { case_abort_reason_out_of_range(); } \
 	Test(suite, auth_no_key_wrong_key_refused_right_key_works) { case_auth(); } \
 	Test(suite, auth_keyed_source_refuses_open_destination) { case_auth_dest_without_key(); } \
-	Test(suite, silent_sources_do_not_block_a_real_one) { case_silent_sources_do_not_block(); }
+	Test(suite, silent_sources_do_not_block_a_real_one) { case_silent_sources_do_not_block(); } \
+	Test(suite, silent_destination_named_in_the_timeout) {                     \
+		case_silent_destination_named_in_the_timeout();                    \
+	}
