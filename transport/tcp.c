@@ -28,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include "transport/tcp.h"
@@ -531,6 +533,31 @@ static void tcp_stats(struct rm_transport *t, struct rm_transport_stats *out)
 	}
 }
 
+/*
+ * The describe op: per channel, the bytes the kernel holds that the peer has
+ * not acknowledged (ours, on the way or unread by its TCP) and the bytes
+ * that arrived that our receiver thread has not read — so a stall shows
+ * which side holds the bytes.
+ */
+static void tcp_describe(struct rm_transport *t, char *buf, size_t n)
+{
+	struct tcp_conn *c = (struct tcp_conn *)t;
+	size_t off = 0;
+
+	buf[0] = 0;
+	for (unsigned i = 0; i < t->nchan && off < n; i++) {
+		int out = -1, in = -1, w;
+
+		if (c->ch[i].fd >= 0) {
+			ioctl(c->ch[i].fd, SIOCOUTQ, &out);
+			ioctl(c->ch[i].fd, SIOCINQ, &in);
+		}
+		w = snprintf(buf + off, n - off, "%ssocket %u: %d bytes unacknowledged, %d unread",
+			     i ? "; " : "", i, out, in);
+		off += w > 0 ? (size_t)w : 0;
+	}
+}
+
 static int tcp_raw_send(struct rm_transport *t, unsigned chan, const void *msg, size_t len)
 {
 	struct tcp_conn *c = (struct tcp_conn *)t;
@@ -558,5 +585,6 @@ const struct rm_transport_ops rm_transport_tcp_ops = {
 	.abort = tcp_abort,
 	.close = tcp_close,
 	.stats = tcp_stats,
+	.describe = tcp_describe,
 	.raw_send = tcp_raw_send,
 };
