@@ -23,9 +23,7 @@
 # others' verdicts with it.  No suite is run twice to get a pass.  The one
 # retry: a test VM that fails before the suites start (boot, module load,
 # rxe setup: vm.sh exit 125) is booted again, up to RDMAMIG_VM_TRIES times,
-# and the summary says so.  And once per run, when the test VM's own kernel
-# panics (vm.sh exit 123, "Kernel panic" on its console), a fresh VM runs
-# the suites it did not finish, and the summary says that too.  A suite that fails, crashes or hangs fails the
+# and the summary says so.  A suite that fails, crashes or hangs fails the
 # run, and vm.sh then prints the VM kernel's console and log.
 #
 # Hugepages: the pools the backing tests use (2 MiB, and 1 GiB where the
@@ -167,25 +165,6 @@ vm_bed() {
 		echo "== test VM: the VM failed before the suites started (boot, modules or rxe setup; vm.sh exit 125 after $(elapsed "$t0"))"
 		[ "$try" -lt "$VM_TRIES" ] && echo "== test VM: BOOTING A FRESH VM (boot $((try + 1)) of $VM_TRIES)"
 	done
-	# The test VM's own kernel panicked (vm.sh exit 123 and "Kernel panic"
-	# on its console): the 6.1 kernel under QEMU's nested emulation
-	# corrupts a kernel stack about once in 50 nested-KVM migrations
-	# (bench/README.md, "The bed's kernel panic"; our processes cannot
-	# write a kernel stack).  Once per run, loudly, a fresh VM runs the
-	# suites the dead one did not finish, the one it died in from its
-	# start.  A suite that fails or hangs is never run again.
-	if [ "$rc" = 123 ] && grep -q "Kernel panic" "$out"; then
-		local left=()
-		for s in "$@"; do
-			grep -q "^== bed .*: ${s%%:*} took " "$out" || left+=("$s")
-		done
-		echo "== test VM: THE VM'S KERNEL PANICKED (console above) with ${#left[@]} suite(s) unfinished;"
-		echo "== test VM: ENVIRONMENT RESTART (once per run): a fresh VM runs ${left[*]%%:*}"
-		echo "[ENV] the test VM's kernel panicked; its unfinished suites ran in a fresh VM"
-		scripts/soft-roce/vm.sh -t "$bound" -- env O="$O" RDMAMIG_SUITE_TIMEOUT="$SUITE_TIMEOUT" \
-			tests/run.sh --bed "${left[@]}" 2>&1 | tee -a "$out"
-		rc=${PIPESTATUS[0]}
-	fi
 	for s in "$@"; do
 		grep -q "^== bed .*: ${s%%:*} took " "$out" ||
 			echo "[FAIL] the test bed did not finish ${s%%:*} (vm.sh exit $rc)"
@@ -305,11 +284,9 @@ awk '
 	/^\[FAIL\] the test bed did not finish/ { f++; suites++ }
 	/^\[FAIL\] .* exited .* without a failing case/ { f++ }
 	/BOOTING A FRESH VM/ { r++ }
-	/^\[ENV\] the test VM.s kernel panicked/ { panics++ }
 	END {
 		if (suites == 0) { print "0 passed, 1 failed (no suite reported)"; exit 1 }
 		if (r) printf "note: %d test VM boot(s) failed before their suite started and were booted again: see BOOTING A FRESH VM above\n", r
-		if (panics) printf "note: the test VM'"'"'s kernel panicked %d time(s) (environment, see THE VM'"'"'S KERNEL PANICKED above); its unfinished suites ran in a fresh VM\n", panics
 		if (moved) printf "note: %d case(s) skipped on this host ran on the RDMA bed instead (counted there)\n", moved
 		printf "%d passed, %d failed, %d skipped\n", p, f + c, s - moved
 		exit (f + c > 0)
