@@ -138,7 +138,7 @@ Test(ctrl, hello_join_ties_channels_to_one_migration)
 
 /* The field each spoil_ack() case breaks, as the log must name it. */
 static const char *const spoil_field[] = {
-	"version 5, we offered", "version 3, we offered", "nchan 3, we asked for 4",
+	"version 6, we offered", "version 4, we offered", "nchan 3, we asked for 4",
 	"caps 0x", "caps 0x1, we offered", "credits 0, expected 1-4096",
 	"credits 4097, expected", "ctrl_buf 4096, expected 65536",
 };

@@ -71,6 +71,10 @@ void rm_ctrl_destroy(struct rm_ctrl *q)
 	msg_free(q->asm_msg);
 	q->asm_msg = NULL;
 	q->tail = NULL;
+	free(q->stage_keys);
+	free(q->stage_ready);
+	q->stage_keys = NULL;
+	q->stage_ready = NULL;
 	pthread_cond_destroy(&q->live_cond);
 	pthread_cond_destroy(&q->cond);
 	pthread_mutex_destroy(&q->lock);
@@ -261,8 +265,9 @@ static int rx_layout(struct rm_transport *t, unsigned chan, const void *body, si
 	flags = rm_wire_get32(l.flags);
 	/* Per-channel keys only where there is more than one channel. */
 	nkeys = flags & RM_WIRE_LAYOUT_CHAN_KEYS ? n * (t->nchan - 1) : 0;
-	if (n > RM_WIRE_MAX_REGIONS || (flags & ~RM_WIRE_LAYOUT_CHAN_KEYS) ||
-	    (flags && t->nchan == 1) ||
+	if (n > RM_WIRE_MAX_REGIONS ||
+	    (flags & ~(RM_WIRE_LAYOUT_CHAN_KEYS | RM_WIRE_LAYOUT_STAGED)) ||
+	    ((flags & RM_WIRE_LAYOUT_CHAN_KEYS) && t->nchan == 1) || l.reserved ||
 	    len != sizeof(l) + n * sizeof(struct rm_wire_region) + nkeys * sizeof(__le32)) {
 		*why = "LAYOUT count or length out of range";
 		return RDMAMIG_E_PROTO;
@@ -274,6 +279,10 @@ static int rx_layout(struct rm_transport *t, unsigned chan, const void *body, si
 	} else {
 		memcpy(t->ctrl.peer_regions, (const char *)body + sizeof(l),
 		       n * sizeof(struct rm_wire_region));
+		err = rm_ctrl_stage_layout(t, flags, rm_wire_get32(l.chunk_shift),
+					   t->ctrl.peer_regions, n, why);
+	}
+	if (!err && !t->ctrl.have_layout) {
 		memcpy(t->ctrl.peer_keys,
 		       (const char *)body + sizeof(l) + n * sizeof(struct rm_wire_region),
 		       nkeys * sizeof(__le32));
@@ -463,7 +472,8 @@ int rm_ctrl_rx(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t fl
 	authed = t->ctrl.authed;
 	joined = chan == 0 || !t->opts.psk_len || (t->ctrl.joined & (1u << chan));
 	pthread_mutex_unlock(&t->ctrl.lock);
-	if (!authed && (type == RM_WIRE_MARKER || type == RM_WIRE_CTRL || type == RM_WIRE_LAYOUT)) {
+	if (!authed && (type == RM_WIRE_MARKER || type == RM_WIRE_CTRL || type == RM_WIRE_LAYOUT ||
+			type == RM_WIRE_READY)) {
 		*why = "a message before authentication";
 		return RDMAMIG_E_PROTO;
 	}
@@ -494,6 +504,8 @@ int rm_ctrl_rx(struct rm_transport *t, unsigned chan, uint16_t type, uint16_t fl
 		return err;
 	case RM_WIRE_LAYOUT:
 		return rx_layout(t, chan, body, len, why);
+	case RM_WIRE_READY:
+		return rm_ctrl_rx_ready(t, chan, body, len, why);
 	case RM_WIRE_ABORT:
 		return rx_abort(t, body, len, why);
 	case RM_WIRE_REFUSE:
@@ -680,6 +692,7 @@ int rm_ctrl_layout_match(struct rm_transport *t, char *why, size_t why_len)
 		q->peer[idx] = (struct rm_ctrl_peer_region){
 			.addr = rm_wire_get64(p->addr),
 			.rkey = rm_wire_get32(p->rkey),
+			.pos = i,
 		};
 		for (unsigned c = 0; c < t->nchan; c++)
 			q->peer[idx].chan_rkey[c] =
@@ -710,6 +723,13 @@ int rm_ctrl_layout(struct rm_transport *t, const struct rm_region *r, unsigned n
 	if (t->role == RM_ROLE_DEST) {
 		size_t nkeys = t->ctrl.chan_keys ? (size_t)n * (t->nchan - 1) : 0;
 
+		/* A staged LAYOUT goes before any registration: the keys
+		 * follow in READYs (ctrl-stage.c). */
+		if (t->ctrl.chunk_shift) {
+			lay.l.flags = rm_wire_put32(RM_WIRE_LAYOUT_STAGED);
+			lay.l.chunk_shift = rm_wire_put32(t->ctrl.chunk_shift);
+			nkeys = 0;
+		}
 		/* The keys go right after the n regions, not after r[]'s end. */
 		if (nkeys) {
 			lay.l.flags = rm_wire_put32(RM_WIRE_LAYOUT_CHAN_KEYS);

@@ -47,6 +47,7 @@ struct rm_ctrl_peer_region {
 	/* RDMA: the key to use on each channel: rkey on all of them, or one
 	 * memory window's each where the LAYOUT carried per-channel keys. */
 	uint32_t chan_rkey[RM_WIRE_MAX_CHANNELS];
+	unsigned pos;		/* the region's position in the LAYOUT */
 };
 
 struct rm_ctrl_msg;		/* one received message; private to ctrl.c */
@@ -93,12 +94,28 @@ struct rm_ctrl {
 	bool peer_chan_keys;		/* RM_WIRE_LAYOUT_CHAN_KEYS came */
 	__le32 peer_keys[RM_WIRE_MAX_REGIONS * (RM_WIRE_MAX_CHANNELS - 1)];
 	struct rm_ctrl_peer_region peer[RM_WIRE_MAX_REGIONS];
+	/* Source, staged LAYOUT (ctrl-stage.c): 0 when not staged, else
+	 * log2 of the chunk size; where each LAYOUT entry's chunks start in
+	 * the tables (entry count: the total); per chunk the keys of its
+	 * READY (nchan each) and whether it came.  Allocated when the LAYOUT
+	 * arrives, bounded by RM_WIRE_MAX_CHUNKS; written under lock, ready
+	 * set last, so a reader that sees it set may read the keys unlocked. */
+	unsigned stage_shift;
+	uint32_t stage_base[RM_WIRE_MAX_REGIONS + 1];
+	uint32_t *stage_keys;
+	_Atomic uint8_t *stage_ready;
+	uint32_t stage_nready;
+	_Atomic uint32_t stage_waiting;	/* the chunk + 1 the source waits for */
+	_Atomic uint64_t stage_wait_ns;	/* time it waited for READYs */
 
 	/* Destination, RDMA: the backend's layout op sets chan_keys and fills
 	 * keys (as the LAYOUT carries them) when it bound a window per
 	 * channel. */
 	bool chan_keys;
 	__le32 keys[RM_WIRE_MAX_REGIONS * (RM_WIRE_MAX_CHANNELS - 1)];
+	/* Destination, RDMA: the layout op sets it (log2 of the chunk size)
+	 * when it registers behind a staged LAYOUT and sends READYs. */
+	unsigned chunk_shift;
 
 	/* Liveness: when this side last put bytes on each channel, and when it
 	 * last heard from the peer on each (rm_now_ns()). */
@@ -139,7 +156,7 @@ void rm_ctrl_destroy(struct rm_ctrl *q);
 
 /*
  * One whole message of `type` with its body (header already taken off) from
- * channel chan: MARKER, CTRL, LAYOUT, ABORT, REFUSE or BYE.  Returns 0;
+ * channel chan: MARKER, CTRL, LAYOUT, READY, ABORT, REFUSE or BYE.  Returns 0;
  * RM_CTRL_END after a BYE; RDMAMIG_E_PROTO when the peer broke the protocol;
  * RDMAMIG_E_ABORTED or RDMAMIG_E_REFUSED when it said so (its text is
  * logged here); -ENOMEM.  On an error *why says what happened, for the
@@ -181,6 +198,34 @@ int rm_ctrl_layout(struct rm_transport *t, const struct rm_region *r, unsigned n
 /* Match a received LAYOUT with t's regions: 0, or RDMAMIG_E_REFUSED /
  * RDMAMIG_E_PROTO with why filled.  Fills ctrl.peer on success. */
 int rm_ctrl_layout_match(struct rm_transport *t, char *why, size_t why_len);
+
+/* ---- staged layouts (ctrl-stage.c) ---- */
+
+/* Under ctrl.lock, from rx_layout: check a LAYOUT's staging fields and the
+ * chunk count of its n regions r[], and set up the source's READY tables.
+ * 0, or RDMAMIG_E_PROTO / -ENOMEM with why. */
+int rm_ctrl_stage_layout(struct rm_transport *t, uint32_t flags, uint32_t shift,
+			 const struct rm_wire_region *r, unsigned n, const char **why);
+
+/* A READY body from channel chan (the rm_ctrl_rx contract). */
+int rm_ctrl_rx_ready(struct rm_transport *t, unsigned chan, const void *body, size_t len,
+		     const char **why);
+
+/*
+ * Source, staged LAYOUT matched: the chunk that holds offset off of local
+ * region idx, waited for until its READY came (while the peer is alive:
+ * the connection's error, a cancel or a BYE end the wait).  *end: the
+ * offset in the region where the chunk ends; *keys: its nchan rkeys.  The
+ * time waited adds to ctrl.stage_wait_ns.  0 or error.
+ */
+int rm_ctrl_stage_wait(struct rm_transport *t, unsigned idx, uint64_t off, uint64_t *end,
+		       const uint32_t **keys);
+
+/* Chunks in a region of size bytes at chunk shift (size > 0). */
+static inline uint64_t rm_ctrl_chunks(uint64_t size, unsigned shift)
+{
+	return (size >> shift) + ((size & ((1ull << shift) - 1)) != 0);
+}
 
 /* ---- authentication ---- */
 

@@ -40,6 +40,7 @@ static const char *const type_names[] = {
 	[RM_WIRE_BYE] = "BYE",
 	[RM_WIRE_AUTH] = "AUTH",
 	[RM_WIRE_KEEPALIVE] = "KEEPALIVE",
+	[RM_WIRE_READY] = "READY",
 };
 
 const char *rm_wire_type_name(unsigned type)

@@ -53,8 +53,8 @@
  *      it names the channel, so one channel's proof is no other's.  The
  *      destination sends LAYOUT (RDMA: the rkeys) and takes MARKER, WRITE
  *      or anything else on channel c only after join_s checked out.
- *   2.                                   <-  LAYOUT {count, flags, regions[]:
- *                                              id, size, addr, rkey}
+ *   2.                                   <-  LAYOUT {count, flags, chunk_shift,
+ *                                              regions[]: id, size, addr, rkey}
  *      source checks every region id and size against its own RAM; on a
  *      mismatch it sends REFUSE {RM_REFUSE_LAYOUT} and fails.  With flag
  *      RM_WIRE_LAYOUT_CHAN_KEYS (RDMA, type-2 memory windows, which work
@@ -62,6 +62,24 @@
  *      count * (nchan - 1) __le32 rkeys: region 0's for channels 1..nchan-1,
  *      then region 1's, ...; the region entry's rkey is channel 0's.  A
  *      receiver built before the flag refuses such a LAYOUT as malformed.
+ *      With flag RM_WIRE_LAYOUT_STAGED (RDMA only; never with CHAN_KEYS)
+ *      the LAYOUT carries no keys (every rkey 0): the destination sends it
+ *      at once and registers its RAM behind it, chunk by chunk.  Each
+ *      region is cut into chunks of 2^chunk_shift bytes (the last one may
+ *      be shorter), numbered from 0 at the region's start; chunk_shift is
+ *      in [RM_WIRE_MIN_CHUNK_SHIFT, RM_WIRE_MAX_CHUNK_SHIFT] and all the
+ *      regions together have at most RM_WIRE_MAX_CHUNKS chunks (else the
+ *      LAYOUT is malformed).  Without the flag chunk_shift is 0.
+ *   2a.                                  <-  READY {region, chunk, rkeys[nchan]}
+ *      (staged layouts only, channel 0, once per chunk, in any order: the
+ *      destination registers in the order the source's bulk pass writes,
+ *      regions in LAYOUT order, ascending offsets.)  region is the
+ *      region's position in the LAYOUT; rkeys[c] is the key for WRITEs
+ *      on channel c into that chunk, at the region's addr + offset.  The
+ *      source writes into a chunk only after its READY came, and never
+ *      across a chunk's end with one WRITE.  A READY for a region or
+ *      chunk that does not exist, a second READY for a chunk, or one
+ *      without a staged LAYOUT before it breaks the protocol.
  *   3. WRITE {region, offset, length} + data   (TCP only; RDMA uses one-sided
  *      RDMA WRITEs that never show on the wire as messages).  length is at
  *      most the max_write of the source's HELLO.
@@ -98,7 +116,13 @@
  * layout, offset + length against the region size without overflow, counts
  * and lengths against the RM_WIRE_MAX_* bounds below.
  *
- * Version 4 (this one) adds AUTH steps 5 and 6, which every channel but 0
+ * Version 5 (this one) adds staged layouts: LAYOUT's chunk_shift and
+ * reserved fields (the LAYOUT body grows from 8 to 16 bytes), the
+ * RM_WIRE_LAYOUT_STAGED flag and READY, so that a destination sends its
+ * LAYOUT before registering its RAM and the source writes into each chunk
+ * as soon as it is registered.  Version 4 peers are refused.
+ *
+ * Version 4 added AUTH steps 5 and 6, which every channel but 0
  * must pass, and RM_REFUSE_TLS.  Version 3 peers are refused.
  *
  * Version 3 added AUTH, RM_CAP_AUTH and RM_REFUSE_AUTH to version
@@ -119,8 +143,8 @@
 #include <stdint.h>
 
 #define RM_WIRE_MAGIC 0x474d4452u	/* "RDMG" read as little-endian bytes */
-#define RM_WIRE_VERSION 4		/* the version this build speaks */
-#define RM_WIRE_VERSION_MIN 4		/* the oldest version it accepts */
+#define RM_WIRE_VERSION 5		/* the version this build speaks */
+#define RM_WIRE_VERSION_MIN 5		/* the oldest version it accepts */
 
 /* Bounds every receiver checks before using a peer's number. */
 #define RM_WIRE_MAX_REGIONS 64
@@ -137,6 +161,12 @@
 #define RM_WIRE_AUTH_LABEL "rdmamig auth v3"	/* first bytes every proof covers */
 #define RM_WIRE_SESSION_LABEL "rdmamig session key v4"	/* ... the session key's */
 #define RM_WIRE_JOIN_LABEL "rdmamig join v4"	/* ... every channel's proof */
+/* Staged layouts: a chunk is 1 MiB to 1 GiB, and a LAYOUT names at most
+ * 65536 of them (a 64 GiB guest at the smallest chunk, 64 TiB at the
+ * largest), so the source's table of per-chunk keys stays under 4 MiB. */
+#define RM_WIRE_MIN_CHUNK_SHIFT 20
+#define RM_WIRE_MAX_CHUNK_SHIFT 30
+#define RM_WIRE_MAX_CHUNKS 65536u
 #define RM_WIRE_KEEPALIVE_MS 250	/* longest quiet spell on a channel: so a
 					 * peer's timeout of 1 s or more holds with
 					 * a 4x margin, whatever ours is */
@@ -155,6 +185,7 @@ enum rm_wire_type {
 	RM_WIRE_BYE = 0x0a,
 	RM_WIRE_AUTH = 0x0b,
 	RM_WIRE_KEEPALIVE = 0x0c,	/* no body */
+	RM_WIRE_READY = 0x0d,		/* RDMA, staged layouts: a chunk is writable */
 	RM_WIRE_TRANSPORT_LAST = 0xff,
 
 	/* Engine messages ride inside CTRL.  migration/ owns this range. */
@@ -267,10 +298,19 @@ struct rm_wire_region {
 struct rm_wire_layout {		/* followed by count rm_wire_region entries */
 	__le32 count;
 	__le32 flags;		/* RM_WIRE_LAYOUT_*; others zero */
+	__le32 chunk_shift;	/* STAGED: log2 of the chunk size; else 0 */
+	__le32 reserved;
 };
 
 /* LAYOUT flags. */
 #define RM_WIRE_LAYOUT_CHAN_KEYS 1u	/* per-channel rkeys follow the regions */
+#define RM_WIRE_LAYOUT_STAGED 2u	/* no keys yet: READY makes RAM writable
+					 * chunk by chunk */
+
+struct rm_wire_ready {		/* followed by nchan __le32 rkeys, channel 0's first */
+	__le32 region;		/* position in the LAYOUT's region list */
+	__le32 chunk;		/* chunk index in that region */
+};
 
 struct rm_wire_write {		/* TCP: followed by length bytes of RAM */
 	__le32 region;
@@ -303,6 +343,8 @@ _Static_assert(sizeof(struct rm_wire_hdr) + sizeof(struct rm_wire_hello) <= 56,
 _Static_assert(sizeof(struct rm_wire_region) == 24, "region entry is 24 bytes");
 _Static_assert(sizeof(struct rm_wire_ctrl) == 24, "ctrl body is 24 bytes");
 _Static_assert(sizeof(struct rm_wire_auth) == 72, "auth body is 72 bytes");
+_Static_assert(sizeof(struct rm_wire_layout) == 16, "layout body is 16 bytes");
+_Static_assert(RM_WIRE_MAX_CHUNKS <= UINT32_MAX, "a chunk index fits READY's field");
 
 /*
  * Host <-> wire conversions.  The casts are where sparse's __bitwise checking
