@@ -20,6 +20,7 @@ LIB_OBJS += transport/tcp-tls.o
 LIB_OBJS += transport/rdma.o
 LIB_OBJS += transport/rdma-cm.o
 LIB_OBJS += transport/rdma-mw.o
+LIB_OBJS += transport/rdma-stage.o
 HOST_TESTS += test-transport-ctrl
 HOST_TESTS += test-transport-stage
 HOST_TESTS += test-transport-hello

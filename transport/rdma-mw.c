@@ -28,10 +28,8 @@
 bool rm_rdma_no_windows;
 atomic_uint rm_rdma_exposures;
 
-/* Bind one window over [addr, addr + len) of mr on channel chan; *rkey is
- * the key it will answer to.  With c->lock held. */
-static int post_bind(struct rd_conn *c, unsigned chan, struct ibv_mw *mw, struct ibv_mr *mr,
-		     void *addr, uint64_t len, uint32_t *rkey)
+int rd_post_bind(struct rd_conn *c, unsigned chan, struct ibv_mw *mw, struct ibv_mr *mr,
+		 void *addr, uint64_t len, uint32_t *rkey)
 {
 	struct rd_qp *q = &c->q[chan];
 	struct ibv_send_wr wr = { 0 }, *bad;
@@ -100,7 +98,7 @@ static int bind_windows(struct rd_conn *c, struct rm_reg *reg, const struct rm_r
 	err = wait_sq_empty(c, rm_deadline(c->base.opts.timeout_ms));
 	for (unsigned ch = 0; !err && ch < nchan; ch++)
 		for (unsigned i = 0; !err && i < n; i++)
-			err = post_bind(c, ch, mw[ch * n + i], rm_reg_mr(reg, i), r[i].addr, r[i].size,
+			err = rd_post_bind(c, ch, mw[ch * n + i], rm_reg_mr(reg, i), r[i].addr, r[i].size,
 					&keys[ch * n + i]);
 	if (!err)
 		err = wait_sq_empty(c, rm_deadline(c->base.opts.timeout_ms));
@@ -108,7 +106,7 @@ static int bind_windows(struct rd_conn *c, struct rm_reg *reg, const struct rm_r
 	return err;
 }
 
-static int dealloc_all(struct ibv_mw **mw, unsigned nmw)
+int rd_dealloc_mws(struct ibv_mw **mw, unsigned nmw)
 {
 	int first = 0;
 
@@ -204,7 +202,7 @@ int rd_expose(struct rd_conn *c, const struct rm_region *r, unsigned n, struct r
 	return 0;
 
 undo:
-	dealloc_all(mw, nmw);
+	rd_dealloc_mws(mw, nmw);
 	free(mw);
 	rm_reg_close(reg);
 	return err;
@@ -222,12 +220,20 @@ int rd_seal(struct rm_transport *t)
 	for (unsigned k = 0; k < c->nmw; k++)
 		live += c->mw[k] != NULL;
 	had_mr = c->reg && !c->windows;
-	err = dealloc_all(c->mw, c->nmw);
+	err = rd_dealloc_mws(c->mw, c->nmw);
 	if (had_mr) {
 		/* The MR's rkey is the exposure: deregistering ends it. */
 		int e = rm_reg_close(c->reg);
 
 		c->reg = NULL;
+		if (!err)
+			err = e;
+	}
+	if (c->stage) {
+		unsigned n = 0;
+		int e = rd_stage_seal(c, &n);
+
+		live += n;
 		if (!err)
 			err = e;
 	}
@@ -237,13 +243,14 @@ int rd_seal(struct rm_transport *t)
 		       "exposed until the connection closes", rdmamig_strerror(err));
 	else if (live || had_mr)
 		rm_info("transport rdma: RAM sealed in %llu us: %s", (unsigned long long)((rm_now_ns() - t0) / 1000),
-			live ? "memory windows invalidated" : "MRs deregistered");
+			c->windows || (c->stage && live) ? "memory windows invalidated" : "MRs deregistered");
 	return err;
 }
 
 void rd_expose_free(struct rd_conn *c)
 {
-	dealloc_all(c->mw, c->nmw);
+	rd_stage_free(c);
+	rd_dealloc_mws(c->mw, c->nmw);
 	free(c->mw);
 	c->mw = NULL;
 	c->nmw = 0;
@@ -259,6 +266,8 @@ unsigned rm_rdma_exposed(struct rm_transport *t)
 		live += c->mw[k] != NULL;
 	if (c->reg && !c->windows)
 		live++;
+	if (c->stage)
+		live += rd_stage_exposed(c);
 	pthread_mutex_unlock(&c->expose_lock);
 	return live;
 }

@@ -8,16 +8,19 @@
  * CQs share one completion channel so a single poll() waits on all of them
  * and on the rdma_cm event channel (a peer's DISCONNECT ends waits at once).
  *
- * RAM path: the destination exposes its regions for remote write — through
- * type-2 memory windows, one per QP, where the device has them, else as MRs
- * (rdma-mw.c, which also takes that access back: the seal op) — and sends
- * LAYOUT {id, size, addr, rkey} (with a key per channel for windows); the
- * source registers its RAM for local access (register.c: all, lazy or odp)
- * and writes on each QP with that QP's key.  write() takes one power-of-two
- * piece of at most max_write (cut again where a lazy-registration chunk
- * ends), deals the pieces round-robin over the QPs, and flush() posts each
- * QP's WRs as one chain.  No bounce buffer: the NIC reads source
- * RAM and places into destination RAM.
+ * RAM path: the destination sends LAYOUT {id, size, addr} at once and
+ * registers behind it, chunk by chunk in the source's order, exposing each
+ * chunk for remote write and announcing its keys in a READY (rdma-stage.c);
+ * or, asked to (upfront, odp), exposes all of it first and sends the keys
+ * in the LAYOUT (rdma-mw.c).  Either way through type-2 memory windows, one
+ * per QP, where the device has them, else as MRs, and rdma-mw.c's seal op
+ * takes that access back.  The source registers its RAM for local access
+ * (register.c: all, lazy or odp) and writes on each QP with that QP's key
+ * (the chunk's, staged: a write into a chunk waits for its READY).  write()
+ * takes one power-of-two piece of at most max_write (cut again where a
+ * lazy-registration or staged chunk ends), deals the pieces round-robin
+ * over the QPs, and flush() posts each QP's WRs as one chain.  No bounce
+ * buffer: the NIC reads source RAM and places into destination RAM.
  *
  * Send queues: at most SQ_DEPTH WRs outstanding per QP, counted exactly.
  * At most INFLIGHT_BYTES of WRITEs are outstanding per QP.  Every SIG_EVERY-th
@@ -165,6 +168,8 @@ static int post_msg(struct rd_conn *c, unsigned chan, uint16_t type, uint16_t fl
 	c->base.st.wrs_posted++;
 	rm_ctrl_sent(&c->base, chan);
 	rm_ctrl_tx_note(&c->base, chan, raw ? 0 : type);
+	if (type == RM_WIRE_LAYOUT && !raw)
+		c->layout_posted = true;	/* READYs may follow it now */
 	if (chan == 0 && !raw) {
 		c->credits -= need ? 1 : 0;
 		c->grant = 0;
@@ -172,6 +177,11 @@ static int post_msg(struct rd_conn *c, unsigned chan, uint16_t type, uint16_t fl
 		c->credits--;
 	}
 	return 0;
+}
+
+int rd_post_now(struct rd_conn *c, unsigned chan, uint16_t type, const void *body, size_t blen)
+{
+	return post_msg(c, chan, type, 0, body, blen, NULL, 0, NULL);
 }
 
 /* One message, making progress until it fits or the deadline passes; with
@@ -472,7 +482,13 @@ static int rd_layout(struct rm_transport *t, const struct rm_region *r, unsigned
 	struct rd_conn *c = (struct rd_conn *)t;
 
 	if (t->role == RM_ROLE_SOURCE)
-		return rm_reg_open(&c->reg, c->pd, r, n, t->opts.reg, 0, t->opts.reg_chunk);
+		return rm_reg_open(&c->reg, c->pd, r, n,
+				   t->opts.reg == RM_REG_UPFRONT ? RM_REG_ALL : t->opts.reg, 0,
+				   t->opts.reg_chunk);
+	/* A destination registers behind a staged LAYOUT, unless asked to do
+	 * it all first (upfront) or nothing is pinned anyway (odp). */
+	if (t->opts.reg == RM_REG_ALL || t->opts.reg == RM_REG_LAZY)
+		return rd_stage_start(c, r, n, wire);
 	return rd_expose(c, r, n, wire);
 }
 
@@ -555,20 +571,41 @@ static int rd_write(struct rm_transport *t, unsigned idx, uint64_t off, uint64_t
 {
 	struct rd_conn *c = (struct rd_conn *)t;
 	const struct rm_ctrl_peer_region *peer = &t->ctrl.peer[idx];
-	uint64_t avail;
+	const uint32_t *rkeys = peer->chan_rkey;
+	uint64_t avail, end;
 	uint32_t lkey, rkey;
-	int err;
+	int err = 0;
 
 	*took = 0;
+	if (t->ctrl.stage_shift) {
+		/* Staged: never into a chunk before its READY, never across
+		 * its end.  Whatever is queued goes to the NIC before waiting. */
+		if (!atomic_load_explicit(&t->ctrl.stage_ready[t->ctrl.stage_base[peer->pos] +
+								(off >> t->ctrl.stage_shift)],
+					  memory_order_acquire)) {
+			pthread_mutex_lock(&c->lock);
+			for (unsigned i = 0; i < t->nchan && !err; i++)
+				err = flush_chain(c, i);
+			pthread_mutex_unlock(&c->lock);
+			if (err)
+				return err;
+		}
+		err = rm_ctrl_stage_wait(t, idx, off, &end, &rkeys);
+		if (err)
+			return err;
+		if (len > end - off)
+			len = end - off;
+	}
 	pthread_mutex_lock(&c->lock);
 	err = rm_reg_keys(c->reg, idx, off, len, &lkey, &rkey, &avail);
 	if (!err) {
 		unsigned chan = c->next_chan++ % t->nchan;
 
-		/* A lazy chunk may end inside: write up to it, still a power of two. */
+		/* A lazy or staged chunk may end inside: write up to it, still
+		 * a power of two. */
 		*took = rm_pow2_floor(avail);
 		err = add_write(c, chan, (char *)t->regions[idx].addr + off, lkey, peer->addr + off,
-				peer->chan_rkey[chan], (uint32_t)*took, deadline);
+				rkeys[chan], (uint32_t)*took, deadline);
 	}
 	pthread_mutex_unlock(&c->lock);
 	return err;
@@ -686,9 +723,15 @@ static void rd_stats(struct rm_transport *t, struct rm_transport_stats *out)
 {
 	struct rd_conn *c = (struct rd_conn *)t;
 
+	uint64_t sb, sns;
+
 	*out = t->st;
-	out->reg_bytes = rm_reg_bytes(c->reg);
-	out->reg_ns = rm_reg_ns(c->reg);
+	pthread_mutex_lock(&c->expose_lock);
+	rd_stage_cost(c, &sb, &sns);
+	out->reg_bytes = rm_reg_bytes(c->reg) + sb;
+	out->reg_ns = rm_reg_ns(c->reg) + sns;
+	pthread_mutex_unlock(&c->expose_lock);
+	out->ready_wait_ns = atomic_load(&t->ctrl.stage_wait_ns);
 }
 
 /*
@@ -749,11 +792,22 @@ int rm_rdma_raw_write(struct rm_transport *t, unsigned idx, uint64_t offset, uin
 	uint32_t lkey, rkey;
 	int err;
 
+	const uint32_t *rkeys = &t->ctrl.peer[idx].rkey;
+	uint64_t end;
+
 	if (idx >= t->nregions || len > t->regions[idx].size)
 		return -EINVAL;
 	err = rm_reg_keys(c->reg, idx, 0, len, &lkey, &rkey, &avail);
 	if (err || avail < len)
 		return err ? err : -EINVAL;
+	/* Staged: channel 0's key of the chunk that holds offset (chunk 0's
+	 * for an offset outside the region), once its READY came. */
+	if (t->ctrl.stage_shift) {
+		err = rm_ctrl_stage_wait(t, idx, offset < t->regions[idx].size ? offset : 0, &end,
+					 &rkeys);
+		if (err)
+			return err;
+	}
 	/* Deliberately unchecked against the peer's region: tests only. */
 	pthread_mutex_lock(&c->lock);
 	err = flush_chain(c, 0);
@@ -766,7 +820,7 @@ int rm_rdma_raw_write(struct rm_transport *t, unsigned idx, uint64_t offset, uin
 		.num_sge = 1,
 		.opcode = IBV_WR_RDMA_WRITE,
 		.send_flags = IBV_SEND_SIGNALED,
-		.wr.rdma = { .remote_addr = t->ctrl.peer[idx].addr + offset, .rkey = t->ctrl.peer[idx].rkey },
+		.wr.rdma = { .remote_addr = t->ctrl.peer[idx].addr + offset, .rkey = rkeys[0] },
 	};
 	err = -ibv_post_send(q->qp, &wr, &bad);
 	if (err)

@@ -1,8 +1,9 @@
 /*
- * transport/rdma.h — what the RDMA backend's two files share: the connection
- * object, its constants and the functions rdma-cm.c (connections) and rdma.c
- * (data path, completions, control ring) call in each other.  Private to the
- * RDMA backend.
+ * transport/rdma.h — what the RDMA backend's files share: the connection
+ * object, its constants and the functions rdma-cm.c (connections), rdma.c
+ * (data path, completions, control ring), rdma-mw.c (exposing RAM up front,
+ * the seal) and rdma-stage.c (exposing it chunk by chunk) call in each
+ * other.  Private to the RDMA backend.
  */
 #ifndef RDMAMIG_TRANSPORT_RDMA_H
 #define RDMAMIG_TRANSPORT_RDMA_H
@@ -41,6 +42,8 @@
 #define FRAG_MAX (CTRL_BUF - sizeof(struct rm_wire_hdr) - sizeof(struct rm_wire_ctrl))
 
 enum { WR_WRITE = 1, WR_SEND = 2, WR_RECV = 3, WR_BIND = 4 };
+
+struct rd_stage;
 
 static inline uint64_t mk_wr_id(unsigned kind, unsigned chan, unsigned slot, uint64_t seq)
 {
@@ -98,6 +101,10 @@ struct rd_conn {
 	bool windows;			/* reg is local only; mw[] expose it */
 	unsigned nmw;
 	struct ibv_mw **mw;		/* nchan * nregions, NULL once revoked */
+	/* Destination, staged registration behind the LAYOUT (rdma-stage.c);
+	 * NULL for an up-front one. */
+	struct rd_stage *stage;
+	bool layout_posted;		/* under lock: LAYOUT went out on QP 0 */
 };
 
 extern const struct rm_transport_ops rm_transport_rdma_ops;
@@ -112,16 +119,44 @@ int rd_connect(const struct rm_transport_opts *o, uint64_t session, uint64_t dea
 int rd_teardown(struct rd_conn *c);
 
 /* rdma-mw.c */
-/* The destination's part of the layout op: register RAM and expose it to
+/* The destination's part of the layout op, up front: register RAM and expose it to
  * this connection's QPs; fills wire[].rkey/.addr and t->ctrl.keys. */
 int rd_expose(struct rd_conn *c, const struct rm_region *r, unsigned n,
 	      struct rm_wire_region *wire);
 int rd_seal(struct rm_transport *t);
+/* Bind one window over [addr, addr + len) of mr on channel chan; *rkey is
+ * the key it will answer to.  With c->lock held. */
+int rd_post_bind(struct rd_conn *c, unsigned chan, struct ibv_mw *mw, struct ibv_mr *mr,
+		 void *addr, uint64_t len, uint32_t *rkey);
+/* Deallocate every window of mw[0..nmw) left (NULL-safe), NULLing each one
+ * that went; 0 or the first -errno (those stay, for teardown to retry). */
+int rd_dealloc_mws(struct ibv_mw **mw, unsigned nmw);
 /* Teardown: revoke what is left, free the window list. */
 void rd_expose_free(struct rd_conn *c);
 
+/* rdma-stage.c: a destination's registration behind a staged LAYOUT,
+ * and its part of the seal. */
+/* The layout op, staged: start the registration thread; fills wire[].addr
+ * (no keys) and t->ctrl.chunk_shift.  0, or -errno before anything ran. */
+int rd_stage_start(struct rd_conn *c, const struct rm_region *r, unsigned n,
+		   struct rm_wire_region *wire);
+/* With expose_lock held: stop the thread, wait (when the connection is
+ * healthy and the caller is not the thread) until a chunk it is binding is
+ * in hand, and revoke every chunk it exposed.  *live: how many exposures
+ * were revoked.  0 or the first -errno. */
+int rd_stage_seal(struct rd_conn *c, unsigned *live);
+/* With expose_lock held: the live exposures (bound windows, plain MRs). */
+unsigned rd_stage_exposed(struct rd_conn *c);
+/* Registered bytes and time of the registration calls so far. */
+void rd_stage_cost(struct rd_conn *c, uint64_t *bytes, uint64_t *ns);
+/* Teardown: stop and join the thread, undo everything, free. */
+void rd_stage_free(struct rd_conn *c);
+
 /* rdma.c */
 int rd_post_recv(struct rd_conn *c, unsigned i, unsigned slot);
+/* Post one control message now if it fits (a tx slot, a send-queue entry,
+ * a credit), else -EAGAIN; with c->lock held. */
+int rd_post_now(struct rd_conn *c, unsigned chan, uint16_t type, const void *body, size_t blen);
 /* Handle completions and cm events, waiting at most a slice: 0 or error.
  * With c->lock held; it is dropped while poll() sleeps. */
 int rd_progress(struct rd_conn *c, uint64_t deadline);

@@ -111,6 +111,22 @@ static int relaxed_ordering(struct ibv_pd *pd)
 	return mr ? IBV_ACCESS_RELAXED_ORDERING : 0;
 }
 
+int rm_reg_access(struct ibv_pd *pd, int access)
+{
+	return access | relaxed_ordering(pd);
+}
+
+struct ibv_mr *rm_reg_range(struct ibv_pd *pd, void *addr, size_t len, int access, uint64_t *ns)
+{
+	uint64_t t0 = rm_now_ns();
+	struct ibv_mr *mr = ibv_reg_mr(pd, addr, len, access);
+
+	if (!mr && !errno)
+		errno = ENOMEM;
+	*ns += rm_now_ns() - t0;
+	return mr;
+}
+
 struct reg_job {
 	struct rm_reg *g;
 	unsigned idx;

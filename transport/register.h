@@ -5,8 +5,9 @@
  * Strategies (enum rm_reg_strategy, transport.h):
  *   all   every region registered up front, regions in parallel threads;
  *   lazy  a fixed-size chunk registered the first time a write touches it,
- *         with no round trip to the peer (source side only: the destination
- *         must publish its rkeys before the first write);
+ *         with no round trip to the peer (source side only: a destination
+ *         registers chunk by chunk ahead of the source instead, staged,
+ *         publishing each chunk's keys in a READY: rdma-stage.c);
  *   odp   one on-demand-paging MR per region, where the device offers ODP:
  *         nothing pinned, pages faulted in by the NIC.
  * Before pinning, the RLIMIT_MEMLOCK check says how many bytes are needed
@@ -39,6 +40,16 @@ int rm_reg_open(struct rm_reg **out, struct ibv_pd *pd, const struct rm_region *
  */
 int rm_reg_keys(struct rm_reg *g, unsigned idx, uint64_t off, uint64_t len, uint32_t *lkey,
 		uint32_t *rkey, uint64_t *avail);
+
+/*
+ * Staged registration (a destination registering behind its LAYOUT,
+ * rdma-stage.c, which keeps its own MRs): rm_reg_access() is access plus
+ * relaxed ordering where pd's device takes it (probed once per call: call
+ * it once per connection); rm_reg_range() registers [addr, addr + len)
+ * with those flags, adding the call's time to *ns.  NULL with errno set.
+ */
+int rm_reg_access(struct ibv_pd *pd, int access);
+struct ibv_mr *rm_reg_range(struct ibv_pd *pd, void *addr, size_t len, int access, uint64_t *ns);
 
 /* Deregister everything (best effort, keeps going), free g.  NULL allowed.
  * 0 or the first error. */

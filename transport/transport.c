@@ -52,7 +52,7 @@ int rm_tr_opts_fill(struct rm_transport_opts *o, const struct rm_transport_opts 
 		rm_err("transport: timeout %d ms, at least %d", o->timeout_ms, RM_TR_MIN_TIMEOUT_MS);
 		return -EINVAL;
 	}
-	if (o->reg > RM_REG_ODP)
+	if (o->reg > RM_REG_UPFRONT)
 		return -EINVAL;
 	if (o->psk_len && o->no_auth) {
 		rm_err("transport: a pre-shared key and no_auth both given");
@@ -457,6 +457,8 @@ int rm_tr_write(struct rm_transport *t, const struct rm_range *r, size_t n)
 	if (!n)
 		return 0;
 	t0 = rm_now_ns();
+	if (!t->st.first_write_at)
+		t->st.first_write_at = t0;
 	deadline = RM_NO_DEADLINE;	/* full queues wait while the peer is alive */
 	for (size_t i = 0; i < n && !err; i++) {
 		uint64_t off = r[i].offset, len = r[i].length, took;

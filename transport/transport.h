@@ -75,11 +75,25 @@ enum rm_transport_kind {
 	RM_TRANSPORT_RDMA = 2,
 };
 
-/* Registration strategy for source RAM (transport/register.h). */
+/*
+ * Registration strategy (transport/register.h).  A source registers its RAM
+ * for local access; a destination for the source's remote writes.
+ *   all     source: every region up front.  Destination: every region, but
+ *           behind a staged LAYOUT, chunk by chunk in the source's order,
+ *           the source writing each chunk once it is ready (rdma-stage.c).
+ *   lazy    source: a chunk the first time it is written.  Destination: as
+ *           all (a destination must register a chunk before the source's
+ *           first write into it; staged is how it does that late).
+ *   odp     on-demand paging, where the device offers it: nothing pinned,
+ *           so a destination exposes it up front.
+ *   upfront every region before the LAYOUT (a destination's behaviour
+ *           before staging, kept for comparison); a source: as all.
+ */
 enum rm_reg_strategy {
-	RM_REG_ALL = 0,		/* register every region up front (default) */
-	RM_REG_LAZY = 1,	/* register a chunk the first time it is written */
-	RM_REG_ODP = 2,		/* on-demand paging, where the device offers it */
+	RM_REG_ALL = 0,		/* the default */
+	RM_REG_LAZY = 1,
+	RM_REG_ODP = 2,
+	RM_REG_UPFRONT = 3,
 };
 
 #define RM_TR_DEFAULT_TIMEOUT_MS 10000
@@ -117,8 +131,11 @@ struct rm_transport_opts {
 				 * on how long an op or a migration takes.
 				 * 0: RM_TR_DEFAULT_TIMEOUT_MS; else at least
 				 * RM_TR_MIN_TIMEOUT_MS */
-	enum rm_reg_strategy reg; /* RDMA source registration strategy */
-	size_t reg_chunk;	/* RM_REG_LAZY chunk bytes; 0: 64 MiB */
+	enum rm_reg_strategy reg; /* RDMA registration strategy (above) */
+	size_t reg_chunk;	/* source, lazy: chunk bytes (0: 64 MiB);
+				 * destination, staged: chunk bytes, rounded down
+				 * to a power of two in 1 MiB..1 GiB (0: 8 MiB),
+				 * grown where the RAM has too many chunks */
 	/* Peer authentication: a key of psk_len bytes (RM_TR_PSK_MIN..MAX)
 	 * that both sides hold, proven in the AUTH exchange (wire.h) before
 	 * connect/accept return; or no_auth set, which accepts any peer.
@@ -183,6 +200,10 @@ struct rm_transport_stats {
 				 * kernel both ways); = RDMAMIG_TLS_* */
 	uint64_t reg_bytes;	/* RAM registered with the device now (RDMA) */
 	uint64_t reg_ns;	/* time spent in the registration calls (RDMA) */
+	uint64_t ready_wait_ns;	/* source, staged layout: time writes waited for
+				 * the destination's READYs (RDMA) */
+	uint64_t first_write_at; /* source: rm_now_ns() when the first write was
+				  * handed to the backend; 0: none yet */
 };
 
 /*
