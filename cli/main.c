@@ -96,7 +96,10 @@ static const char usage_text[] =
 "  --transport T         rdma | tcp (default rdma)\n"
 "  --qps N               QPs / TCP connections (default 2)\n"
 "  --max-write SIZE      largest single write (default 1M)\n"
-"  --registration R      all | lazy | odp (default all)\n"
+"  --registration R      all | lazy | odp | upfront (default all): a destination\n"
+"                        registers behind the transfer, chunk by chunk ahead\n"
+"                        of the source, except with odp and upfront (all of\n"
+"                        it before the first byte moves: to compare)\n"
 "  --tracker T           bitmap | clear | ring (default clear)\n"
 "  --downtime MS         switch over when the rest fits in MS (default 300)\n"
 "  --max-iterations N    then switch over regardless (default 30)\n"
@@ -436,7 +439,8 @@ static void parse_args(struct cli *c, int argc, char **argv)
 			if (!strcmp(optarg, "all")) c->opts.registration = RDMAMIG_REG_ALL;
 			else if (!strcmp(optarg, "lazy")) c->opts.registration = RDMAMIG_REG_LAZY;
 			else if (!strcmp(optarg, "odp")) c->opts.registration = RDMAMIG_REG_ODP;
-			else USAGE_ERR("--registration %s: all, lazy or odp", optarg);
+			else if (!strcmp(optarg, "upfront")) c->opts.registration = RDMAMIG_REG_UPFRONT;
+			else USAGE_ERR("--registration %s: all, lazy, odp or upfront", optarg);
 			break;
 		case O_TRACKER:
 			if (!strcmp(optarg, "bitmap")) c->tracker = RM_DIRTY_BITMAP;
@@ -607,7 +611,7 @@ static void write_json(const struct cli *c, int rc, const struct rdmamig_stats *
 #define J(name) fprintf(f, "  \"" #name "\": %llu,\n", (unsigned long long)s->name)
 	J(ram_bytes); J(total_ns); J(setup_ns); J(registration_ns); J(downtime_ns); J(pause_ns); J(final_sync_ns);
 	J(final_send_ns); J(state_ns); J(handover_ns); J(load_ns); J(go_ns); J(resume_ns); J(verify_ns);
-	J(recover_ns); J(unaccounted_ns); J(recoveries); J(registration_bytes); J(registration_call_ns); J(bytes); J(pages); J(zero_pages_skipped); J(state_bytes);
+	J(recover_ns); J(unaccounted_ns); J(recoveries); J(registration_bytes); J(registration_call_ns); J(registration_wait_ns); J(first_write_ns); J(bytes); J(pages); J(zero_pages_skipped); J(state_bytes);
 #undef J
 	{
 		static const char *const tls[] = { "off", "userspace", "kernel-tx", "kernel" };

@@ -190,10 +190,22 @@ enum rdmamig_transport {
 	RDMAMIG_TRANSPORT_TCP = 1,
 };
 
+/*
+ * How RDMA registers guest RAM.  A destination registers all of it in every
+ * strategy but odp; with all and lazy it sends its layout at once and
+ * registers behind it, chunk by chunk in the order the source sends, the
+ * source writing each chunk as soon as it is registered (the first byte
+ * moves after one chunk, whatever the guest's size).
+ */
 enum rdmamig_registration {
-	RDMAMIG_REG_ALL = 0,	/* register all RAM up front (default) */
-	RDMAMIG_REG_LAZY = 1,	/* register chunks as they are first sent */
+	RDMAMIG_REG_ALL = 0,	/* source: all RAM up front; destination: all
+				 * of it, overlapped with the transfer (default) */
+	RDMAMIG_REG_LAZY = 1,	/* source: chunks as they are first sent;
+				 * destination: as all */
 	RDMAMIG_REG_ODP = 2,	/* on-demand paging where the device offers it */
+	RDMAMIG_REG_UPFRONT = 3, /* destination: all RAM before the first byte
+				  * moves (the behaviour before overlapping,
+				  * for comparison); source: as all */
 };
 
 enum rdmamig_role {
@@ -352,6 +364,11 @@ struct rdmamig_stats {
 	 * cost per GiB (the CLI's JSON gives registration_ns_per_gib). */
 	uint64_t registration_bytes;
 	uint64_t registration_call_ns;
+	/* Source, RDMA: time its writes waited for the destination to register
+	 * the chunk they go to (0 when it kept ahead, or registered up front). */
+	uint64_t registration_wait_ns;
+	/* Source: from the start to the first RAM handed to the transport. */
+	uint64_t first_write_ns;
 };
 
 /* ------------------------------------------------------------------------ */

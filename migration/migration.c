@@ -199,8 +199,20 @@ void rm_mig_set_transport(struct rdmamig *m, struct rm_transport *t)
 {
 	struct rm_transport_stats ts = { 0 };
 
-	rm_tr_stats(t, &ts);
+	rm_tr_stats(t ? t : m->t, &ts);
 	pthread_mutex_lock(&m->lock);
+	if (!t && m->t) {
+		/* The connection's last word on what registration cost: a
+		 * destination registers behind its layout, so its figures grow
+		 * after exchange_layout(). */
+		if (ts.reg_bytes > m->stats.registration_bytes) {
+			m->stats.registration_bytes = ts.reg_bytes;
+			m->stats.registration_call_ns = ts.reg_ns;
+		}
+		m->stats.registration_wait_ns = ts.ready_wait_ns;
+		if (ts.first_write_at > m->start_ns)
+			m->stats.first_write_ns = ts.first_write_at - m->start_ns;
+	}
 	m->t = t;
 	if (t) {
 		m->stats.tls = (int)ts.tls;
