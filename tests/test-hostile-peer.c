@@ -188,6 +188,7 @@ static const struct layout_case layout_cases[] = {
 	{ "count 2^32 - 1", 0xffffffffu, 0, 2, { 0, 1 }, { 1 << 20, 1 << 20 }, PROTO, "LAYOUT count or length out of range" },
 	{ "count 2, 1 entry", 2, 0, 1, { 0 }, { 1 << 20 }, PROTO, "LAYOUT count or length out of range" },
 	{ "reserved", 2, 1, 2, { 0, 1 }, { 1 << 20, 1 << 20 }, PROTO, "LAYOUT count or length out of range" },
+	{ "staged over TCP", 2, RM_WIRE_LAYOUT_STAGED, 2, { 0, 1 }, { 1 << 20, 1 << 20 }, PROTO, "staged LAYOUT off RDMA" },
 	{ "unknown id", 2, 0, 2, { 0, 9 }, { 1 << 20, 1 << 20 }, RDMAMIG_E_REFUSED, "peer region 9 unknown here" },
 	{ "id twice", 2, 0, 2, { 1, 1 }, { 1 << 20, 1 << 20 }, PROTO, "peer region 1 listed twice" },
 	{ "size + 1", 2, 0, 2, { 0, 1 }, { 1 << 20, (1 << 20) + 1 }, RDMAMIG_E_REFUSED, "region 1: 1048576 bytes here, 1048577 at peer" },
@@ -235,7 +236,8 @@ Test(hostile_peer_destination, every_layout_bound, .timeout = 120)
 	}
 }
 
-/* A destination's frames the source never takes: MARKER, WRITE, a second LAYOUT. */
+/* A destination's frames the source never takes: MARKER, WRITE, a second LAYOUT,
+ * READY over TCP. */
 Test(hostile_peer_destination, frames_a_source_never_takes, .timeout = 60)
 {
 	static const struct {
@@ -246,7 +248,8 @@ Test(hostile_peer_destination, frames_a_source_never_takes, .timeout = 60)
 	} cases[] = {
 		{ "MARKER to a source", RM_WIRE_MARKER, sizeof(struct rm_wire_marker), "MARKER to a source" },
 		{ "WRITE to a source", RM_WIRE_WRITE, sizeof(struct rm_wire_write), "WRITE before the layout or to a source" },
-		{ "a second LAYOUT", RM_WIRE_LAYOUT, 8 + 2 * 24, "a second LAYOUT" },
+		{ "a second LAYOUT", RM_WIRE_LAYOUT, sizeof(struct rm_wire_layout) + 2 * 24, "a second LAYOUT" },
+		{ "READY over TCP", RM_WIRE_READY, sizeof(struct rm_wire_ready) + 4, "off RDMA" },
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {

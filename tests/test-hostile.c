@@ -359,7 +359,13 @@ static size_t f_len_body_max1(uint8_t *b)
 	return put_frame(b, RM_WIRE_MARKER, 0, RM_CTRL_BODY_MAX + 1, 0, 0, NULL, 0);
 }
 static size_t f_type_invalid(uint8_t *b) { return put_frame(b, RM_WIRE_INVALID, 0, 0, 0, 0, NULL, 0); }
-static size_t f_type_next(uint8_t *b) { return put_frame(b, RM_WIRE_KEEPALIVE + 1, 0, 0, 0, 0, NULL, 0); }
+static size_t f_type_next(uint8_t *b) { return put_frame(b, RM_WIRE_READY + 1, 0, 0, 0, 0, NULL, 0); }
+static size_t f_ready_to_dest(uint8_t *b)
+{
+	struct { struct rm_wire_ready r; __le32 k; } rd = { .k = rm_wire_put32(1) };
+
+	return frame(b, RM_WIRE_READY, 0, &rd, sizeof(rd));
+}
 static size_t f_keepalive_body(uint8_t *b) { return frame(b, RM_WIRE_KEEPALIVE, 0, "k", 1); }
 static size_t f_auth_unagreed(uint8_t *b)
 {
@@ -555,7 +561,8 @@ static const struct frame_case frame_cases[] = {
 	{ "len 2^32 - 1", f_len_u32max, PROTO, "message longer than any body" },
 	{ "len body max + 1", f_len_body_max1, PROTO, "message longer than any body" },
 	{ "type 0", f_type_invalid, PROTO, "unexpected message type" },
-	{ "type KEEPALIVE + 1", f_type_next, PROTO, "unexpected message type" },
+	{ "type READY + 1", f_type_next, PROTO, "unexpected message type" },
+	{ "READY to a TCP destination", f_ready_to_dest, PROTO, "READY to a destination, off channel 0, off RDMA" },
 	{ "KEEPALIVE with a body", f_keepalive_body, PROTO, "KEEPALIVE with a body" },
 	{ "AUTH without a key", f_auth_unagreed, PROTO, "AUTH off channel 0, of the wrong length, or not agreed" },
 	{ "engine type as header type", f_type_engine, PROTO, "unexpected message type" },

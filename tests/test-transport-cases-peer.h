@@ -181,6 +181,24 @@ static void case_hostile_dest(void)
 	u.l.count = htole32(RM_WIRE_MAX_REGIONS + 1);
 	n = frame(&u, RM_WIRE_LAYOUT, 0, &u.l, sizeof(u.l) + 3 * sizeof(u.r[0]), 0);
 	hostile_dest("LAYOUT with too many regions", &u, n, RDMAMIG_E_PROTO, RDMAMIG_E_PROTO);
+
+	/* Staged (wire.h 2, 2a): keys come later in READYs, over RDMA only. */
+	u.l.count = htole32(3);
+	u.r[2].id = htole32(12);
+	for (unsigned i = 0; i < 3; i++)
+		u.r[i].rkey = 0;
+	u.l.flags = htole32(RM_WIRE_LAYOUT_STAGED);
+	u.l.chunk_shift = htole32(20);
+	n = frame(&u, RM_WIRE_LAYOUT, 0, &u.l, sizeof(u.l) + 3 * sizeof(u.r[0]), 0);
+	hostile_dest(RDMA_KIND ? "a staged LAYOUT" : "a staged LAYOUT over TCP", &u, n,
+		     RDMA_KIND ? 0 : RDMAMIG_E_PROTO, RDMA_KIND ? 0 : RDMAMIG_E_PROTO);
+	{
+		struct { struct rm_wire_ready r; __le32 k; } rd = { .k = htole32(1) };
+		uint8_t buf[sizeof(struct rm_wire_hdr) + sizeof(rd)];
+
+		n = frame(buf, RM_WIRE_READY, 0, &rd, sizeof(rd), 0);
+		hostile_dest("READY in place of the LAYOUT", buf, n, RDMAMIG_E_PROTO, RDMAMIG_E_PROTO);
+	}
 }
 
 /* ---- an ABORT whose reason no errno or library code can be ---- */
