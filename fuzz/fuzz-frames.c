@@ -1,16 +1,17 @@
 /*
  * fuzz/fuzz-frames.c — the receive side of transport/ctrl.c, as a backend
  * drives it: every message a peer can put on a channel after the handshake
- * (MARKER, CTRL fragments whole or streamed, LAYOUT, ABORT, REFUSE, BYE,
- * anything else), then the engine reading what queued, and a source
- * matching a received LAYOUT with its own RAM.
+ * (MARKER, CTRL fragments whole or streamed, LAYOUT staged or not, READY,
+ * ABORT, REFUSE, BYE, anything else), then the engine reading what queued,
+ * and a source matching a received LAYOUT with its own RAM.
  *
  * Input: one config byte — bit 0 source (else destination), bits 1-2
  * channels - 1, bit 3 CTRL streamed through rm_ctrl_rx_begin/end as TCP
  * does (else whole, as an RDMA SEND), bit 4 small queue bounds, bit 5 a
  * source with two RAM regions (else one), bit 6 both sides hold a key, so
  * AUTH comes first (this harness plays the owner's side of the exchange:
- * it counts its own next step as sent once the peer's arrived) — then
+ * it counts its own next step as sent once the peer's arrived), bit 7 the
+ * RDMA backend (staged LAYOUTs and READY are RDMA's; else TCP) — then
  * records {u8 channel, 16-byte wire header, header.len body bytes (fewer if
  * the input ends)}.  The first error ends the connection, as in a backend.
  */
@@ -101,6 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (cfg < 0)
 		return 0;
 	role = cfg & 1 ? RM_ROLE_SOURCE : RM_ROLE_DEST;
+	o.kind = cfg & 0x80 ? RM_TRANSPORT_RDMA : RM_TRANSPORT_TCP;
 	o.nchan = ((unsigned)cfg >> 1 & 3) + 1;
 	if (cfg & 0x40) {
 		memset(o.psk, 0x6b, 32);
@@ -153,6 +155,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				for (unsigned i = 0; i < t.nregions; i++)
 					(void)t.ctrl.peer[i].rkey;
 		}
+	}
+	/* A staged LAYOUT's table is bounded, and READYs fill it at most once. */
+	if (t.ctrl.stage_shift) {
+		FZ_CHECK(t.ctrl.stage_base[t.ctrl.peer_nregions] <= RM_WIRE_MAX_CHUNKS);
+		FZ_CHECK(t.ctrl.stage_nready <= t.ctrl.stage_base[t.ctrl.peer_nregions]);
 	}
 	FZ_CHECK(t.ctrl.queued <= t.ctrl.max_msgs);
 	FZ_CHECK(t.ctrl.queued_bytes <= t.ctrl.max_bytes);
