@@ -24,7 +24,10 @@
  *          (dst), "send-GO" (src), "send-RESUMED" (dst) — just before that
  *          handover message (migration/handover.c); "recover" (src) — the
  *          source, its answer lost, is about to ask the destination (its
- *          guest paused).  At the steps that send no handover message
+ *          guest paused).  Below the engine: "populate" (dst) — the
+ *          populator threads after their first chunk (pinning/populate.c);
+ *          "register-N" (dst) — an RDMA destination registering behind its
+ *          LAYOUT, before chunk N (transport/rdma-stage.c).  At the steps that send no handover message
  *          (accepted, setup, iteration-N, send-STATE) drop acts as cut.
  *   file   pause: created when the side arrives at the step (the test's
  *          proof that it is there); the side waits until the file is

@@ -47,6 +47,10 @@
 #define STAGE_CHUNK_DEFAULT (8u << 20)	/* first byte after ~8 MiB pinned */
 #define STAGE_NAP_US 500
 
+/* Set on the registration thread: a seal it calls itself (its own failure)
+ * must not wait for it. */
+static __thread bool on_stage_thread;
+
 struct rd_stage {
 	struct rd_conn *c;
 	pthread_t th;
@@ -78,9 +82,13 @@ static unsigned pick_shift(struct rd_conn *c, const struct rm_region *r, unsigne
 	unsigned shift = 63 - __builtin_clzll(want);
 	uint64_t max_mw = UINT64_MAX, max_mr = UINT64_MAX;
 
+	/* A device that reports no bound (0) is taken at its word elsewhere:
+	 * binding fails loudly if it was wrong. */
 	if (!ibv_query_device(c->verbs, &attr)) {
-		max_mw = attr.max_mw > 0 ? (uint64_t)attr.max_mw : 0;
-		max_mr = attr.max_mr > 0 ? (uint64_t)attr.max_mr : 0;
+		if (attr.max_mw > 0)
+			max_mw = (uint64_t)attr.max_mw;
+		if (attr.max_mr > 0)
+			max_mr = (uint64_t)attr.max_mr;
 	}
 	if (shift < RM_WIRE_MIN_CHUNK_SHIFT)
 		shift = RM_WIRE_MIN_CHUNK_SHIFT;
@@ -272,6 +280,7 @@ static void *stage_thread(void *arg)
 	uint32_t g = 0;
 	int err = 0;
 
+	on_stage_thread = true;
 	for (unsigned i = 0; i < s->n && !err; i++)
 		for (uint32_t k = 0; g < s->base[i + 1] && !err; k++, g++)
 			err = stage_one(s, g, i, k);
@@ -381,7 +390,7 @@ int rd_stage_seal(struct rd_conn *c, unsigned *live)
 	int err = 0;
 
 	atomic_store(&s->stop, 1);
-	if (s->in_hand && !atomic_load(&c->base.error) && !pthread_equal(pthread_self(), s->th)) {
+	if (s->in_hand && !atomic_load(&c->base.error) && !on_stage_thread) {
 		struct timespec ts = rm_abstime_in((uint64_t)c->base.opts.timeout_ms * 1000000ull);
 
 		while (s->in_hand)

@@ -707,6 +707,8 @@ static int rd_close(struct rm_transport *t)
 	if (!c)
 		return 0;
 	rm_ctrl_live_stop(t);
+	/* No READY after the BYE: the registration thread ends first. */
+	rd_stage_free(c);
 	if (!rm_tr_check(t) && c->q[0].established) {
 		uint64_t deadline = rm_deadline(1000);
 
