@@ -36,8 +36,8 @@ int rm_tr_opts_fill(struct rm_transport_opts *o, const struct rm_transport_opts 
 		o->max_write = RM_TR_DEFAULT_MAX_WRITE;
 	if (!o->timeout_ms)
 		o->timeout_ms = RM_TR_DEFAULT_TIMEOUT_MS;
-	if (!o->reg_chunk)
-		o->reg_chunk = 64u << 20;
+	/* reg_chunk stays 0 for its users' own defaults: a lazy source's
+	 * (register.c) differs from a staged destination's (rdma-stage.c). */
 	if (o->nchan > RM_WIRE_MAX_CHANNELS) {
 		rm_err("transport: %u channels asked, at most %u", o->nchan, RM_WIRE_MAX_CHANNELS);
 		return -EINVAL;
