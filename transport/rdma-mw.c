@@ -213,7 +213,7 @@ int rd_seal(struct rm_transport *t)
 	struct rd_conn *c = (struct rd_conn *)t;
 	uint64_t t0 = rm_now_ns();
 	unsigned live = 0;
-	bool had_mr;
+	bool had_mr, windows = c->windows;
 	int err;
 
 	pthread_mutex_lock(&c->expose_lock);
@@ -231,7 +231,7 @@ int rd_seal(struct rm_transport *t)
 	}
 	if (c->stage) {
 		unsigned n = 0;
-		int e = rd_stage_seal(c, &n);
+		int e = rd_stage_seal(c, &n, &windows);
 
 		live += n;
 		if (!err)
@@ -243,7 +243,7 @@ int rd_seal(struct rm_transport *t)
 		       "exposed until the connection closes", rdmamig_strerror(err));
 	else if (live || had_mr)
 		rm_info("transport rdma: RAM sealed in %llu us: %s", (unsigned long long)((rm_now_ns() - t0) / 1000),
-			c->windows || (c->stage && live) ? "memory windows invalidated" : "MRs deregistered");
+			windows ? "memory windows invalidated" : "MRs deregistered");
 	return err;
 }
 

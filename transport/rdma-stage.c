@@ -284,7 +284,7 @@ static void *stage_thread(void *arg)
 	for (unsigned i = 0; i < s->n && !err; i++)
 		for (uint32_t k = 0; g < s->base[i + 1] && !err; k++, g++)
 			err = stage_one(s, g, i, k);
-	if (err < 0)
+	if (err < 0 && err != -ECANCELED)	/* a cancel is the connection's already */
 		rm_tr_fail(&s->c->base, err, "registering RAM behind the layout");
 	else if (!err)
 		rm_info("transport rdma: registered %llu MiB in %u chunks of %u KiB behind the layout in "
@@ -384,7 +384,7 @@ int rd_stage_start(struct rd_conn *c, const struct rm_region *r, unsigned n,
 	return 0;
 }
 
-int rd_stage_seal(struct rd_conn *c, unsigned *live)
+int rd_stage_seal(struct rd_conn *c, unsigned *live, bool *windows)
 {
 	struct rd_stage *s = c->stage;
 	int err = 0;
@@ -398,6 +398,7 @@ int rd_stage_seal(struct rd_conn *c, unsigned *live)
 				break;
 	}
 	*live = rd_stage_exposed(c);
+	*windows = s->windows;
 	if (s->windows)
 		return rd_dealloc_mws(s->mw, s->nchunks * c->base.nchan);
 	for (uint32_t g = 0; g < s->nchunks; g++) {

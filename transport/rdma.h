@@ -141,10 +141,11 @@ void rd_expose_free(struct rd_conn *c);
 int rd_stage_start(struct rd_conn *c, const struct rm_region *r, unsigned n,
 		   struct rm_wire_region *wire);
 /* With expose_lock held: stop the thread, wait (when the connection is
- * healthy and the caller is not the thread) until a chunk it is binding is
- * in hand, and revoke every chunk it exposed.  *live: how many exposures
- * were revoked.  0 or the first -errno. */
-int rd_stage_seal(struct rd_conn *c, unsigned *live);
+ * healthy and the caller is not the thread) until it has put down a chunk
+ * it holds in hand, and revoke every chunk it exposed.  *live: how many
+ * exposures were revoked; *windows: windows (else MRs).  0 or the first
+ * -errno. */
+int rd_stage_seal(struct rd_conn *c, unsigned *live, bool *windows);
 /* With expose_lock held: the live exposures (bound windows, plain MRs). */
 unsigned rd_stage_exposed(struct rd_conn *c);
 /* Registered bytes and time of the registration calls so far. */
