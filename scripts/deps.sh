@@ -3,6 +3,13 @@
 # installed.  As root, installs what is missing with apt-get; otherwise prints
 # the one apt-get line to run and fails.  Cheap when nothing is missing.
 #   scripts/deps.sh [--check]     --check: only report, never install
+#
+# QEMU for the soft-RoCE test VM must be 8.0 or newer: QEMU 7.2's TCG (Debian
+# 12's own) corrupts the test VM's kernel memory when the VM runs KVM guests
+# of its own and its khugepaged collapses their RAM into huge pages — the
+# "corrupted stack end" panics and triple faults of issue 10, reproduced in
+# minutes by bench/nested-churn and absent with QEMU 10 (bench/README.md).
+# On Debian 12 the newer QEMU comes from Debian's bookworm-backports.
 set -euo pipefail
 
 pkgs=(
@@ -20,20 +27,52 @@ missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+
+# qemu_too_old — the installed QEMU is older than 8.0 (or absent).
+qemu_too_old() {
+	local v
+	v=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null) || return 0
+	v=${v#*:}
+	[ "${v%%.*}" -lt 8 ] 2>/dev/null
+}
+backports=
+if qemu_too_old && grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
+	backports=bookworm-backports
+	keep=()
+	for p in "${missing[@]}"; do [ "$p" = qemu-system-x86 ] || keep+=("$p"); done
+	missing=(${keep[@]+"${keep[@]}"})
+fi
+[ ${#missing[@]} -eq 0 ] && [ -z "$backports" ] && exit 0
 
 line="apt-get install -y --no-install-recommends ${missing[*]}"
+[ -n "$backports" ] && line="${missing[*]:+$line && }apt-get install -y --no-install-recommends -t $backports qemu-system-x86 (after adding $backports to apt's sources)"
 if [ "${1:-}" = --check ] || [ "$(id -u)" != 0 ]; then
-	echo "deps.sh: missing packages: ${missing[*]}" >&2
+	echo "deps.sh: missing packages: ${missing[*]}${backports:+ qemu-system-x86 (8.0 or newer)}" >&2
 	echo "deps.sh: as root, run: apt-get update && $line" >&2
 	exit 1
 fi
-echo "deps.sh: installing ${missing[*]}"
+echo "deps.sh: installing ${missing[*]}${backports:+ qemu-system-x86 from $backports}"
 export DEBIAN_FRONTEND=noninteractive
+if [ -n "$backports" ]; then
+	# Debian's own archive, its backports suite: apt takes nothing from it
+	# unless asked by -t, so only QEMU (and what it needs) comes from there.
+	src=/etc/apt/sources.list.d/rdmamig-$backports.sources
+	printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+		"$backports" > "$src"
+	echo "deps.sh: QEMU older than 8.0 here: taking qemu-system-x86 from $backports ($src)"
+fi
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/rdmamig-deps.log 2>&1 || {
+fail() {
 	tail -20 /tmp/rdmamig-deps.log >&2
 	echo "deps.sh: apt-get failed (full log: /tmp/rdmamig-deps.log)" >&2
 	exit 1
 }
+: >/tmp/rdmamig-deps.log
+if [ ${#missing[@]} -gt 0 ]; then
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >>/tmp/rdmamig-deps.log 2>&1 || fail
+fi
+if [ -n "$backports" ]; then
+	apt-get install -y -qq --no-install-recommends -t "$backports" qemu-system-x86 >>/tmp/rdmamig-deps.log 2>&1 || fail
+	qemu_too_old && { echo "deps.sh: QEMU is still older than 8.0 after installing from $backports" >&2; exit 1; }
+fi
 echo "deps.sh: installed (log: /tmp/rdmamig-deps.log)"

@@ -7,6 +7,14 @@
 # marks the moment the command starts: a failure before it is the VM's, one
 # after it the command's.  The kernel log from then on is left next to the
 # command (dmesg) for vm.sh to show when the command fails.
+#
+# The VM kernel never moves the RAM of the KVM guests that run inside it:
+# khugepaged does not collapse pages and compaction runs only when an
+# allocation needs it.  Under nested KVM on TCG, guest RAM replaced under a
+# running nested guest (a huge-page collapse) corrupts memory — the nested
+# guest's, and with QEMU 7.2 the VM kernel's own (its "corrupted stack end"
+# panics, issue 10; bench/nested-churn reproduces it).  After the command the
+# console says how many pages were collapsed or migrated meanwhile.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -47,11 +55,19 @@ chroot /newroot /usr/bin/env -i HOME=/tmp TERM=dumb PATH=/usr/sbin:/usr/bin:/sbi
 		echo "vm-init: no nested KVM (kvm_amd/kvm_intel did not load)"
 	eval "$("$1"/scripts/soft-roce/setup.sh --env)" || exit 125
 	ulimit -l unlimited
+	thp=/sys/kernel/mm/transparent_hugepage
+	echo 8 > $thp/khugepaged/pages_to_scan
+	echo 4294967295 > $thp/khugepaged/scan_sleep_millisecs
+	echo never > $thp/defrag
+	echo 0 > /proc/sys/vm/compaction_proactiveness
+	moved() { awk "/^(thp_collapse_alloc|pgmigrate_success) /{ n += \$2 } END { print n + 0 }" /proc/vmstat; }
+	before=$(moved)
 	echo "rdmamig: the command starts" > /dev/kmsg
 	echo @@RDMAMIG-VM-START
 	(. "$2")
 	rc=$?
 	dmesg | sed -n "/rdmamig: the command starts/,\$p" > "${2%/*}/dmesg" 2>/dev/null
+	echo "vm-init: pages the VM kernel collapsed or migrated under the command: $(( $(moved) - before ))"
 	exit $rc' bed "$work" "$cmd"
 rc=$?
 echo "@@RDMAMIG-VM-EXIT $rc"
