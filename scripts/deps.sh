@@ -4,12 +4,12 @@
 # the one apt-get line to run and fails.  Cheap when nothing is missing.
 #   scripts/deps.sh [--check]     --check: only report, never install
 #
-# QEMU for the soft-RoCE test VM must be 8.0 or newer: QEMU 7.2's TCG (Debian
-# 12's own) corrupts the test VM's kernel memory when the VM runs KVM guests
-# of its own and its khugepaged collapses their RAM into huge pages — the
-# "corrupted stack end" panics and triple faults of issue 10, reproduced in
-# minutes by bench/nested-churn and absent with QEMU 10 (bench/README.md).
-# On Debian 12 the newer QEMU comes from Debian's bookworm-backports.
+# QEMU for the soft-RoCE test VM is 8.0 or newer: when the VM's khugepaged
+# collapses the RAM of KVM guests running inside it, QEMU 7.2's TCG (Debian
+# 12's own) corrupts the VM kernel's memory within a few runs — the
+# "corrupted stack end" panics of issue 10, bench/nested-churn — and QEMU 10
+# far less often (bench/README.md).  On Debian 12 the newer QEMU comes from
+# Debian's bookworm-backports.
 set -euo pipefail
 
 pkgs=(
