@@ -112,12 +112,14 @@ suite_bound() {
 
 # run_suite BIN [FILTER] — one suite, bounded (unless WRAP slows it down on
 # purpose), Criterion's own output kept (--verbose for the [SKIP] lines and
-# their reasons), the chatter and the cases the filter leaves out dropped.
+# their reasons, and each case's time), the chatter, the cases the filter
+# leaves out and the passing cases under 2 s dropped: what is left says
+# where a suite's time goes.
 run_suite() {
 	local bound=
 	[ -z "${WRAP:-}" ] && bound="timeout -k 10 $(suite_bound "$1")"
 	$bound ${WRAP:-} "$O/tests/$1" --jobs 1 --verbose ${2:+--filter "$2"} 2>&1 |
-		grep --line-buffered -v -E '^\[(RUN |PASS)\] |^\[====\] Running|^\[----\] Criterion v|: Test is disabled$'
+		grep --line-buffered -v -E '^\[RUN \] |^\[PASS\] .*: \([01]\.[0-9]+s\)$|^\[====\] Running|^\[----\] Criterion v|: Test is disabled$'
 	return "${PIPESTATUS[0]}"
 }
 
