@@ -55,6 +55,19 @@ for _ in $(seq 300); do	# up to 30 s: the nested bed can be slow to register it
 	sleep 0.1
 done
 [ -e /sys/class/infiniband/rxe0 ] || { say "rxe0 did not appear"; exit 1; }
+# Usable, not just there: the port ACTIVE and the address's GID (IPv4-mapped)
+# in its table, which the kernel fills from a workqueue after the device
+# appears.  An rdma_cm connect before that times out (seen after the fault
+# matrix recreates rxe0 on a loaded bed).
+IFS=. read -r a b c d <<< "${addr%/*}"
+gid=$(printf '0000:0000:0000:0000:0000:ffff:%02x%02x:%02x%02x' "$a" "$b" "$c" "$d")
+for _ in $(seq 300); do
+	grep -q ACTIVE /sys/class/infiniband/rxe0/ports/1/state 2>/dev/null &&
+		grep -qx "$gid" /sys/class/infiniband/rxe0/ports/1/gids/[0-7] 2>/dev/null && break
+	sleep 0.1
+done
+grep -qx "$gid" /sys/class/infiniband/rxe0/ports/1/gids/[0-7] 2>/dev/null ||
+	{ say "rxe0 has no GID for ${addr%/*} after 30 s"; exit 1; }
 if [ $env = 1 ]; then
 	echo "export RDMAMIG_RXE_DEV=rxe0 RDMAMIG_RXE_ADDR=${addr%/*} RDMAMIG_RXE_NETDEV=$netdev" \
 		"RDMAMIG_RXE_ADDR6=${addr6%/*}"
