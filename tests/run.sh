@@ -16,7 +16,10 @@
 # - the RDMA bed: soft-RoCE on this kernel if setup.sh can bring it up, else
 #   the test VM (scripts/soft-roce/vm.sh), one VM for all.  It runs
 #   the BED_TESTS suites, except that a suite the host already ran with KVM
-#   runs there only for its *_rdma cases (and not at all without any).
+#   runs there only for its *_rdma cases (and not at all without any), and
+#   then the cases the host's KVM had to skip.  The test VM runs while the
+#   host suites do (its output is shown after theirs); rxe on this host
+#   runs after them.
 #
 # Every suite is bounded (RDMAMIG_SUITE_TIMEOUT, 300 s; 3x that for the
 # end-to-end suite), inside the VM too, so one hung suite does not take the
@@ -150,24 +153,53 @@ run_suites() {
 	return $rc
 }
 
-# vm_bed SUITE[:FILTER]... — the bed suites in one test VM, each bounded in
-# there.  Booted again only when the VM failed before the suites started.
-# A suite with no time line did not finish: the VM died or hung (a wedged
-# kernel stops even `timeout`).
+# more_suites FILE WAIT — after its own suites, the bed runs the ones the
+# host hands it in FILE (one SUITE[:FILTER] a line; the host writes it,
+# perhaps empty, when its suites are done), waiting for it at most WAIT
+# seconds: the host's suites run meanwhile, each with its own bound.
+more_suites() {
+	local file=$1 wait=$2 t0 more=()
+	t0=$(date +%s)
+	while [ ! -e "$file" ]; do
+		if [ $(($(date +%s) - t0)) -ge "$wait" ]; then
+			echo "[FAIL] the host did not say within $wait s which cases it leaves to the bed ($file)"
+			return 1
+		fi
+		sleep 1
+	done
+	mapfile -t more < "$file"
+	[ ${#more[@]} -eq 0 ] && return 0
+	run_suites "bed ($RDMAMIG_BED, ${RDMAMIG_RXE_DEV:-no rxe})" "${more[@]}"
+}
+
+# vm_bed [--more FILE WAIT N] SUITE[:FILTER]... — the bed suites in one
+# test VM, each bounded in there, then (with --more) those the host hands it
+# in FILE once its suites (bounded by WAIT in all) are done: up to N more
+# suite bounds.  The VM's bound is the longer of the two, plus those.  Booted
+# again only when the VM failed before the suites started.  A suite with no
+# time line did not finish: the VM died or hung (a wedged kernel stops even
+# `timeout`).
 vm_bed() {
-	local try out rc t0 s bound=60
-	for s in "$@"; do bound=$((bound + $(suite_bound "${s%%:*}") + 10)); done
+	local try out rc t0 s bound=60 own=0 wait=0 handing=0 more=() handed=()
+	if [ "${1:-}" = --more ]; then
+		more=(--more "$2" "$3")
+		wait=$3 handing=$4
+		shift 4
+	fi
+	for s in "$@"; do own=$((own + $(suite_bound "${s%%:*}") + 10)); done
+	bound=$((bound + (own > wait ? own : wait) + handing * SUITE_TIMEOUT))
 	out=$(mktemp)
 	for try in $(seq "$VM_TRIES"); do
 		t0=$(date +%s%N)
 		scripts/soft-roce/vm.sh -t "$bound" -- env O="$O" RDMAMIG_SUITE_TIMEOUT="$SUITE_TIMEOUT" \
-			tests/run.sh --bed "$@" 2>&1 | tee "$out"
+			tests/run.sh --bed "${more[@]}" "$@" 2>&1 | tee "$out"
 		rc=${PIPESTATUS[0]}
 		[ "$rc" = 125 ] || break
 		echo "== test VM: the VM failed before the suites started (boot, modules or rxe setup; vm.sh exit 125 after $(elapsed "$t0"))"
 		[ "$try" -lt "$VM_TRIES" ] && echo "== test VM: BOOTING A FRESH VM (boot $((try + 1)) of $VM_TRIES)"
 	done
-	for s in "$@"; do
+	[ ${#more[@]} -gt 0 ] && [ -s "${more[1]}" ] && mapfile -t handed < "${more[1]}"
+	for s in "$@" "${handed[@]}"; do
 		grep -q "^== bed .*: ${s%%:*} took " "$out" ||
 			echo "[FAIL] the test bed did not finish ${s%%:*} (vm.sh exit $rc)"
 	done
@@ -177,14 +209,23 @@ vm_bed() {
 
 if [ "${1:-}" = --bed ]; then
 	shift
+	more_file= more_wait=
+	if [ "${1:-}" = --more ]; then
+		more_file=$2 more_wait=$3
+		shift 3
+	fi
 	[ $# -gt 0 ] || set -- ${BED_TESTS:-}
 	ensure_kvm_node
 	trap hp_restore EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
 	hugepages_for_tests
-	run_suites "bed ($RDMAMIG_BED, ${RDMAMIG_RXE_DEV:-no rxe})" "$@"
-	exit $?
+	brc=0
+	run_suites "bed ($RDMAMIG_BED, ${RDMAMIG_RXE_DEV:-no rxe})" "$@" || brc=1
+	if [ -n "$more_file" ]; then
+		more_suites "$more_file" "$more_wait" || brc=1
+	fi
+	exit $brc
 fi
 
 log=$(mktemp)
@@ -214,15 +255,16 @@ hugepages_for_tests > "$log.hp"
 tee -a "$log" < "$log.hp"
 
 # Host suites; cases that need RDMA are left to the bed.
-host_list=() ran_host=()
+host_list=() ran_host=() host_bound=0 handing=0
 for s in ${HOST_TESTS}; do
 	if has_rdma_cases "$s"; then
 		host_list+=("$s:$NO_RDMA_CASES") ran_host+=("$s (without *_rdma)")
 	else
 		host_list+=("$s") ran_host+=("$s")
 	fi
+	host_bound=$((host_bound + $(suite_bound "$s") + 10))
+	[[ " ${BED_TESTS} " == *" $s "* ]] && handing=$((handing + 1))
 done
-run_suites host "${host_list[@]}" 2>&1 | tee -a "$log" || rc=1
 
 # The RDMA bed's share.
 bed_list=() ran_bed=() not_bed=()
@@ -237,30 +279,80 @@ for s in ${BED_TESTS}; do
 		bed_list+=("$s") ran_bed+=("$s")
 	fi
 done
+
 # Cases the host skipped for want of something its KVM lacks (kvm-pvm's
 # dirty ring overruns, so the ring tracker is refused there) run on the bed,
 # whose nested KVM has it: a skip is not a result where a bed can give one.
-if [ "$host_kvm" = 1 ]; then
+host_skipped() {
+	[ "$host_kvm" = 1 ] || return 0
 	while read -r bin tcase; do
 		[[ " ${BED_TESTS} " == *" $bin "* ]] || continue
-		bed_list+=("$bin:${tcase/:://}") ran_bed+=("$bin (${tcase}, skipped on this host)")
-		echo "== host-skipped case goes to the RDMA bed: $bin $tcase" | tee -a "$log"
+		echo "$bin:${tcase/:://}"
 	done < <(awk '/^== host: / && $4 != "took" { bin = $3 }
 		/^\[SKIP\] / { c = $2; sub(/:$/, "", c); print bin, c }' "$log")
-fi
-if [ ${#bed_list[@]} -gt 0 ]; then
-	if scripts/soft-roce/setup.sh --env > "$log.env" 2>/dev/null; then
-		bed="soft-RoCE on this host"
-		echo "== test bed: rxe on this host"
-		(eval "$(cat "$log.env")"; ulimit -l unlimited; RDMAMIG_BED=host \
-			O=$O tests/run.sh --bed "${bed_list[@]}") 2>&1 | tee -a "$log" || rc=1
-	else
-		bed="the soft-RoCE test VM"
-		echo "== test bed: this kernel cannot load rdma_rxe; the bed suites run in the soft-RoCE test VM"
+}
+# Say so, and name them in the summary.
+note_handed() {
+	local h
+	for h in "$@"; do
+		ran_bed+=("${h%%:*} (${h#*:}, skipped on this host)")
+		echo "== host-skipped case goes to the RDMA bed: ${h%%:*} ${h#*:}" | tee -a "$log"
+	done
+}
+
+# The test VM runs while the host suites do: the VM is one process that
+# mostly waits (its suites wait out silence bounds and recovery windows
+# case by case) and the host suites mostly wait too, so the two overlap
+# instead of adding up.  Its output goes to a file and is shown after the
+# host's, whole.  It learns the host-skipped cases from a file the host
+# writes when its suites are done.  Its own process group, so that an
+# interrupted run takes QEMU with it.
+bed=
+vm_pid=
+if [ ${#bed_list[@]} -gt 0 ] && ! scripts/soft-roce/setup.sh --env > "$log.env" 2>/dev/null; then
+	bed="the soft-RoCE test VM"
+	echo "== test bed: this kernel cannot load rdma_rxe; the bed suites run in the soft-RoCE test VM, while the host suites run"
+	handoff=$O/.run-bed-more.$$
+	rm -f "$handoff" "$handoff.tmp"
+	vm_more=()
+	[ "$host_kvm" = 1 ] && vm_more=(--more "$handoff" "$host_bound" "$handing")
+	set -m
+	(
 		t0=$(date +%s%N)
-		vm_bed "${bed_list[@]}" 2>&1 | tee -a "$log" || rc=1
+		vm_bed "${vm_more[@]}" "${bed_list[@]}"
+		vrc=$?
 		echo "== test bed: the VM run took $(elapsed "$t0") (boot included)"
+		exit $vrc
+	) > "$log.vm" 2>&1 &
+	vm_pid=$!
+	set +m
+	trap 'kill -TERM -- -$vm_pid 2>/dev/null; hp_restore; rm -f "$log" "$log.env" "$log.hp" "$log.vm" "$handoff" "$handoff.tmp"' EXIT
+fi
+
+t_host=$(date +%s%N)
+run_suites host "${host_list[@]}" 2>&1 | tee -a "$log" || rc=1
+echo "== host: the host suites took $(elapsed "$t_host")" | tee -a "$log"
+mapfile -t handed < <(host_skipped)
+note_handed "${handed[@]}"
+
+if [ -n "$vm_pid" ]; then
+	if [ "$host_kvm" = 1 ]; then
+		printf '%s\n' "${handed[@]}" | grep . > "$handoff.tmp"
+		mv "$handoff.tmp" "$handoff"
 	fi
+	# In the background, so that a signal to this script is handled at
+	# once (bash runs a trap only between foreground commands; `wait`
+	# returns for it).
+	tail -n +1 -f --pid="$vm_pid" "$log.vm" | tee -a "$log" &
+	show_pid=$!
+	wait "$vm_pid" || rc=1
+	wait "$show_pid"
+	vm_pid=
+elif [ ${#bed_list[@]} -gt 0 ]; then
+	bed="soft-RoCE on this host"
+	echo "== test bed: rxe on this host"
+	(eval "$(cat "$log.env")"; ulimit -l unlimited; RDMAMIG_BED=host \
+		O=$O tests/run.sh --bed "${bed_list[@]}" "${handed[@]}") 2>&1 | tee -a "$log" || rc=1
 fi
 
 echo "== beds: this host (KVM $([ $host_kvm = 1 ] && echo yes || echo no)) ran: ${ran_host[*]}"
@@ -284,6 +376,7 @@ awk '
 	/^\[SKIP\]/ { s++ }
 	/^== host-skipped case goes to the RDMA bed: / { moved++ }
 	/^\[FAIL\] the test bed did not finish/ { f++; suites++ }
+	/^\[FAIL\] the host did not say/ { f++; suites++ }
 	/^\[FAIL\] .* exited .* without a failing case/ { f++ }
 	/BOOTING A FRESH VM/ { r++ }
 	END {
