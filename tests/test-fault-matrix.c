@@ -37,7 +37,12 @@
 static int mx_scale = 1;
 #define MX_TIMEOUT_MS (1000 * mx_scale)		/* silence bound, both sides */
 #define MX_SRC_RECOVER_MS (2500u * mx_scale)	/* the source asks for this long */
-#define MX_DST_RECOVER_MS (4000u * mx_scale)	/* the destination answers for 2x this */
+/* The destination answers for 2x this.  It must outlast a source that
+ * notices the loss up to one silence bound after it, asks for its whole
+ * window, and is then asked again by the test (as an operator would):
+ * (1 + 2.5) s x scale and a connect, well inside 6 s x scale.  Every cell
+ * whose source is dead or done waits it out whole: no longer than that. */
+#define MX_DST_RECOVER_MS (3000u * mx_scale)
 #define MX_REGION (2 * MiB)
 #define MX_LOG 12288
 #define MX_WORKERS 6			/* cases at a time on the host */
