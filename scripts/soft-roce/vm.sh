@@ -112,8 +112,8 @@ trap 'rm -rf "$run"' EXIT
 # (between the start and exit markers), send kernel console lines
 # ("[   12.345678] ...") and all else QEMU prints to the console log, keep
 # the exit code: the
-# command's, or 200 when it never started, 201 when it started and the VM
-# stopped without reporting.  A shell loop, because tr and mawk hold pipe
+# command's (125 from a started command becomes 1), or 200 when it never
+# started, 201 when it started and the VM stopped without reporting.  A shell loop, because tr and mawk hold pipe
 # output back in 4 KiB blocks.
 console=$run/console.log
 filter() {
@@ -126,7 +126,16 @@ filter() {
 		fi
 		case $line in
 		*@@RDMAMIG-VM-START) started=1; rc=201 ;;
-		*@@RDMAMIG-VM-EXIT\ *) rc=${line##* }; started=0 ;;
+		*@@RDMAMIG-VM-EXIT\ *)
+			rc=${line##* }
+			# 125 means "the VM failed before the command started", the
+			# one failure a caller may retry: a command that itself
+			# exits 125 must not pass for that.
+			if [ $started = 1 ] && [ "$rc" = 125 ]; then
+				echo "vm.sh: the command exited 125; reported as 1 (125 is the VM's own pre-start failure)" >&2
+				rc=1
+			fi
+			started=0 ;;
 		vm-init:*) printf '%s\n' "$line" ;;
 		*) if [ $started = 1 ]; then printf '%s\n' "$line"; else printf '%s\n' "$line" >> "$console"; fi ;;
 		esac
