@@ -27,6 +27,10 @@ static int null_post(struct rm_transport *t, unsigned chan, uint16_t type, uint1
 static const struct rm_transport_ops null_ops = {
 	.name = "fuzz",
 	.post = null_post,
+}, late_ops = {	/* RDMA's: keys may come after LAYOUT */
+	.name = "fuzz",
+	.late_keys = true,
+	.post = null_post,
 };
 
 /* The source's own RAM: region 0 as the captured migration's 16 MiB guest
@@ -111,7 +115,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		o.no_auth = true;
 	}
 	memset(&t, 0, sizeof(t));
-	if (rm_tr_init(&t, &null_ops, &o, role, o.nchan, RM_WIRE_MAX_FRAG))
+	if (rm_tr_init(&t, o.kind == RM_TRANSPORT_RDMA ? &late_ops : &null_ops, &o, role, o.nchan,
+		       RM_WIRE_MAX_FRAG))
 		return 0;
 	if (cfg & 0x10) {
 		t.ctrl.max_msgs = 4;

@@ -55,12 +55,22 @@ static struct ready_msg ready(uint32_t pos, uint32_t chunk)
 					  rm_wire_put32(0x2000 + pos * 16 + chunk) } };
 }
 
+/* fake_ops as a backend whose keys may come late (RDMA's). */
+static struct rm_transport_ops late_ops;
+
+static void late_keys(struct fake *k)
+{
+	late_ops = fake_ops;
+	late_ops.late_keys = true;
+	k->base.ops = &late_ops;
+}
+
 static struct fake *rdma_source(void)
 {
 	struct fake *s = fake_new(RM_ROLE_SOURCE, NCHAN, 100);
 	struct rm_region r[3];
 
-	s->base.opts.kind = RM_TRANSPORT_RDMA;
+	late_keys(s);
 	sregions(r);
 	cr_assert_eq(rm_tr_set_regions(&s->base, r, 3), 0);
 	return s;
@@ -140,7 +150,7 @@ Test(stage, staged_layout_refused_on_tcp)
 	struct fake *s = rdma_source();
 	struct slayout m = staged();
 
-	s->base.opts.kind = RM_TRANSPORT_TCP;
+	s->base.ops = &fake_ops;
 	cr_assert_eq(rx_layout(s, &m), RDMAMIG_E_PROTO, "a staged LAYOUT over TCP");
 	m.l.flags = 0;
 	m.l.chunk_shift = 0;
@@ -157,7 +167,7 @@ Test(stage, ready_hostile_forms)
 	const size_t len = sizeof(struct ready_msg);
 	char why[120];
 
-	d->base.opts.kind = RM_TRANSPORT_RDMA;
+	late_keys(d);
 	cr_assert_eq(rx_ready(s, 0, ready(0, 0), len), RDMAMIG_E_PROTO, "READY before LAYOUT");
 	cr_assert_eq(rx_layout(s, &m), 0);
 	cr_assert_eq(rm_ctrl_layout_match(&s->base, why, sizeof(why)), 0, "%s", why);

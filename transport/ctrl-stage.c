@@ -30,8 +30,7 @@ int rm_ctrl_stage_layout(struct rm_transport *t, uint32_t flags, uint32_t shift,
 		}
 		return 0;
 	}
-	/* Only RDMA has keys to hand out late; TCP writes are checked frames. */
-	if (t->opts.kind != RM_TRANSPORT_RDMA || (flags & RM_WIRE_LAYOUT_CHAN_KEYS) ||
+	if (!t->ops->late_keys || (flags & RM_WIRE_LAYOUT_CHAN_KEYS) ||
 	    shift < RM_WIRE_MIN_CHUNK_SHIFT || shift > RM_WIRE_MAX_CHUNK_SHIFT) {
 		*why = "staged LAYOUT off RDMA, with keys, or with a chunk size out of range";
 		return RDMAMIG_E_PROTO;
@@ -76,7 +75,7 @@ int rm_ctrl_rx_ready(struct rm_transport *t, unsigned chan, const void *body, si
 	uint32_t pos, chunk, g;
 	int err = 0;
 
-	if (chan != 0 || t->role != RM_ROLE_SOURCE || t->opts.kind != RM_TRANSPORT_RDMA ||
+	if (chan != 0 || t->role != RM_ROLE_SOURCE || !t->ops->late_keys ||
 	    len != sizeof(rd) + t->nchan * sizeof(__le32)) {
 		*why = "READY to a destination, off channel 0, off RDMA or of the wrong length";
 		return RDMAMIG_E_PROTO;

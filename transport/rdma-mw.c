@@ -61,23 +61,12 @@ int rd_post_bind(struct rd_conn *c, unsigned chan, struct ibv_mw *mw, struct ibv
 /* With c->lock held: every WR posted on every QP has completed. */
 static int wait_sq_empty(struct rd_conn *c, uint64_t deadline)
 {
-	for (;;) {
-		bool done = true;
-		int err;
+	int err = rd_wait_retired(c, NULL, deadline, NULL);
 
-		for (unsigned i = 0; i < c->base.nchan; i++)
-			done &= c->q[i].retired == c->q[i].posted;
-		if (done)
-			return 0;
-		err = rd_progress(c, deadline);
-		if (err)
-			return err;
-		if (!rm_ms_left(deadline)) {
-			rm_err("transport rdma: memory window binds not complete within %d ms",
-			       c->base.opts.timeout_ms);
-			return -ETIMEDOUT;
-		}
-	}
+	if (err == -ETIMEDOUT)
+		rm_err("transport rdma: memory window binds not complete within %d ms",
+		       c->base.opts.timeout_ms);
+	return err;
 }
 
 /* Allocate and bind a window per (channel, region): mw[chan * n + i]; the

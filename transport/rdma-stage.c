@@ -106,8 +106,9 @@ static unsigned pick_shift(struct rd_conn *c, const struct rm_region *r, unsigne
 }
 
 /* With c->lock held: make progress without sleeping in poll(). */
-static int nap(struct rd_conn *c)
+static int nap(struct rd_conn *c, uint64_t deadline)
 {
+	(void)deadline;
 	int err = rd_progress(c, RM_NOW);
 
 	pthread_mutex_unlock(&c->lock);
@@ -131,20 +132,11 @@ static int bind_chunk(struct rd_stage *s, uint32_t g, void *addr, uint64_t len, 
 		err = rd_post_bind(c, ch, mw[ch], mr, addr, len, &keys[ch]);
 		want[ch] = c->q[ch].posted;
 	}
-	while (!err) {
-		bool done = true;
-
-		for (unsigned ch = 0; ch < c->base.nchan; ch++)
-			done &= c->q[ch].retired >= want[ch];
-		if (done)
-			break;
-		err = nap(c);
-		if (!err && !rm_ms_left(deadline)) {
-			rm_err("transport rdma: binding chunk %u's memory windows not complete within %d ms",
-			       g, c->base.opts.timeout_ms);
-			err = -ETIMEDOUT;
-		}
-	}
+	if (!err)
+		err = rd_wait_retired(c, want, deadline, nap);
+	if (err == -ETIMEDOUT)
+		rm_err("transport rdma: binding chunk %u's memory windows not complete within %d ms",
+		       g, c->base.opts.timeout_ms);
 	pthread_mutex_unlock(&c->lock);
 	return err;
 }
@@ -174,7 +166,7 @@ static int send_ready(struct rd_stage *s, unsigned pos, uint32_t chunk, const ui
 			if (err != -EAGAIN)
 				break;
 		}
-		err = nap(c);
+		err = nap(c, RM_NOW);
 		if (err)
 			break;
 	}

@@ -649,17 +649,7 @@ static int fence_locked(struct rd_conn *c)
 		if (err)
 			return err;
 	}
-	for (;;) {
-		bool done = true;
-
-		for (unsigned i = 0; i < t->nchan; i++)
-			done &= c->q[i].retired == c->q[i].posted;
-		if (done)
-			return 0;
-		err = rd_progress(c, deadline);
-		if (err)
-			return err;
-	}
+	return rd_wait_retired(c, NULL, deadline, NULL);
 }
 
 static int rd_fence(struct rm_transport *t)
@@ -675,14 +665,31 @@ static int rd_fence(struct rm_transport *t)
 
 /* ---- the rest of the table ---- */
 
+int rd_wait_retired(struct rd_conn *c, const uint64_t *want, uint64_t deadline,
+		    int (*step)(struct rd_conn *c, uint64_t deadline))
+{
+	for (;;) {
+		bool done = true;
+		int err;
+
+		for (unsigned i = 0; i < c->base.nchan; i++)
+			done &= c->q[i].retired >= (want ? want[i] : c->q[i].posted);
+		if (done)
+			return 0;
+		err = (step ? step : rd_progress)(c, deadline);
+		if (err)
+			return err;
+		if (!rm_ms_left(deadline))
+			return -ETIMEDOUT;
+	}
+}
+
 /* Wait (bounded) until the last SEND posted on QP 0 has completed. */
 static void drain_last_send(struct rd_conn *c, uint64_t deadline)
 {
-	uint64_t want = c->q[0].posted;
+	uint64_t want[RM_WIRE_MAX_CHANNELS] = { c->q[0].posted };
 
-	while (c->q[0].retired < want && rm_ms_left(deadline))
-		if (rd_progress(c, deadline))
-			break;
+	rd_wait_retired(c, want, deadline, NULL);
 }
 
 static int rd_abort(struct rm_transport *t, int reason, const char *text)
@@ -866,6 +873,7 @@ out:
 
 const struct rm_transport_ops rm_transport_rdma_ops = {
 	.name = "rdma",
+	.late_keys = true,
 	.listen = rd_listen,
 	.accept = rd_accept,
 	.listener_close = rd_listener_close,

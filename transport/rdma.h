@@ -161,5 +161,12 @@ int rd_post_now(struct rd_conn *c, unsigned chan, uint16_t type, const void *bod
 /* Handle completions and cm events, waiting at most a slice: 0 or error.
  * With c->lock held; it is dropped while poll() sleeps. */
 int rd_progress(struct rd_conn *c, uint64_t deadline);
+/* Wait until each QP i has retired its sends up to want[i] (want NULL:
+ * every send posted so far), with c->lock held: 0, the connection's error,
+ * or -ETIMEDOUT at the deadline.  step makes progress between checks:
+ * NULL is rd_progress, which sleeps in poll(); a thread that must not
+ * (the staging thread) passes its own. */
+int rd_wait_retired(struct rd_conn *c, const uint64_t *want, uint64_t deadline,
+		    int (*step)(struct rd_conn *c, uint64_t deadline));
 
 #endif

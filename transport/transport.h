@@ -215,6 +215,10 @@ struct rm_transport_stats {
  */
 struct rm_transport_ops {
 	const char *name;	/* "tcp", "rdma" */
+	/* The destination may hand out its RAM's keys after LAYOUT, chunk by
+	 * chunk (a staged LAYOUT, then READYs; ctrl-stage.c).  RDMA: yes;
+	 * TCP has no keys, its writes are checked frames. */
+	bool late_keys;
 
 	/* Destination.  Bind and listen; non-blocking.  0 or -errno. */
 	int (*listen)(const struct rm_transport_opts *opts, struct rm_listener **out);
