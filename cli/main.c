@@ -848,8 +848,9 @@ int main(int argc, char **argv)
 	}
 	rdmamig_get_stats(m, &stats);
 	rdmamig_free(m);
-	/* A bare destination populates behind the migration and may still be
-	 * at it (while the guest runs): its JSON reports when it finished. */
+	/* A bare destination populates behind the migration until the state
+	 * is loaded (kvm/vmm.c), a thread finishing its last chunk behind the
+	 * switchover: its JSON reports how far it got and when it ended. */
 	struct rm_populator *pop = c.src ? NULL : rm_kvm_vmm_populator(vmm);
 
 	if (pop && c.json && !rc)

@@ -53,6 +53,7 @@ struct rm_populator {
 	uint64_t busy[RM_POPULATE_MAX_THREADS];	/* start of its chunk, IDLE */
 	uint64_t claimed;		/* chunks handed out */
 	bool pausing;			/* a thread is held at the pause point */
+	unsigned running;		/* worker threads not yet out */
 	int err;
 
 	uint64_t total, t0;
@@ -146,6 +147,10 @@ static void *worker(void *arg)
 		p->busy[idx] = IDLE;
 		advance(p);
 	}
+	/* The last one out ends population, whole or cancelled. */
+	if (!--p->running && !atomic_load(&p->ns))
+		atomic_store(&p->ns, rm_now_ns() - p->t0 + 1);
+	pthread_cond_broadcast(&p->cond);
 	pthread_mutex_unlock(&p->lock);
 	return NULL;
 }
@@ -207,9 +212,15 @@ int rm_populate_start(struct rm_populator **out, const struct rm_populate_span *
 			goto stop;
 		}
 		*w = (struct worker){ .p = p, .idx = i };
+		pthread_mutex_lock(&p->lock);
+		p->running++;
+		pthread_mutex_unlock(&p->lock);
 		err = -pthread_create(&p->th[i], NULL, worker, w);
 		if (err) {
 			free(w);
+			pthread_mutex_lock(&p->lock);
+			p->running--;
+			pthread_mutex_unlock(&p->lock);
 			goto stop;
 		}
 		p->started[i] = true;
@@ -255,7 +266,7 @@ int rm_populate_wait(struct rm_populator *p, uint64_t bytes, int timeout_ms)
 		}
 	}
 	pthread_mutex_lock(&p->lock);
-	while (atomic_load(&p->done) < bytes && !p->err && !err) {
+	while (atomic_load(&p->done) < bytes && !p->err && !err && p->running) {
 		if (timeout_ms < 0)
 			pthread_cond_wait(&p->cond, &p->lock);
 		else
@@ -265,8 +276,20 @@ int rm_populate_wait(struct rm_populator *p, uint64_t bytes, int timeout_ms)
 		err = 0;
 	else if (p->err)
 		err = p->err;
+	else if (!p->running)
+		err = -ECANCELED;
 	pthread_mutex_unlock(&p->lock);
 	return err;
+}
+
+void rm_populate_cancel(struct rm_populator *p)
+{
+	if (!p)
+		return;
+	atomic_store(&p->stop, 1);
+	pthread_mutex_lock(&p->lock);
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
 }
 
 int rm_populate_stop(struct rm_populator *p)
@@ -275,10 +298,7 @@ int rm_populate_stop(struct rm_populator *p)
 
 	if (!p)
 		return 0;
-	atomic_store(&p->stop, 1);
-	pthread_mutex_lock(&p->lock);
-	pthread_cond_broadcast(&p->cond);
-	pthread_mutex_unlock(&p->lock);
+	rm_populate_cancel(p);
 	for (unsigned i = 0; i < p->nthreads; i++)
 		if (p->started[i])
 			pthread_join(p->th[i], NULL);

@@ -54,13 +54,23 @@ int rm_populate_start(struct rm_populator **out, const struct rm_populate_span *
 uint64_t rm_populate_done(const struct rm_populator *p);
 /* Total bytes to populate. */
 uint64_t rm_populate_total(const struct rm_populator *p);
-/* Wall time from start to the last chunk done, 0 while running. */
+/* Wall time from start to the end of population (the last chunk done, or
+ * the last thread out after a cancel or an error), 0 while it runs. */
 uint64_t rm_populate_ns(const struct rm_populator *p);
 
 /* Wait until the watermark reaches bytes (capped at the total) or
- * timeout_ms passes (-1: no bound).  0, -ETIMEDOUT, or the first error a
- * thread met (the watermark stops below the chunk that failed). */
+ * timeout_ms passes (-1: no bound).  0, -ETIMEDOUT, the first error a
+ * thread met (the watermark stops below the chunk that failed), or
+ * -ECANCELED once a cancel or stop has let every thread out below it. */
 int rm_populate_wait(struct rm_populator *p, uint64_t bytes, int timeout_ms);
+
+/* Ask the threads to stop without waiting for them: each finishes the
+ * chunk it is in and claims no other (a held pause point is released).
+ * For when population has no more purpose but the caller must not wait
+ * (a destination whose RAM has all arrived, about to run the guest).  The
+ * watermark and timing stay readable; rm_populate_stop() still joins and
+ * frees.  Any thread; NULL-safe. */
+void rm_populate_cancel(struct rm_populator *p);
 
 /* Stop (threads finish the chunk they are in, a held pause point is
  * released), join and free.  The RAM must stay mapped until this returns.
