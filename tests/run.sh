@@ -266,10 +266,12 @@ for s in ${HOST_TESTS}; do
 	[[ " ${BED_TESTS} " == *" $s "* ]] && handing=$((handing + 1))
 done
 
-# The RDMA bed's share.
+# The RDMA bed's share: of a suite the host runs too, only the RDMA cases,
+# and later the cases the host skipped (its KVM cases, on a host without
+# KVM) — never again what passed here.
 bed_list=() ran_bed=() not_bed=()
 for s in ${BED_TESTS}; do
-	if [ "$host_kvm" = 1 ] && [[ " ${HOST_TESTS} " == *" $s "* ]]; then
+	if [[ " ${HOST_TESTS} " == *" $s "* ]]; then
 		if has_rdma_cases "$s"; then
 			bed_list+=("$s:$RDMA_CASES") ran_bed+=("$s (*_rdma)")
 		else
@@ -280,23 +282,27 @@ for s in ${BED_TESTS}; do
 	fi
 done
 
-# Cases the host skipped for want of something its KVM lacks (kvm-pvm's
-# dirty ring overruns, so the ring tracker is refused there) run on the bed,
-# whose nested KVM has it: a skip is not a result where a bed can give one.
+# Cases the host skipped run on the bed, whose nested KVM has what they
+# need: every KVM case on a host without KVM; on one with it, what its KVM
+# lacks (kvm-pvm's dirty ring overruns, so the ring tracker is refused
+# there).  A skip is not a result where a bed can give one.  One line per
+# suite, SUITE:@(CASE|CASE...), so the bed runs each suite once.
 host_skipped() {
-	[ "$host_kvm" = 1 ] || return 0
-	while read -r bin tcase; do
-		[[ " ${BED_TESTS} " == *" $bin "* ]] || continue
-		echo "$bin:${tcase/:://}"
-	done < <(awk '/^== host: / && $4 != "took" { bin = $3 }
-		/^\[SKIP\] / { c = $2; sub(/:$/, "", c); print bin, c }' "$log")
+	awk -v bed=" ${BED_TESTS} " '/^== host: / && $4 != "took" { bin = $3 }
+		/^\[SKIP\] / && index(bed, " " bin " ") {
+			c = $2; sub(/:$/, "", c); sub(/::/, "/", c)
+			if (!k[bin]++) { order[n++] = bin; cases[bin] = c }
+			else cases[bin] = cases[bin] "|" c
+		}
+		END { for (i = 0; i < n; i++) print order[i] ":@(" cases[order[i]] ")" }' "$log"
 }
 # Say so, and name them in the summary.
 note_handed() {
-	local h
+	local h k
 	for h in "$@"; do
-		ran_bed+=("${h%%:*} (${h#*:}, skipped on this host)")
-		echo "== host-skipped case goes to the RDMA bed: ${h%%:*} ${h#*:}" | tee -a "$log"
+		k=$(tr -cd '|' <<< "$h" | wc -c)
+		ran_bed+=("${h%%:*} ($((k + 1)) case(s) skipped on this host)")
+		echo "== host-skipped cases go to the RDMA bed: ${h%%:*} ${h#*:}" | tee -a "$log"
 	done
 }
 
@@ -315,7 +321,7 @@ if [ ${#bed_list[@]} -gt 0 ] && ! scripts/soft-roce/setup.sh --env > "$log.env" 
 	handoff=$O/.run-bed-more.$$
 	rm -f "$handoff" "$handoff.tmp"
 	vm_more=()
-	[ "$host_kvm" = 1 ] && vm_more=(--more "$handoff" "$host_bound" "$handing")
+	vm_more=(--more "$handoff" "$host_bound" "$handing")
 	set -m
 	(
 		t0=$(date +%s%N)
@@ -336,10 +342,8 @@ mapfile -t handed < <(host_skipped)
 note_handed "${handed[@]}"
 
 if [ -n "$vm_pid" ]; then
-	if [ "$host_kvm" = 1 ]; then
-		printf '%s\n' "${handed[@]}" | grep . > "$handoff.tmp"
-		mv "$handoff.tmp" "$handoff"
-	fi
+	printf '%s\n' "${handed[@]}" | grep . > "$handoff.tmp"
+	mv "$handoff.tmp" "$handoff"
 	# In the background, so that a signal to this script is handled at
 	# once (bash runs a trap only between foreground commands; `wait`
 	# returns for it).
@@ -374,7 +378,7 @@ awk '
 	/^\[PASS\] check / { p++; suites++ }
 	/^\[FAIL\] check / { f++; suites++ }
 	/^\[SKIP\]/ { s++ }
-	/^== host-skipped case goes to the RDMA bed: / { moved++ }
+	/^== host-skipped cases go to the RDMA bed: / { moved += gsub(/\|/, "|") + 1 }
 	/^\[FAIL\] the test bed did not finish/ { f++; suites++ }
 	/^\[FAIL\] the host did not say/ { f++; suites++ }
 	/^\[FAIL\] .* exited .* without a failing case/ { f++ }

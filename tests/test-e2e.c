@@ -306,7 +306,7 @@ static void migrate(bool rdma, const char *workload, const char *const *extra, c
 		/* Throttling either makes it converge in time or the deadline
 		 * forces the switchover: both are "by then". */
 		cr_assert(!strcmp(sw, "deadline") || !strcmp(sw, "converged"), "switchover %s", sw);
-		cr_assert_lt(json_u64(json, "total_ns"), 40ull * 1000000000ull, "30 s deadline overrun");
+		cr_assert_lt(json_u64(json, "total_ns"), 22ull * 1000000000ull, "12 s deadline overrun");
 		unsigned long max = 0;
 
 		for (const char *t = strstr(slurp(json), "\"throttle\": "); t; t = strstr(t + 1, "\"throttle\": "))
@@ -327,16 +327,16 @@ WORKLOADS(e2e_rdma, true)
 
 /* A guest dirtying faster than the link moves pages: the deadline forces
  * the switchover, throttling on the way.  The cap makes the link slower
- * than the guest on every bed: the hot tenth of a 32 MiB guest (800 pages)
+ * than the guest on every bed: the hot tenth of a 16 MiB guest (400 pages)
  * rewritten at 2 x 4000 pages/s, sent at 4 MiB/s (1024 pages/s), so every
  * pass finds its own size dirty again (never "converged" within 1 ms, and
- * "slow", so throttled).  The bulk pass of the small guest takes ~7 s at the
- * cap, leaving the 30 s deadline room for many iterations; the later --mem
+ * "slow", so throttled).  The bulk pass of the small guest takes ~4 s at the
+ * cap, leaving the 12 s deadline room for many iterations; the later --mem
  * overrides migrate()'s 64M. */
 Test(e2e_rdma, nonconverging_meets_deadline, .timeout = 300)
 {
-	const char *const extra[] = { "--downtime", "1", "--deadline", "30s", "--max-bandwidth", "4M",
-				      "--mem", "32M", NULL };
+	const char *const extra[] = { "--downtime", "1", "--deadline", "12s", "--max-bandwidth", "4M",
+				      "--mem", "16M", NULL };
 
 	migrate(true, "hotset:4000", extra, "deadline");
 }
