@@ -116,38 +116,40 @@ Test(populate, held_in_order_and_keeps_what_was_written)
 	munmap(ram, 2 * size);
 }
 
-Test(populate, stop_releases_a_held_populator)
+/* A populator of threads over 32 MiB at *ram, held after its first chunk. */
+static struct rm_populator *held_populator(unsigned threads, char **ram)
 {
-	const size_t size = 32 * MiB;
-	char *ram = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	struct rm_populate_span span = { .addr = ram, .size = size };
-	struct rm_populate_opts o = { .threads = 3, .chunk = CHUNK, .fault_side = "dst" };
+	struct rm_populate_opts o = { .threads = threads, .chunk = CHUNK, .fault_side = "dst" };
+	struct rm_populate_span span;
 	struct rm_populator *p;
 
-	cr_assert_neq(ram, MAP_FAILED);
+	*ram = mmap(NULL, 32 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	cr_assert_neq(*ram, MAP_FAILED);
+	span = (struct rm_populate_span){ .addr = *ram, .size = 32 * MiB };
 	hold_population();
 	cr_assert_eq(rm_populate_start(&p, &span, 1, &o), 0);
 	wait_held();
 	cr_assert_leq(rm_populate_done(p), CHUNK);
+	return p;
+}
+
+Test(populate, stop_releases_a_held_populator)
+{
+	char *ram;
+	struct rm_populator *p = held_populator(3, &ram);
+
 	/* Returns with the file still there: stop cancels the pause (which
 	 * then removes the file itself). */
 	cr_assert_eq(rm_populate_stop(p), 0);
 	release_population();
-	munmap(ram, size);
+	munmap(ram, 32 * MiB);
 }
 
 Test(populate, cancel_ends_population_without_joining)
 {
-	const size_t size = 32 * MiB;
-	char *ram = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	struct rm_populate_span span = { .addr = ram, .size = size };
-	struct rm_populate_opts o = { .threads = 2, .chunk = CHUNK, .fault_side = "dst" };
-	struct rm_populator *p;
+	char *ram;
+	struct rm_populator *p = held_populator(2, &ram);
 
-	cr_assert_neq(ram, MAP_FAILED);
-	hold_population();
-	cr_assert_eq(rm_populate_start(&p, &span, 1, &o), 0);
-	wait_held();
 	rm_populate_cancel(p);
 	/* The held thread lets go, no thread claims another chunk, and a
 	 * waiter learns that the end is short of the total. */
@@ -158,7 +160,7 @@ Test(populate, cancel_ends_population_without_joining)
 	rm_populate_cancel(p);	/* twice is harmless */
 	cr_assert_eq(rm_populate_stop(p), 0);
 	release_population();
-	munmap(ram, size);
+	munmap(ram, 32 * MiB);
 }
 
 Test(populate, refuses_bad_arguments)
