@@ -62,12 +62,19 @@ chroot /newroot /usr/bin/env -i HOME=/tmp TERM=dumb PATH=/usr/sbin:/usr/bin:/sbi
 	echo 0 > /proc/sys/vm/compaction_proactiveness
 	moved() { awk "/^(thp_collapse_alloc|pgmigrate_success) /{ n += \$2 } END { print n + 0 }" /proc/vmstat; }
 	before=$(moved)
+	# Other memory events that change the mappings of nested guests, for
+	# correlating the failure of a nested guest with them (issue 10).
+	events="thp_fault_alloc|thp_split_pmd|thp_split_page|compact_stall|pgsteal_kswapd|pgsteal_direct"
+	grep -E "^($events) " /proc/vmstat > /tmp/vmstat.before
 	echo "rdmamig: the command starts" > /dev/kmsg
 	echo @@RDMAMIG-VM-START
 	(. "$2")
 	rc=$?
 	dmesg | sed -n "/rdmamig: the command starts/,\$p" > "${2%/*}/dmesg" 2>/dev/null
 	echo "vm-init: pages the VM kernel collapsed or migrated under the command: $(( $(moved) - before ))"
+	echo "vm-init: and meanwhile: $(grep -E "^($events) " /proc/vmstat |
+		awk "NR == FNR { b[\$1] = \$2; next } { printf \"%s %d, \", \$1, \$2 - b[\$1] }" /tmp/vmstat.before - |
+		sed "s/, \$//")"
 	exit $rc' bed "$work" "$cmd"
 rc=$?
 echo "@@RDMAMIG-VM-EXIT $rc"

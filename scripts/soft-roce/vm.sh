@@ -21,8 +21,10 @@
 # command's output, whenever the exit code is not 0 or the kernel logged a
 # warning, a BUG, an oops or a call trace.
 # Environment: RDMAMIG_VM_TIMEOUT, RDMAMIG_VM_MEM, RDMAMIG_VM_CPUS, RDMAMIG_CACHE,
-# RDMAMIG_VM_CPU (QEMU's -cpu model, default max) and RDMAMIG_VM_APPEND (more
-# kernel command-line arguments), the last two for comparing bed variants.
+# RDMAMIG_VM_CPU (QEMU's -cpu model, default max), RDMAMIG_VM_TCG_THREAD
+# (multi: a host thread per vCPU, the default; single: one for all) and
+# RDMAMIG_VM_APPEND (more kernel command-line arguments), the last three for
+# comparing bed variants.
 # Inside, the command sees RDMAMIG_BED=vm, RDMAMIG_RXE_DEV=rxe0 and
 # RDMAMIG_RXE_ADDR=10.77.0.1 (an address that exists only inside the VM).
 set -euo pipefail
@@ -34,6 +36,7 @@ timeout=${RDMAMIG_VM_TIMEOUT:-900}
 mem=${RDMAMIG_VM_MEM:-3G}
 cpus=${RDMAMIG_VM_CPUS:-$(nproc)}
 cpu=${RDMAMIG_VM_CPU:-max}
+tcg_thread=${RDMAMIG_VM_TCG_THREAD:-multi}
 append=${RDMAMIG_VM_APPEND:-}
 
 while [ $# -gt 0 ]; do
@@ -42,7 +45,7 @@ while [ $# -gt 0 ]; do
 	-m) mem=$2; shift 2 ;;
 	-c) cpus=$2; shift 2 ;;
 	--) shift; break ;;
-	-h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) break ;;
 	esac
 done
@@ -155,7 +158,7 @@ show_kernel() {
 }
 set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
-	-machine q35 -accel tcg,thread=multi -cpu "$cpu" -smp "$cpus" -m "$mem" \
+	-machine q35 -accel "tcg,thread=$tcg_thread" -cpu "$cpu" -smp "$cpus" -m "$mem" \
 	-nographic -no-reboot -nic none -monitor none -serial stdio \
 	-kernel "$kernel" -initrd "$initrd" \
 	-append "console=ttyS0 quiet loglevel=5 panic=-1 rdmamig.work=$work rdmamig.cmd=$run/cmd.sh $append" \
