@@ -22,7 +22,8 @@
 # warning, a BUG, an oops or a call trace.
 # Environment: RDMAMIG_VM_TIMEOUT, RDMAMIG_VM_MEM, RDMAMIG_VM_CPUS, RDMAMIG_CACHE,
 # RDMAMIG_VM_CPU (QEMU's -cpu model, default max), RDMAMIG_VM_TCG_THREAD
-# (multi: a host thread per vCPU, the default; single: one for all) and
+# (single: one host thread runs every vCPU, the default; multi: one each —
+# QEMU's nested SVM then loses guest state, see bench/README.md) and
 # RDMAMIG_VM_APPEND (more kernel command-line arguments), the last three for
 # comparing bed variants.
 # Inside, the command sees RDMAMIG_BED=vm, RDMAMIG_RXE_DEV=rxe0 and
@@ -36,7 +37,7 @@ timeout=${RDMAMIG_VM_TIMEOUT:-900}
 mem=${RDMAMIG_VM_MEM:-3G}
 cpus=${RDMAMIG_VM_CPUS:-$(nproc)}
 cpu=${RDMAMIG_VM_CPU:-max}
-tcg_thread=${RDMAMIG_VM_TCG_THREAD:-multi}
+tcg_thread=${RDMAMIG_VM_TCG_THREAD:-single}
 append=${RDMAMIG_VM_APPEND:-}
 
 while [ $# -gt 0 ]; do
