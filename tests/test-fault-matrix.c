@@ -592,6 +592,66 @@ static void mx_restore_bed(struct mx_ctx *x)
 		FAIL(x, "could not put the bed back after a link-down (%s)", cmd);
 }
 
+/* The kernel's RDMA CM retransmissions and duplicates on the bed's device
+ * (ib_cm's per-port counters), summed: a connect that outlives its bound
+ * because a REQ or REP was lost shows here (the CM resends after ~4 s).
+ * Counted for the whole device, so for the cases running beside this one
+ * too.  -1 where there are none (TCP, no rxe). */
+static long cm_resends(void)
+{
+	static const char *const kinds[] = { "cm_tx_retries/req", "cm_tx_retries/rep",
+					     "cm_tx_retries/rtu", "cm_rx_duplicates/req",
+					     "cm_rx_duplicates/rep" };
+	const char *rxe = getenv("RDMAMIG_RXE_DEV");
+	long sum = 0;
+
+	if (!rxe)
+		return -1;
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		char path[160];
+		long v;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/sys/class/infiniband/%s/ports/1/%s", rxe, kinds[i]);
+		f = fopen(path, "r");
+		if (!f)
+			return -1;
+		if (fscanf(f, "%ld", &v) != 1)
+			v = 0;
+		fclose(f);
+		sum += v;
+	}
+	return sum;
+}
+
+/* A failed case's account: both sides' logs, and the CM's resends while
+ * it ran, in one block. */
+static void mx_report_failure(struct mx_ctx *x, long cm_before)
+{
+	long cm_after = cm_resends();
+
+	flockfile(stderr);
+	fprintf(stderr, "matrix: %s %s failed: %s\n", mx_steps[x->c->step].name,
+		mx_fault_names[x->c->fault], x->c->why);
+	if (cm_before >= 0 && cm_after >= 0)
+		fprintf(stderr, "matrix:   RDMA CM REQ/REP/RTU resends and duplicates on the device meanwhile: %ld\n",
+			cm_after - cm_before);
+	for (int i = 0; i < 2; i++) {
+		unsigned len = atomic_load(&x->sh->p[i].log_len);
+		const char *l = x->sh->p[i].log, *end;
+
+		if (len > MX_LOG)
+			len = MX_LOG;
+		for (const char *e = l + len; l < e; l = end + 1) {
+			end = memchr(l, '\n', (size_t)(e - l));
+			if (!end)
+				end = e;
+			fprintf(stderr, "matrix:   %s| %.*s\n", i == SRC ? "src" : "dst", (int)(end - l), l);
+		}
+	}
+	funlockfile(stderr);
+}
+
 /* Cases on their way to their step: connecting, migrating.  That is the
  * part that costs the CPU (the rest mostly waits out bounds), and in the
  * nested bed connects time out when more than two do it at once (seen: 4
@@ -608,6 +668,7 @@ static void mx_run_case(struct mx_case *c, int idx)
 	const char *action = c->fault == MX_CUT ? "cut" : c->fault == MX_DROP ? "drop" : "pause";
 	bool link_fault = c->fault == MX_LINK_RESET || c->fault == MX_LINK_DOWN;
 	bool gated = false;
+	long cm_before = cm_resends();
 
 	x.sh = mmap(NULL, sizeof(*x.sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (x.sh == MAP_FAILED) {
@@ -684,6 +745,8 @@ out:
 	}
 	if (mx_alone(c))
 		mx_restore_bed(&x);
+	if (c->why[0])
+		mx_report_failure(&x, cm_before);
 	unlink(x.hold);
 	unlink(file);
 	munmap(x.sh, sizeof(*x.sh));
