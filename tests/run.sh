@@ -14,12 +14,16 @@
 #   run here at full speed.  Cases that need RDMA (Criterion suites named
 #   *_rdma) are left to the RDMA bed rather than skipped.
 # - the RDMA bed: soft-RoCE on this kernel if setup.sh can bring it up, else
-#   the test VM (scripts/soft-roce/vm.sh), one VM for all.  It runs
-#   the BED_TESTS suites, except that a suite the host already ran with KVM
-#   runs there only for its *_rdma cases (and not at all without any), and
-#   then the cases the host's KVM had to skip.  The test VM runs while the
-#   host suites do (its output is shown after theirs); rxe on this host
-#   runs after them.
+#   the test VMs (scripts/soft-roce/vm.sh).  It runs the BED_TESTS suites,
+#   except that a suite the host already ran with KVM runs there only for
+#   its *_rdma cases (and not at all without any), and then the cases the
+#   host's KVM had to skip.  The test VMs run while the host suites do (their
+#   output is shown after theirs); rxe on this host runs after them.
+#   Several test VMs (RDMAMIG_VM_BEDS, default one per host CPU, as memory
+#   allows: each runs its vCPUs on one host thread) share one queue of
+#   suites, longest first: each VM takes the next suite no other has taken
+#   (an atomic mkdir in the shared work tree), so each suite runs once, on
+#   whichever VM is free.
 #
 # Every suite is bounded (RDMAMIG_SUITE_TIMEOUT, 300 s; 3x that for the
 # end-to-end suite), inside the VM too, so one hung suite does not take the
@@ -37,6 +41,7 @@ cd "$(dirname "$0")/.."
 O=${O:-build}
 SUITE_TIMEOUT=${RDMAMIG_SUITE_TIMEOUT:-300}
 VM_TRIES=${RDMAMIG_VM_TRIES:-3}
+VM_MEM_MB=3072	# vm.sh's default -m
 RDMA_CASES='*_rdma/*'
 NO_RDMA_CASES='!(*_rdma)/*'
 
@@ -153,6 +158,31 @@ run_suites() {
 	return $rc
 }
 
+# by_cost SUITE[:FILTER]... — the same, longest first (by their bounds, which
+# follow what they cost), so that with several test VMs the long suites
+# start first and the short ones fill in around them.
+by_cost() {
+	local s
+	for s in "$@"; do printf '%s\t%s\n' "$(suite_bound "${s%%:*}")" "$s"; done |
+		sort -s -t $'\t' -k1,1nr | cut -f2-
+}
+
+# bed_suites TAG SUITE[:FILTER]... — run_suites on the bed, for the suites
+# this bed takes: with a queue (BED_QUEUE, a directory of the shared work
+# tree), those no other test VM has taken, claimed one at a time by making
+# TAG.N there (mkdir is atomic, over 9p too).
+bed_suites() {
+	local tag=$1 i=0 s rc=0; shift
+	for s in "$@"; do
+		i=$((i + 1))
+		if [ -n "${BED_QUEUE:-}" ]; then
+			mkdir "$BED_QUEUE/$tag.$i" 2>/dev/null || continue
+		fi
+		run_suites "$BED_WHERE" "$s" || rc=1
+	done
+	return $rc
+}
+
 # more_suites FILE WAIT — after its own suites, the bed runs the ones the
 # host hands it in FILE (one SUITE[:FILTER] a line; the host writes it,
 # perhaps empty, when its suites are done), waiting for it at most WAIT
@@ -167,20 +197,20 @@ more_suites() {
 		fi
 		sleep 1
 	done
-	mapfile -t more < "$file"
+	mapfile -t more < <(by_cost $(cat "$file"))
 	[ ${#more[@]} -eq 0 ] && return 0
-	run_suites "bed ($RDMAMIG_BED, ${RDMAMIG_RXE_DEV:-no rxe})" "${more[@]}"
+	bed_suites more "${more[@]}"
 }
 
-# vm_bed [--more FILE WAIT N] SUITE[:FILTER]... — the bed suites in one
-# test VM, each bounded in there, then (with --more) those the host hands it
-# in FILE once its suites (bounded by WAIT in all) are done: up to N more
-# suite bounds.  The VM's bound is the longer of the two, plus those.  Booted
-# again only when the VM failed before the suites started.  A suite with no
-# time line did not finish: the VM died or hung (a wedged kernel stops even
-# `timeout`).
+# vm_bed K [--more FILE WAIT N] SUITE[:FILTER]... — test VM number K: the
+# bed suites it takes from the queue, each bounded in there, then (with
+# --more) those the host hands over in FILE once its suites (bounded by WAIT
+# in all) are done: up to N more suite bounds.  The VM's bound is the longer
+# of the two, plus those (as if it ran every suite itself).  Booted again
+# only when the VM failed before the suites started.
 vm_bed() {
-	local try out rc t0 s bound=60 own=0 wait=0 handing=0 more=() handed=()
+	local k=$1 try rc t0 s bound=60 own=0 wait=0 handing=0 more=()
+	shift
 	if [ "${1:-}" = --more ]; then
 		more=(--more "$2" "$3")
 		wait=$3 handing=$4
@@ -188,23 +218,45 @@ vm_bed() {
 	fi
 	for s in "$@"; do own=$((own + $(suite_bound "${s%%:*}") + 10)); done
 	bound=$((bound + (own > wait ? own : wait) + handing * SUITE_TIMEOUT))
-	out=$(mktemp)
 	for try in $(seq "$VM_TRIES"); do
 		t0=$(date +%s%N)
 		scripts/soft-roce/vm.sh -t "$bound" -- env O="$O" RDMAMIG_SUITE_TIMEOUT="$SUITE_TIMEOUT" \
-			tests/run.sh --bed "${more[@]}" "$@" 2>&1 | tee "$out"
-		rc=${PIPESTATUS[0]}
+			RDMAMIG_BED_QUEUE="$queue" RDMAMIG_BED_VM="$k" tests/run.sh --bed "${more[@]}" "$@" 2>&1
+		rc=$?
 		[ "$rc" = 125 ] || break
-		echo "== test VM: the VM failed before the suites started (boot, modules or rxe setup; vm.sh exit 125 after $(elapsed "$t0"))"
-		[ "$try" -lt "$VM_TRIES" ] && echo "== test VM: BOOTING A FRESH VM (boot $((try + 1)) of $VM_TRIES)"
+		echo "== test VM $k: the VM failed before the suites started (boot, modules or rxe setup; vm.sh exit 125 after $(elapsed "$t0"))"
+		[ "$try" -lt "$VM_TRIES" ] && echo "== test VM $k: BOOTING A FRESH VM (boot $((try + 1)) of $VM_TRIES)"
 	done
-	[ ${#more[@]} -gt 0 ] && [ -s "${more[1]}" ] && mapfile -t handed < "${more[1]}"
-	for s in "$@" "${handed[@]}"; do
-		grep -q "^== bed .*: ${s%%:*} took " "$out" ||
-			echo "[FAIL] the test bed did not finish ${s%%:*} (vm.sh exit $rc)"
-	done
-	rm -f "$out"
 	return $(( rc != 0 ))
+}
+
+# vm_count — how many test VMs: RDMAMIG_VM_BEDS, else one per host CPU (each
+# runs its vCPUs on one host thread), at most 4, as many as leave 1 GiB of
+# the host's available memory after their RAM.
+vm_count() {
+	local n=${RDMAMIG_VM_BEDS:-} avail
+	if [ -z "$n" ]; then
+		n=$(nproc)
+		[ "$n" -gt 4 ] && n=4
+		avail=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
+		while [ "$n" -gt 1 ] && [ $((n * VM_MEM_MB + 1024)) -gt "$avail" ]; do n=$((n - 1)); done
+	fi
+	[ "$n" -ge 1 ] 2>/dev/null || n=1
+	echo "$n"
+}
+
+# unfinished LOG SUITE[:FILTER]... — a suite (each time it is listed) with
+# no time line in LOG did not finish: its VM died or hung (a wedged kernel
+# stops even `timeout`).
+unfinished() {
+	local log=$1 s name want have; shift
+	for name in $(printf '%s\n' "${@%%:*}" | sort -u); do
+		want=0
+		for s in "$@"; do [ "${s%%:*}" = "$name" ] && want=$((want + 1)); done
+		have=$(grep -c "^== bed .*: $name took " "$log")
+		[ "$have" -ge "$want" ] ||
+			echo "[FAIL] the test bed did not finish $name ($have of $want runs ended)"
+	done
 }
 
 if [ "${1:-}" = --bed ]; then
@@ -220,8 +272,10 @@ if [ "${1:-}" = --bed ]; then
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
 	hugepages_for_tests
+	BED_QUEUE=${RDMAMIG_BED_QUEUE:-}
+	BED_WHERE="bed ($RDMAMIG_BED${RDMAMIG_BED_VM:+ $RDMAMIG_BED_VM}, ${RDMAMIG_RXE_DEV:-no rxe})"
 	brc=0
-	run_suites "bed ($RDMAMIG_BED, ${RDMAMIG_RXE_DEV:-no rxe})" "$@" || brc=1
+	bed_suites own "$@" || brc=1
 	if [ -n "$more_file" ]; then
 		more_suites "$more_file" "$more_wait" || brc=1
 	fi
@@ -306,33 +360,40 @@ note_handed() {
 	done
 }
 
-# The test VM runs while the host suites do: the VM is one process that
+# The test VMs run while the host suites do: a VM is one process that
 # mostly waits (its suites wait out silence bounds and recovery windows
-# case by case) and the host suites mostly wait too, so the two overlap
-# instead of adding up.  Its output goes to a file and is shown after the
-# host's, whole.  It learns the host-skipped cases from a file the host
-# writes when its suites are done.  Its own process group, so that an
-# interrupted run takes QEMU with it.
+# case by case) and the host suites mostly wait too, so they overlap
+# instead of adding up.  Each VM's output goes to a file and is shown after
+# the host's, whole.  They learn the host-skipped cases from a file the host
+# writes when its suites are done.  One process group for them all, so that
+# an interrupted run takes QEMU with it.
 bed=
 vm_pid=
 if [ ${#bed_list[@]} -gt 0 ] && ! scripts/soft-roce/setup.sh --env > "$log.env" 2>/dev/null; then
-	bed="the soft-RoCE test VM"
-	echo "== test bed: this kernel cannot load rdma_rxe; the bed suites run in the soft-RoCE test VM, while the host suites run"
+	vms=$(vm_count)
+	bed="the soft-RoCE test VMs ($vms, one queue)"
+	echo "== test bed: this kernel cannot load rdma_rxe; the bed suites run in $vms soft-RoCE test VM(s) sharing one queue, while the host suites run"
 	handoff=$O/.run-bed-more.$$
-	rm -f "$handoff" "$handoff.tmp"
-	vm_more=()
-	vm_more=(--more "$handoff" "$host_bound" "$handing")
+	queue=$(cd "$O" && pwd)/.run-bed-queue.$$
+	rm -rf "$handoff" "$handoff.tmp" "$queue"
+	mkdir "$queue"
+	mapfile -t bed_queue < <(by_cost "${bed_list[@]}")
 	set -m
 	(
 		t0=$(date +%s%N)
-		vm_bed "${vm_more[@]}" "${bed_list[@]}"
-		vrc=$?
-		echo "== test bed: the VM run took $(elapsed "$t0") (boot included)"
+		pids=()
+		for k in $(seq "$vms"); do
+			vm_bed "$k" --more "$handoff" "$host_bound" "$handing" "${bed_queue[@]}" > "$log.vm$k" 2>&1 &
+			pids+=($!)
+		done
+		vrc=0
+		for p in "${pids[@]}"; do wait "$p" || vrc=1; done
+		echo "== test bed: the VM run took $(elapsed "$t0") (boot included; $vms VM(s))" >> "$log.vm$vms"
 		exit $vrc
-	) > "$log.vm" 2>&1 &
+	) &
 	vm_pid=$!
 	set +m
-	trap 'kill -TERM -- -$vm_pid 2>/dev/null; hp_restore; rm -f "$log" "$log.env" "$log.hp" "$log.vm" "$handoff" "$handoff.tmp"' EXIT
+	trap 'kill -TERM -- -$vm_pid 2>/dev/null; hp_restore; rm -rf "$log" "$log.env" "$log.hp" "$log.bed" "$handoff" "$handoff.tmp" "$queue"; for k in $(seq "$vms"); do rm -f "$log.vm$k"; done' EXIT
 fi
 
 t_host=$(date +%s%N)
@@ -346,12 +407,20 @@ if [ -n "$vm_pid" ]; then
 	mv "$handoff.tmp" "$handoff"
 	# In the background, so that a signal to this script is handled at
 	# once (bash runs a trap only between foreground commands; `wait`
-	# returns for it).
-	tail -n +1 -f --pid="$vm_pid" "$log.vm" | tee -a "$log" &
+	# returns for it).  VM 1 as it goes, the others once all are done.
+	(for k in $(seq "$vms"); do
+		echo "== test VM $k of $vms:"
+		tail -n +1 -f --pid="$vm_pid" "$log.vm$k"
+	done) | tee -a "$log" &
 	show_pid=$!
 	wait "$vm_pid" || rc=1
 	wait "$show_pid"
 	vm_pid=
+	for k in $(seq "$vms"); do cat "$log.vm$k"; done > "$log.bed"
+	unfinished "$log.bed" "${bed_list[@]}" "${handed[@]}" > "$log.bed.fail"
+	[ -s "$log.bed.fail" ] && rc=1
+	tee -a "$log" < "$log.bed.fail"
+	rm -f "$log.bed.fail"
 elif [ ${#bed_list[@]} -gt 0 ]; then
 	bed="soft-RoCE on this host"
 	echo "== test bed: rxe on this host"

@@ -79,9 +79,12 @@ kernel=/boot/vmlinuz-$kver
 # (modprobe, ip, rdma, the modules themselves) comes from the host root.  It is
 # cached by kernel version and by this script's contents.
 stamp=$(cat "$0" "$here/vm-init.sh" | md5sum | cut -c1-8)
+# Built under a lock: several VMs may start at once (tests/run.sh).
 initrd=$cache/initrd-$kver-$stamp.cpio.gz
+mkdir -p "$cache"
+exec 9> "$cache/initrd.lock"
+flock 9
 if [ ! -s "$initrd" ]; then
-	mkdir -p "$cache"
 	rm -f "$cache"/initrd-*.cpio.gz
 	root=$(mktemp -d)
 	trap 'rm -rf "$root"' EXIT
@@ -103,6 +106,7 @@ if [ ! -s "$initrd" ]; then
 	rm -rf "$root"
 	trap - EXIT
 fi
+exec 9>&-
 
 # The command travels as a script in the shared work tree.
 run=$(mktemp -d "$cache/run.XXXXXX")
