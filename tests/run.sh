@@ -122,13 +122,22 @@ suite_bound() {
 # purpose), Criterion's own output kept (--verbose for the [SKIP] lines and
 # their reasons, and each case's time), the chatter, the cases the filter
 # leaves out and the passing cases under 2 s dropped: what is left says
-# where a suite's time goes.
+# where a suite's time goes.  The suite writes to a file that is followed
+# until the suite's own process ends, not to a pipe: a process it leaves
+# behind holding its output (one the kernel wedged, which no signal ends)
+# cannot keep the run waiting for an end of file.
 run_suite() {
-	local bound=
+	local bound= out pid rc
 	[ -z "${WRAP:-}" ] && bound="timeout -k 10 $(suite_bound "$1")"
-	$bound ${WRAP:-} "$O/tests/$1" --jobs 1 --verbose ${2:+--filter "$2"} 2>&1 |
+	out=$(mktemp)
+	$bound ${WRAP:-} "$O/tests/$1" --jobs 1 --verbose ${2:+--filter "$2"} > "$out" 2>&1 &
+	pid=$!
+	tail -n +1 -s 0.2 -f --pid="$pid" "$out" |
 		grep --line-buffered -v -E '^\[RUN \] |^\[PASS\] .*: \([01]\.[0-9]+s\)$|^\[====\] Running|^\[----\] Criterion v|: Test is disabled$'
-	return "${PIPESTATUS[0]}"
+	wait "$pid"
+	rc=$?
+	rm -f "$out"
+	return "$rc"
 }
 
 # run_suites WHERE SUITE[:FILTER]... — each suite with its time.  A suite
