@@ -27,7 +27,9 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/prctl.h>
+#include <sys/utsname.h>
 #include <semaphore.h>
 #include <sys/wait.h>
 
@@ -397,6 +399,29 @@ static bool mx_reap_killed(struct mx_ctx *x, int me)
 	return false;
 }
 
+/* Run a shell command for the bed (ip, rdma), bounded: a command the
+ * wedged kernel holds (`rdma link delete` waits for the wedged process's
+ * ids) must not hold the suite.  Its exit status, or -1. */
+static int mx_sh(struct mx_ctx *x, const char *cmd)
+{
+	extern char **environ;
+	char *argv[] = { "sh", "-c", (char *)cmd, NULL };
+	pid_t pid;
+	int st = 0;
+	bool done;
+
+	if (posix_spawn(&pid, "/bin/sh", NULL, NULL, argv, environ))
+		return -1;
+	done = WAIT_UNTIL(30000 * mx_scale, waitpid(pid, &st, WNOHANG) == pid);
+	if (!done) {
+		FAIL(x, "'%s' still running after %d s: the bed's kernel is wedged (see its console)", cmd,
+		     30 * mx_scale);
+		atomic_store(&mx_wedged, 1);
+		return -1;
+	}
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 static void mx_kill(struct mx_ctx *x, int me)
 {
 	kill(x->sh->p[me].pid, SIGKILL);
@@ -466,7 +491,7 @@ static void link_down(struct mx_ctx *x, bool down)
 			fclose(f);
 	}
 	snprintf(cmd, sizeof(cmd), "ip link set %s %s", dev ? dev : "?", down ? "down" : "up");
-	if (!dev || system(cmd))
+	if (!dev || mx_sh(x, cmd))
 		FAIL(x, "%s failed", cmd);
 }
 
@@ -652,6 +677,20 @@ static bool mx_alone(const struct mx_case *c)
 	return c->fault == MX_LINK_DOWN && c->tr == RDMAMIG_TRANSPORT_RDMA;
 }
 
+/* Linux 6.1 (Debian's, the test VM's) is the kernel that wedged processes
+ * after these cells (mx_wedged): 2 of 9 fresh-clone CI runs, each a failed
+ * run with nothing of ours at fault.  There they run on request only
+ * (RDMAMIG_MATRIX_LINK_DOWN=1); on other kernels always. */
+static bool rdma_link_down_wedges(const char **release)
+{
+	static struct utsname u;
+
+	if (uname(&u))
+		return false;
+	*release = u.release;
+	return !getenv("RDMAMIG_MATRIX_LINK_DOWN") && strncmp(u.release, "6.1.", 4) == 0;
+}
+
 static void mx_restore_bed(struct mx_ctx *x)
 {
 	const char *rxe = getenv("RDMAMIG_RXE_DEV");
@@ -666,7 +705,7 @@ static void mx_restore_bed(struct mx_ctx *x)
 		 "rdma link delete %s && rdma link add %s type rxe netdev \"$ndev\" && "
 		 "scripts/soft-roce/setup.sh --env >/dev/null",
 		 rxe, rxe, rxe);
-	if (system(cmd))
+	if (mx_sh(x, cmd))
 		FAIL(x, "could not put the bed back after a link-down (%s)", cmd);
 }
 
@@ -903,8 +942,10 @@ static void run_matrix(enum rdmamig_transport tr, int workers, int setups)
 	const char *only = getenv("RDMAMIG_MATRIX_ONLY");	/* cases named "step/fault" holding it */
 	const char *jobs = getenv("RDMAMIG_MATRIX_JOBS");
 	const char *skip = getenv("RDMAMIG_MATRIX_SKIP");	/* cases holding it are left out */
+	const char *release = "?";
+	bool no_link_down = tr == RDMAMIG_TRANSPORT_RDMA && rdma_link_down_wedges(&release);
 	uint64_t t0 = ms_now();
-	int n = 0, nalone = 0, nshared = 0, failed = 0;
+	int n = 0, nalone = 0, nshared = 0, failed = 0, nlinkdown = 0;
 	double busy = 0;
 
 	want_transport(tr);
@@ -921,6 +962,10 @@ static void run_matrix(enum rdmamig_transport tr, int workers, int setups)
 			if (!mx_applies(s, f, tr == RDMAMIG_TRANSPORT_RDMA) || (only && !strstr(name, only)) ||
 			    (skip && strstr(name, skip)))
 				continue;
+			if (no_link_down && f == MX_LINK_DOWN) {
+				nlinkdown++;
+				continue;
+			}
 			cases[n] = (struct mx_case){ .tr = tr, .step = s, .fault = f, .idx = n };
 			if (mx_alone(&cases[n]))
 				alone[nalone++] = &cases[n];
@@ -928,6 +973,11 @@ static void run_matrix(enum rdmamig_transport tr, int workers, int setups)
 				shared[nshared++] = &cases[n];
 			n++;
 		}
+	if (nlinkdown)
+		fprintf(stderr, "matrix rdma: %d link-down cells not run: on this kernel (%s) a process that tears "
+			"down an RDMA connection after rxe's netdev went down can wedge for ever in ib_cm "
+			"(bench/results/20261126-cm-wedge/); RDMAMIG_MATRIX_LINK_DOWN=1 runs them\n",
+			nlinkdown, release);
 	/* Stable: by weight, then in the table's order. */
 	for (int i = 1; i < nshared; i++)
 		for (int j = i; j > 0 && mx_weight(shared[j]) > mx_weight(shared[j - 1]); j--) {
