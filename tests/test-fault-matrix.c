@@ -327,10 +327,11 @@ static void mx_reap(struct mx_ctx *x, int me, bool block)
  * Linux 6.1's ib_cm waits, uninterruptibly, for the send completion of the
  * DREQ it posted, which rxe never gives once its netdev has gone down
  * under traffic (the VM console then says "cm_destroy_id_wait_timeout ...
- * state 11" every 10 s; seen twice in ~40 bed matrix runs, both in the
- * link-down cells).  SIGKILL does not end such a process, and rxe cannot
- * be replaced while it holds the device.  Set once seen: the cases after it
- * fail at once instead of each waiting on a bed that cannot work.
+ * state 11" every 10 s; 2 of the 11 bed matrix runs once its bounds were
+ * 6 s, once in ~30 before, all in the link-down cells).  SIGKILL does not
+ * end such a process, and rxe cannot be replaced while it holds the device.
+ * Set once seen: the cases after it fail at once instead of each waiting
+ * on a bed that cannot work.
  */
 static atomic_int mx_wedged;
 
@@ -678,7 +679,7 @@ static bool mx_alone(const struct mx_case *c)
 }
 
 /* Linux 6.1 (Debian's, the test VM's) is the kernel that wedged processes
- * after these cells (mx_wedged): 2 of 9 fresh-clone CI runs, each a failed
+ * after these cells (mx_wedged): 2 of its 11 runs at scale 6, each a failed
  * run with nothing of ours at fault.  There they run on request only
  * (RDMAMIG_MATRIX_LINK_DOWN=1); on other kernels always. */
 static bool rdma_link_down_wedges(const char **release)
